@@ -1,0 +1,22 @@
+# physfm: the study's DAG. Each stage's rules live in workflow/rules/<stage>.smk.
+#   snakemake --cores 2 all                                  # default study, config/config.yaml
+#   snakemake --cores 2 all --configfile config/smoke.yaml   # the 2-minute smoke study
+#   snakemake --profile slurm all                            # on a SLURM cluster
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+onstart:
+    # Create the MLflow store and experiment once, before jobs run in parallel.
+    init_tracking_store()
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -1,0 +1,3 @@
+"""physfm: reproducible foundation-model studies for particle and neutrino physics."""
+
+__version__ = "0.1.0"

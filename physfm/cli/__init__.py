@@ -1,0 +1,60 @@
+"""``physfm``: one command, one subcommand per pipeline stage.
+
+Each subcommand module (``physfm/cli/<family>.py``) exposes ``register(subparsers)``; the stage
+logic lives in the library (``physfm.data``, ``physfm.tokenizers``, ...), never here.
+Run ``physfm <stage> --help`` for each stage's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from physfm import __version__
+
+#: Subcommand modules, in the order they appear in ``physfm --help``.
+FAMILIES = ("physfm.cli.data", "physfm.cli.tracking_cmd")
+
+EPILOG = """\
+stages, in pipeline order:
+  generate jets     simulate jets with Pythia 8 + FastJet into JetClass-schema ROOT files
+  convert           raw events (ROOT / parquet) -> sharded HDF5 + manifest with a data_version
+  summarize         per-feature plots and counts of a converted dataset
+  verify            re-hash a dataset's shards against its manifest
+
+every stage logs one MLflow run (see `physfm tracking-init --help` for where).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="physfm",
+        description="Foundation-model studies for particle and neutrino physics: data, tokenizers, "
+        "self-supervised pretraining, label-efficiency fine-tuning, evaluation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"physfm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
+    for name in FAMILIES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from physfm.data.shards import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ValueError, KeyError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"physfm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Data subcommands: ``generate``, ``convert``, ``summarize``, ``verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from physfm.cli.common import add_tracking_args, csv_list, parse_mapping, parse_tags, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # ---------------------------------------------------------------- generate
+    gen = sub.add_parser("generate", help="simulate raw events when you have no data at hand")
+    gsub = gen.add_subparsers(dest="what", metavar="KIND", required=True)
+    jets = gsub.add_parser(
+        "jets",
+        help="Pythia 8 + FastJet jets in the JetClass ROOT schema",
+        description="Simulate pp collisions at 13.6 TeV with Pythia 8 (MPI, hadronisation), cluster the "
+        "visible final state with anti-kt R=0.8, keep jets with 500<pT<1000 GeV, |eta|<2, label them by "
+        "matching to the hard-process partons (as JetClass), and write JetClass-schema ROOT files. "
+        "Deterministic for a given seed, whatever the number of workers.",
+    )
+    jets.add_argument("--out", required=True, type=Path, help="output directory for jets_NNN.root")
+    jets.add_argument("--n-jets", required=True, type=int, help="total number of jets (split evenly over processes)")
+    jets.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    jets.add_argument("--processes", default="qcd,tbqq,wqq,zqq", help="comma list of qcd,tbqq,wqq,zqq")
+    jets.add_argument("--files", type=int, default=1, help="number of output files (default 1)")
+    jets.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    jets.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_args(jets)
+    jets.set_defaults(func=run_generate_jets)
+
+    # ---------------------------------------------------------------- convert
+    from physfm.data.readers import READERS
+
+    conv = sub.add_parser(
+        "convert",
+        help="raw events -> sharded HDF5 with manifest and data_version",
+        description="Read raw files in chunks, check every event, assign train/val/test from a hash of "
+        "each event's content, and write HDF5 shards (ragged, lossless) plus manifest.json with a "
+        "content-derived data_version. The output directory is replaced only when complete.",
+    )
+    conv.add_argument("--format", required=True, choices=sorted(READERS), help="input format")
+    conv.add_argument("--input", required=True, action="append", help="file, directory or glob (repeatable)")
+    conv.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    conv.add_argument("--shard-events", type=int, default=10_000, help="events per shard (default 10000)")
+    conv.add_argument("--split", default="train=0.8,val=0.1,test=0.1", help="split fractions (default %(default)s)")
+    conv.add_argument("--labels", help="label branches defining the classes, in order (jetclass; default: all ten)")
+    conv.add_argument(
+        "--on-error",
+        choices=["fail", "skip"],
+        default="fail",
+        help="bad file/event: stop with an error (default) or skip and record it in the manifest",
+    )
+    conv.add_argument("--step", type=int, default=20_000, help="events read per chunk (bounds memory)")
+    conv.add_argument("--no-progress", action="store_true")
+    add_tracking_args(conv)
+    conv.set_defaults(func=run_convert)
+
+    # ---------------------------------------------------------------- summarize
+    summ = sub.add_parser(
+        "summarize",
+        help="per-feature plots and counts of a dataset",
+        description="Histogram every particle and event feature, one line per class, "
+        "and write summary.json with counts.",
+    )
+    summ.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
+    summ.add_argument("--out", required=True, type=Path, help="output directory for plots and summary.json")
+    summ.add_argument("--split", default="train")
+    summ.add_argument("--max-events", type=int, default=20_000, help="events sampled for the plots")
+    add_tracking_args(summ)
+    summ.set_defaults(func=run_summarize)
+
+    # ---------------------------------------------------------------- verify
+    ver = sub.add_parser(
+        "verify",
+        help="re-hash shards/artefacts against their manifest",
+        description="Exit 0 if every file listed in DIR/manifest.json has the recorded sha256, "
+        "1 and a list of problems otherwise.",
+    )
+    ver.add_argument("dir", type=Path, help="dataset (or artefact) directory holding manifest.json")
+    ver.set_defaults(func=run_verify)
+
+
+def run_generate_jets(args: argparse.Namespace) -> int:
+    from physfm import tracking
+    from physfm.data.generate_jets import generate_jets
+    from physfm.io import sha256_file, sha256_json, write_json
+
+    processes = csv_list(args.processes) or []
+    params = {"n_jets": args.n_jets, "seed": args.seed, "processes": processes, "files": args.files}
+    with tracking.stage_run(
+        "generate", run_name=args.run_name or "generate jets", params=params, tags=parse_tags(args.tag)
+    ) as run:
+        t0 = time.perf_counter()
+        paths = generate_jets(
+            args.out,
+            args.n_jets,
+            args.seed,
+            processes=processes,
+            n_files=args.files,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        wall = time.perf_counter() - t0
+        info = {
+            "generator": "pythia8+fastjet",
+            "params": params,
+            "files": [{"name": p.name, "sha256": sha256_file(p)} for p in paths],
+        }
+        info["content_version"] = sha256_json(params)[:16]
+        write_json(Path(args.out) / "generation.json", info)
+        run.set_tags({"data_version.out": info["content_version"]})
+        run.log_metrics({"jets": args.n_jets, "wall_seconds": wall, "jets_per_second": args.n_jets / max(wall, 1e-9)})
+        run.log_artifact(Path(args.out) / "generation.json")
+    print(f"wrote {args.n_jets} jets to {len(paths)} file(s) in {args.out} ({wall:.1f} s)")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from physfm import tracking
+    from physfm.data.convert import convert
+
+    split = parse_mapping(args.split, "--split")
+    options = {"labels": csv_list(args.labels)} if args.labels else {}
+    params = {
+        "format": args.format,
+        "input": args.input,
+        "shard_events": args.shard_events,
+        "split": split,
+        "labels": options.get("labels"),
+        "on_error": args.on_error,
+    }
+    with tracking.stage_run(
+        "convert", run_name=args.run_name or f"convert {args.format}", params=params, tags=parse_tags(args.tag)
+    ) as run:
+        manifest, stats = convert(
+            args.format,
+            args.input,
+            args.out,
+            shard_events=args.shard_events,
+            split_fractions=split,
+            reader_options=options,
+            on_error=args.on_error,
+            step=args.step,
+            progress=not args.no_progress,
+        )
+        run.set_tags(
+            {
+                "data_version.out": manifest["data_version"],
+                "data_version.in": ",".join(s["sha256"][:16] for s in manifest["sources"]),
+            }
+        )
+        run.log_metrics(
+            {
+                "events_in": stats.events_in,
+                "events_written": stats.events_written,
+                "events_skipped": len(stats.skipped),
+                "wall_seconds": stats.seconds,
+                "events_per_second": stats.events_in / max(stats.seconds, 1e-9),
+                **{f"events_{k}": v for k, v in manifest["n_events"].items()},
+            }
+        )
+        run.log_artifact(Path(args.out) / "manifest.json")
+        run.log_dataset(args.out, manifest, context="output")
+    print(
+        f"data_version {manifest['data_version']}: {json.dumps(manifest['n_events'])} events "
+        f"in {len(manifest['shards'])} shards -> {args.out} ({stats.seconds:.1f} s, "
+        f"{stats.events_in / max(stats.seconds, 1e-9):.0f} events/s)"
+    )
+    if stats.skipped:
+        print(f"skipped {len(stats.skipped)} file(s)/event(s); reasons are listed in {args.out}/manifest.json")
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    from physfm import tracking
+    from physfm.data.shards import load_manifest
+    from physfm.data.summary import summarize
+
+    manifest = load_manifest(args.data, verify=True)
+    with tracking.stage_run(
+        "summarize",
+        run_name=args.run_name or "summarize",
+        params={"split": args.split, "max_events": args.max_events},
+        tags=parse_tags(args.tag),
+    ) as run:
+        summary = summarize(args.data, args.out, split=args.split, max_events=args.max_events)
+        run.set_tags({"data_version.in": manifest["data_version"]})
+        run.log_dataset(args.data, manifest, context="input")
+        run.log_metrics({"mean_particles": summary["mean_particles"], "max_particles": summary["max_particles"]})
+        run.log_artifact(args.out, artifact_path="summary")
+    print_json(summary)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from physfm.data.shards import verify_dataset
+    from physfm.io import read_json
+
+    manifest_path = Path(args.dir) / "manifest.json"
+    if not manifest_path.is_file():
+        print(f"physfm verify: {args.dir} has no manifest.json")
+        return 1
+    problems = verify_dataset(args.dir, read_json(manifest_path))
+    if problems:
+        print(f"{args.dir}: {len(problems)} problem(s):")
+        for p in problems:
+            print(f"  {p}")
+        return 1
+    print(f"{args.dir}: OK (data_version {read_json(manifest_path)['data_version']})")
+    return 0

@@ -1,0 +1,684 @@
+"""Generate boosted jets with Pythia 8 + FastJet and write them in the JetClass ROOT schema.
+
+Each process (``qcd``, ``tbqq``, ``wqq``, ``zqq``) is simulated at 13.6 TeV with multi-parton
+interactions, parton showers and hadronisation on. Visible final-state particles (all but
+neutrinos) are clustered with anti-kt R = 0.8; jets with 500 < pT < 1000 GeV and |eta| < 2 that
+match the hard-process objects of their process (as in JetClass) are kept.
+
+The work is split into deterministic *work units* (one process, one output file, at most
+``UNIT_JETS`` jets, with a Pythia seed derived from the user's seed), which run in a process
+pool and are assembled in unit order, so the result does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import awkward as ak
+import fastjet
+import numpy as np
+import uproot
+from tqdm import tqdm
+
+from physfm.data.jetclass import (
+    ALL_LABELS,
+    JET_BRANCHES,
+    PARTICLE_BRANCHES,
+    PROCESS_LABELS,
+    TREE_NAME,
+)
+
+try:  # the PyPI wheel ``pythia8mc`` installs the module under this name
+    import pythia8mc as pythia8
+except ImportError:  # pragma: no cover - a Pythia built from source names it ``pythia8``
+    import pythia8
+
+__all__ = ["generate_jets", "DEFAULT_PROCESSES", "JET_PT_RANGE", "JET_ABS_ETA_MAX", "JET_R"]
+
+DEFAULT_PROCESSES: tuple[str, ...] = ("qcd", "tbqq", "wqq", "zqq")
+
+JET_R = 0.8  #: anti-kt radius, also the matching radius and the soft-drop R0
+JET_PT_RANGE = (500.0, 1000.0)  #: GeV, exclusive bounds
+JET_ABS_ETA_MAX = 2.0
+SOFT_DROP_BETA = 0.0
+SOFT_DROP_ZCUT = 0.1
+
+UNIT_JETS = 400  #: largest number of jets made by one work unit (one Pythia instance)
+MAX_BATCH_EVENTS = 50  #: events asked of Pythia per call
+MAX_EVENTS_PER_JET = 200  #: give up on a unit whose selection efficiency is below 1/this
+PYTHIA_SEED_MAX = 900_000_000  #: Pythia accepts seeds 0..900_000_000 (0 means "use the clock")
+WRITE_CHUNK_JETS = 20_000  #: jets per TTree.extend call (one basket per branch)
+
+NEUTRINO_IDS = (12, 14, 16)
+FILE_NAME = "jets_{index:03d}.root"
+
+_COMMON_SETTINGS: tuple[str, ...] = (
+    "Beams:idA = 2212",
+    "Beams:idB = 2212",
+    "Beams:eCM = 13600.",
+    "Print:quiet = on",
+    "Next:numberCount = 0",
+    "Random:setSeed = on",
+)
+
+_HADRONIC_W = ("24:onMode = off", "24:onIfAny = 1 2 3 4 5")
+
+#: Pythia settings per process (on top of _COMMON_SETTINGS and the seed).
+PROCESS_SETTINGS: dict[str, tuple[str, ...]] = {
+    "qcd": ("HardQCD:all = on", "PhaseSpace:pTHatMin = 450."),
+    "tbqq": (
+        "Top:gg2ttbar = on",
+        "Top:qqbar2ttbar = on",
+        "PhaseSpace:pTHatMin = 400.",
+        "6:onMode = off",
+        "6:onIfAll = 5 24",
+        *_HADRONIC_W,
+    ),
+    "wqq": (
+        "WeakBosonAndParton:qqbar2Wg = on",
+        "WeakBosonAndParton:qg2Wq = on",
+        "PhaseSpace:pTHatMin = 450.",
+        *_HADRONIC_W,
+    ),
+    "zqq": (
+        "WeakBosonAndParton:qqbar2gmZg = on",
+        "WeakBosonAndParton:qg2gmZq = on",
+        "WeakZ0:gmZmode = 2",
+        "PhaseSpace:pTHatMin = 450.",
+        "23:onMode = off",
+        "23:onIfAny = 1 2 3 4 5",
+    ),
+}
+
+assert set(PROCESS_SETTINGS) == set(PROCESS_LABELS), "every labelled process needs settings"
+
+
+# ----------------------------------------------------------------------------------------------
+# Work planning and seeds
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One independent, seeded piece of work: ``n_jets`` jets of ``process`` for one file."""
+
+    process: str
+    file_index: int
+    chunk_index: int
+    n_jets: int
+    pythia_seed: int
+
+
+def derive_seed(*parts: object) -> int:
+    """Map ``parts`` to a Pythia seed in 1..PYTHIA_SEED_MAX (0 is avoided: it means the clock)."""
+    text = "physfm.generate_jets/" + "/".join(str(part) for part in parts)
+    digest = hashlib.sha256(text.encode()).digest()
+    return 1 + int.from_bytes(digest[:8], "little") % PYTHIA_SEED_MAX
+
+
+def split_evenly(total: int, n_parts: int) -> list[int]:
+    """Split ``total`` into ``n_parts`` integers differing by at most one, larger ones first."""
+    base, extra = divmod(total, n_parts)
+    return [base + (1 if i < extra else 0) for i in range(n_parts)]
+
+
+def plan_units(n_jets: int, seed: int, processes: Sequence[str], n_files: int) -> list[WorkUnit]:
+    """Lay out the work units, ordered by file, then process, then chunk."""
+    per_process = dict(zip(processes, split_evenly(n_jets, len(processes)), strict=True))
+    units: list[WorkUnit] = []
+    for file_index in range(n_files):
+        for process in processes:
+            n_file = split_evenly(per_process[process], n_files)[file_index]
+            n_chunks = math.ceil(n_file / UNIT_JETS)
+            for chunk_index, n_chunk in enumerate(split_evenly(n_file, n_chunks) if n_chunks else []):
+                unit_seed = derive_seed(seed, process, file_index, chunk_index)
+                units.append(WorkUnit(process, file_index, chunk_index, n_chunk, unit_seed))
+    return units
+
+
+# ----------------------------------------------------------------------------------------------
+# Pythia and event-record helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def make_pythia(process: str, pythia_seed: int) -> pythia8.Pythia:
+    """Return an initialised, quiet Pythia for ``process`` seeded with ``pythia_seed``."""
+    pythia = pythia8.Pythia("", False)
+    for setting in (*_COMMON_SETTINGS, f"Random:seed = {pythia_seed}", *PROCESS_SETTINGS[process]):
+        if not pythia.readString(setting):
+            raise RuntimeError(f"Pythia rejected the setting {setting!r}")
+    if not pythia.init():
+        raise RuntimeError(f"Pythia failed to initialise for process {process!r}")
+    return pythia
+
+
+@dataclass
+class EventRecord:
+    """Flat numpy view of a batch of Pythia event records (``offsets`` delimit the events)."""
+
+    offsets: np.ndarray
+    pid: np.ndarray
+    status: np.ndarray
+    daughter1: np.ndarray
+    daughter2: np.ndarray
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+    energy: np.ndarray
+
+    @classmethod
+    def from_batch(cls, events: ak.Array) -> EventRecord:
+        """Flatten the awkward array returned by ``Pythia.nextBatch``."""
+        prt = events.prt
+        offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(prt)))]).astype(np.int64)
+
+        def flat(array: ak.Array) -> np.ndarray:
+            return ak.to_numpy(ak.flatten(array))
+
+        return cls(
+            offsets=offsets,
+            pid=flat(prt.id),
+            status=flat(prt.status),
+            daughter1=flat(prt.daughter1),
+            daughter2=flat(prt.daughter2),
+            px=flat(prt.p.px),
+            py=flat(prt.p.py),
+            pz=flat(prt.p.pz),
+            energy=flat(prt.p.e),
+        )
+
+    @property
+    def n_events(self) -> int:
+        """Number of events in the batch."""
+        return len(self.offsets) - 1
+
+    def daughters(self, event: int, index: int) -> list[int]:
+        """Daughter indices (within the event) of particle ``index``, as Pythia's daughterList."""
+        base = self.offsets[event]
+        d1, d2 = int(self.daughter1[base + index]), int(self.daughter2[base + index])
+        if d1 <= 0:
+            return []
+        if d2 == 0 or d2 == d1:
+            return [d1]
+        if d2 > d1:
+            return list(range(d1, d2 + 1))
+        return [d1, d2]
+
+    def bottom_copy(self, event: int, index: int) -> int:
+        """Follow carbon copies of particle ``index`` to its last copy (Pythia's iBotCopyId)."""
+        base = self.offsets[event]
+        pid = self.pid[base + index]
+        while True:
+            same = [d for d in self.daughters(event, index) if self.pid[base + d] == pid]
+            if not same:
+                return index
+            index = same[0]
+
+    def eta_phi(self, event: int, index: int) -> tuple[float, float]:
+        """Pseudorapidity and azimuth of particle ``index`` of ``event``."""
+        i = self.offsets[event] + index
+        pt = math.hypot(self.px[i], self.py[i])
+        return math.asinh(self.pz[i] / pt), math.atan2(self.py[i], self.px[i])
+
+    def find(self, event: int, abs_ids: Sequence[int], abs_status: int) -> list[int]:
+        """Indices within ``event`` of particles with |id| in ``abs_ids`` and |status| given."""
+        lo, hi = self.offsets[event], self.offsets[event + 1]
+        mask = np.isin(np.abs(self.pid[lo:hi]), abs_ids) & (np.abs(self.status[lo:hi]) == abs_status)
+        return [int(i) for i in np.flatnonzero(mask)]
+
+
+#: A hard-process object to match: the directions (eta, phi) that must all lie in the jet.
+Target = list[tuple[float, float]]
+
+
+def _decay_targets(record: EventRecord, event: int, resonance: int, abs_id: int) -> Target | None:
+    """Directions of the resonance (last copy) and its decay products (first copies)."""
+    last = record.bottom_copy(event, resonance)
+    base = record.offsets[event]
+    products = [d for d in record.daughters(event, last) if abs(record.pid[base + d]) != abs_id]
+    if len(products) != 2:
+        return None
+    return [record.eta_phi(event, i) for i in (last, *products)]
+
+
+def _top_targets(record: EventRecord, event: int, top: int) -> Target | None:
+    """Directions of a top (last copy), its b quark and the two quarks of its W."""
+    last = record.bottom_copy(event, top)
+    base = record.offsets[event]
+    daughters = record.daughters(event, last)
+    w_bosons = [d for d in daughters if abs(record.pid[base + d]) == 24]
+    quarks = [d for d in daughters if 1 <= abs(record.pid[base + d]) <= 5]
+    if len(w_bosons) != 1 or len(quarks) != 1:
+        return None
+    w_targets = _decay_targets(record, event, w_bosons[0], 24)
+    if w_targets is None:
+        return None
+    return [record.eta_phi(event, last), record.eta_phi(event, quarks[0]), *w_targets[1:]]
+
+
+def hard_targets(record: EventRecord, event: int, process: str) -> list[Target]:
+    """The hard-process objects of ``event`` that a jet of ``process`` must contain."""
+    if process == "qcd":
+        partons = record.find(event, (1, 2, 3, 4, 5, 21), 23)
+        return [[record.eta_phi(event, i)] for i in partons]
+    if process == "tbqq":
+        found = [_top_targets(record, event, i) for i in record.find(event, (6,), 22)]
+    else:
+        abs_id = 24 if process == "wqq" else 23
+        found = [_decay_targets(record, event, i, abs_id) for i in record.find(event, (abs_id,), 22)]
+    return [target for target in found if target is not None]
+
+
+def delta_r(eta1: float, phi1: float, eta2: float, phi2: float) -> float:
+    """Distance in (eta, phi) with the azimuthal difference wrapped."""
+    dphi = (phi1 - phi2 + math.pi) % (2 * math.pi) - math.pi
+    return math.hypot(eta1 - eta2, dphi)
+
+
+def match_jets(jet_eta: np.ndarray, jet_phi: np.ndarray, targets: list[Target]) -> list[int]:
+    """Indices of jets matched to targets; each target and each jet is used at most once.
+
+    A jet matches a target when every direction of the target lies within ``JET_R`` of the jet
+    axis; among several such jets the one closest to the target's first direction is taken.
+    """
+    chosen: list[int] = []
+    for target in targets:
+        best, best_dr = -1, math.inf
+        for j in range(len(jet_eta)):
+            if j in chosen:
+                continue
+            drs = [delta_r(jet_eta[j], jet_phi[j], eta, phi) for eta, phi in target]
+            if max(drs) < JET_R and drs[0] < best_dr:
+                best, best_dr = j, drs[0]
+        if best >= 0:
+            chosen.append(best)
+    return sorted(chosen)
+
+
+# ----------------------------------------------------------------------------------------------
+# Jets and their features
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stdout_fd_silenced() -> Iterator[None]:
+    """Send the process's file descriptor 1 to /dev/null (to swallow C++ banners)."""
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_FASTJET_BANNER_DONE = False
+
+
+def _swallow_fastjet_banner() -> None:
+    """FastJet prints a banner on its first clustering; do that first clustering silently."""
+    global _FASTJET_BANNER_DONE
+    if _FASTJET_BANNER_DONE:
+        return
+    dummy = ak.Array([[{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 1.0}]])
+    with _stdout_fd_silenced():
+        fastjet.ClusterSequence(dummy, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
+    _FASTJET_BANNER_DONE = True
+
+
+def four_vector_kinematics(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Transverse momentum, pseudorapidity and azimuth."""
+    pt = np.hypot(px, py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta = np.arcsinh(pz / pt)
+    return pt, eta, np.arctan2(py, px)
+
+
+def wrap_phi(dphi: np.ndarray) -> np.ndarray:
+    """Wrap angles to [-pi, pi)."""
+    return (dphi + np.pi) % (2 * np.pi) - np.pi
+
+
+class ChargeTable:
+    """Electric charge per PDG id, looked up in Pythia's particle data and cached."""
+
+    def __init__(self, particle_data: object) -> None:
+        self._particle_data = particle_data
+        self._cache: dict[int, float] = {}
+
+    def __call__(self, pids: np.ndarray) -> np.ndarray:
+        """Charges of ``pids``."""
+        unique, inverse = np.unique(pids, return_inverse=True)
+        for pid in unique.tolist():
+            if pid not in self._cache:
+                self._cache[pid] = float(self._particle_data.charge(pid))
+        return np.array([self._cache[pid] for pid in unique.tolist()])[inverse]
+
+
+def particle_type_flags(pids: np.ndarray, charge: np.ndarray) -> dict[str, np.ndarray]:
+    """JetClass particle-type one-hot flags from PDG ids and charges."""
+    abs_pid = np.abs(pids)
+    is_electron = abs_pid == 11
+    is_muon = abs_pid == 13
+    is_photon = pids == 22
+    charged = charge != 0
+    return {
+        "part_isChargedHadron": charged & ~is_electron & ~is_muon,
+        "part_isNeutralHadron": ~charged & ~is_photon,
+        "part_isPhoton": is_photon,
+        "part_isElectron": is_electron,
+        "part_isMuon": is_muon,
+    }
+
+
+def soft_drop_mass(constituents: ak.Array) -> np.ndarray:
+    """Soft-drop mass (beta=0, z_cut=0.1, R0=0.8) of each jet, from C/A reclustering."""
+    if len(constituents) == 0:
+        return np.zeros(0)
+    # reclustered as FastJet contrib does: C/A with a radius large enough to merge everything
+    ca = fastjet.JetDefinition(fastjet.cambridge_algorithm, 1000.0)
+    groomed = fastjet.ClusterSequence(constituents, ca).exclusive_jets_softdrop_grooming(
+        njets=1, beta=SOFT_DROP_BETA, symmetry_cut=SOFT_DROP_ZCUT, R0=JET_R
+    )
+    return ak.to_numpy(groomed.msoftdrop).astype(np.float64)
+
+
+@dataclass
+class JetBlock:
+    """Jets of one process: flat per-particle columns, per-jet columns and particle counts."""
+
+    process: str
+    counts: np.ndarray
+    particles: dict[str, np.ndarray]
+    jets: dict[str, np.ndarray]
+
+    @property
+    def n_jets(self) -> int:
+        """Number of jets."""
+        return len(self.counts)
+
+    def head(self, n: int) -> JetBlock:
+        """The first ``n`` jets."""
+        n_particles = int(self.counts[:n].sum())
+        return JetBlock(
+            self.process,
+            self.counts[:n],
+            {k: v[:n_particles] for k, v in self.particles.items()},
+            {k: v[:n] for k, v in self.jets.items()},
+        )
+
+    @classmethod
+    def concatenate(cls, process: str, blocks: Sequence[JetBlock]) -> JetBlock:
+        """Join blocks of the same process, in order."""
+        return cls(
+            process,
+            np.concatenate([b.counts for b in blocks]),
+            {k: np.concatenate([b.particles[k] for b in blocks]) for k in PARTICLE_BRANCHES},
+            {k: np.concatenate([b.jets[k] for b in blocks]) for k in JET_BRANCHES},
+        )
+
+
+@dataclass
+class _Selection:
+    """Selected jets of a batch: visible-particle indices (flat, jet by jet) and counts."""
+
+    particle_index: list[np.ndarray]
+    counts: list[int]
+
+
+def _visible_particles(record: EventRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of visible final-state particles and per-event offsets into them."""
+    visible = (record.status > 0) & ~np.isin(np.abs(record.pid), NEUTRINO_IDS)
+    index = np.flatnonzero(visible)
+    per_event = np.add.reduceat(visible, record.offsets[:-1]) if record.n_events else np.zeros(0)
+    offsets = np.concatenate([[0], np.cumsum(per_event)]).astype(np.int64)
+    return index, offsets
+
+
+def _select_jets(record: EventRecord, process: str) -> _Selection:
+    """Cluster each event, apply the jet cuts and the truth matching."""
+    index, offsets = _visible_particles(record)
+    particles = ak.unflatten(
+        ak.zip(
+            {
+                "px": record.px[index],
+                "py": record.py[index],
+                "pz": record.pz[index],
+                "E": record.energy[index],
+            }
+        ),
+        np.diff(offsets),
+    )
+    sequence = fastjet.ClusterSequence(particles, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
+    jets = sequence.inclusive_jets(JET_PT_RANGE[0])
+    jet_constituents = sequence.constituent_index(JET_PT_RANGE[0])
+    selection = _Selection([], [])
+    for event in range(record.n_events):
+        if len(jets[event]) == 0:
+            continue
+        px, py, pz = (ak.to_numpy(jets[event][c]) for c in ("px", "py", "pz"))
+        pt, eta, phi = four_vector_kinematics(px, py, pz)
+        good = np.flatnonzero((pt > JET_PT_RANGE[0]) & (pt < JET_PT_RANGE[1]) & (np.abs(eta) < JET_ABS_ETA_MAX))
+        if len(good) == 0:
+            continue
+        targets = hard_targets(record, event, process)
+        for j in match_jets(eta[good], phi[good], targets):
+            members = ak.to_numpy(jet_constituents[event][good[j]]).astype(np.int64)
+            selection.particle_index.append(index[offsets[event] + members])
+            selection.counts.append(len(members))
+    return selection
+
+
+def _jet_features(record: EventRecord, selection: _Selection, charges: ChargeTable, process: str) -> JetBlock:
+    """Per-particle and per-jet JetClass features of the selected jets."""
+    counts = np.asarray(selection.counts, dtype=np.int64)
+    if len(counts) == 0:
+        empty = np.zeros(0, dtype=np.float32)
+        return JetBlock(process, counts, dict.fromkeys(PARTICLE_BRANCHES, empty), dict.fromkeys(JET_BRANCHES, empty))
+    flat = np.concatenate(selection.particle_index)
+    jet_of = np.repeat(np.arange(len(counts)), counts)
+    px, py, pz, energy = record.px[flat], record.py[flat], record.pz[flat], record.energy[flat]
+    pt, eta, phi = four_vector_kinematics(px, py, pz)
+    order = np.lexsort((-pt, jet_of))  # by jet, then by decreasing pT (stable)
+    flat, px, py, pz, energy, pt, eta, phi = (a[order] for a in (flat, px, py, pz, energy, pt, eta, phi))
+
+    jet_sum = {name: np.bincount(jet_of, weights=v) for name, v in (("px", px), ("py", py), ("pz", pz), ("e", energy))}
+    jet_pt, jet_eta, jet_phi = four_vector_kinematics(jet_sum["px"], jet_sum["py"], jet_sum["pz"])
+    pids = record.pid[flat]
+    charge = charges(pids)
+    constituents = ak.unflatten(ak.zip({"px": px, "py": py, "pz": pz, "E": energy}), counts)
+
+    zeros = np.zeros(len(flat))
+    particle_columns: dict[str, np.ndarray] = {
+        "part_px": px,
+        "part_py": py,
+        "part_pz": pz,
+        "part_energy": energy,
+        "part_deta": eta - jet_eta[jet_of],
+        "part_dphi": wrap_phi(phi - jet_phi[jet_of]),
+        "part_d0val": zeros,
+        "part_d0err": zeros,
+        "part_dzval": zeros,
+        "part_dzerr": zeros,
+        "part_charge": charge,
+        **particle_type_flags(pids, charge),
+    }
+    jet_columns: dict[str, np.ndarray] = {
+        "jet_pt": jet_pt,
+        "jet_eta": jet_eta,
+        "jet_phi": jet_phi,
+        "jet_energy": jet_sum["e"],
+        "jet_nparticles": counts,
+        "jet_sdmass": soft_drop_mass(constituents),
+    }
+    return JetBlock(
+        process,
+        counts,
+        {k: np.asarray(particle_columns[k], dtype=np.float32) for k in PARTICLE_BRANCHES},
+        {k: np.asarray(jet_columns[k], dtype=np.float32) for k in JET_BRANCHES},
+    )
+
+
+def generate_unit(unit: WorkUnit) -> JetBlock:
+    """Run one work unit: generate events until ``unit.n_jets`` jets are selected."""
+    _swallow_fastjet_banner()
+    pythia = make_pythia(unit.process, unit.pythia_seed)
+    charges = ChargeTable(pythia.particleData)
+    blocks: list[JetBlock] = []
+    n_selected, n_events = 0, 0
+    while n_selected < unit.n_jets:
+        if n_events > MAX_EVENTS_PER_JET * unit.n_jets:
+            raise RuntimeError(
+                f"{unit.process}: only {n_selected} jets selected from {n_events} events; "
+                "the selection efficiency is implausibly low"
+            )
+        batch = min(MAX_BATCH_EVENTS, max(10, unit.n_jets - n_selected))
+        record = EventRecord.from_batch(pythia.nextBatch(batch))
+        n_events += record.n_events
+        block = _jet_features(record, _select_jets(record, unit.process), charges, unit.process)
+        blocks.append(block)
+        n_selected += block.n_jets
+    return JetBlock.concatenate(unit.process, blocks).head(unit.n_jets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the units and writing files
+# ----------------------------------------------------------------------------------------------
+
+
+def _results_in_order(units: Sequence[WorkUnit], workers: int) -> Iterator[JetBlock]:
+    """Yield the result of every unit, in unit order (in-process when ``workers == 1``)."""
+    if workers == 1:
+        for unit in units:
+            yield generate_unit(unit)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a possibly threaded parent
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        futures = [pool.submit(generate_unit, unit) for unit in units]
+        for i, future in enumerate(futures):
+            yield future.result()
+            futures[i] = None  # type: ignore[call-overload]  # free the result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def assemble_file(blocks: Sequence[JetBlock], shuffle_seed: int) -> dict[str, object]:
+    """Join the blocks of one file, mix the processes in a seeded order, add one-hot labels."""
+    counts = np.concatenate([b.counts for b in blocks])
+    jets = {k: np.concatenate([b.jets[k] for b in blocks]) for k in JET_BRANCHES}
+    particles = {k: np.concatenate([b.particles[k] for b in blocks]) for k in PARTICLE_BRANCHES}
+    labels = {name: np.zeros(len(counts), dtype=np.bool_) for name in ALL_LABELS}
+    start = 0
+    for block in blocks:
+        labels[PROCESS_LABELS[block.process]][start : start + block.n_jets] = True
+        start += block.n_jets
+
+    perm = np.random.default_rng(shuffle_seed).permutation(len(counts))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    new_counts = counts[perm]
+    new_starts = np.concatenate([[0], np.cumsum(new_counts)[:-1]])
+    gather = np.arange(int(counts.sum())) + np.repeat(starts[perm] - new_starts, new_counts)
+    part_record = ak.zip({k.removeprefix("part_"): particles[k][gather] for k in PARTICLE_BRANCHES})
+    columns: dict[str, object] = {"part": ak.unflatten(part_record, new_counts)}
+    columns.update({k: v[perm] for k, v in jets.items()})
+    columns.update({k: v[perm] for k, v in labels.items()})
+    return columns
+
+
+def write_tree(path: Path, columns: dict[str, object]) -> None:
+    """Write ``columns`` as a TTree (``part`` record -> ``part_*`` branches), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    n_jets = len(columns["part"])  # type: ignore[arg-type]
+    types = {name: (ak.type(value).content if name == "part" else value.dtype) for name, value in columns.items()}  # type: ignore[union-attr]
+    try:
+        with uproot.recreate(tmp) as file:
+            tree = file.mktree(TREE_NAME, types)
+            for lo in range(0, n_jets, WRITE_CHUNK_JETS):
+                tree.extend({name: value[lo : lo + WRITE_CHUNK_JETS] for name, value in columns.items()})  # type: ignore[index]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_processes(processes: Sequence[str]) -> tuple[str, ...]:
+    """Validate the process names; return them as a tuple."""
+    allowed = ", ".join(PROCESS_LABELS)
+    if isinstance(processes, str):
+        raise ValueError(f"processes must be a sequence of names, not the string {processes!r} (allowed: {allowed})")
+    processes = tuple(processes)
+    if not processes:
+        raise ValueError(f"processes must not be empty (allowed: {allowed})")
+    for process in processes:
+        if process not in PROCESS_LABELS:
+            raise ValueError(f"unknown process {process!r}; allowed processes are: {allowed}")
+    if len(set(processes)) != len(processes):
+        raise ValueError(f"processes contains duplicates: {processes}")
+    return processes
+
+
+def generate_jets(
+    out_dir: str | Path,
+    n_jets: int,
+    seed: int,
+    processes: Sequence[str] = DEFAULT_PROCESSES,
+    n_files: int = 1,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Generate n_jets jets (split as evenly as possible over processes; each file holds a mix of
+    all processes, in a deterministic order), write n_files ROOT files out_dir/jets_{i:03d}.root in
+    the JetClass schema, return their paths.
+
+    The content is a deterministic function of (n_jets, seed, processes, n_files); ``workers``
+    (default: all cores) and ``progress`` (a tqdm bar of jets done) only change how it is made.
+    """
+    n_jets = _check_int("n_jets", n_jets, 1)
+    seed = _check_int("seed", seed, 0)
+    n_files = _check_int("n_files", n_files, 1)
+    processes = _check_processes(processes)
+    if n_files > n_jets:
+        raise ValueError(f"n_files ({n_files}) must not exceed n_jets ({n_jets}): no file may be empty")
+    workers = _check_int("workers", workers, 1) if workers is not None else (os.cpu_count() or 1)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    units = plan_units(n_jets, seed, processes, n_files)
+    workers = min(workers, len(units))
+    paths: list[Path] = []
+    pending: list[JetBlock] = []
+    with tqdm(total=n_jets, unit="jet", desc="generating jets", disable=not progress) as bar:
+        for i, block in enumerate(_results_in_order(units, workers)):
+            pending.append(block)
+            bar.update(block.n_jets)
+            last_of_file = i + 1 == len(units) or units[i + 1].file_index != units[i].file_index
+            if last_of_file:
+                file_index = units[i].file_index
+                path = out / FILE_NAME.format(index=file_index)
+                write_tree(path, assemble_file(pending, derive_seed(seed, "shuffle", file_index)))
+                paths.append(path)
+                pending = []
+    return paths

@@ -1,0 +1,220 @@
+"""Reading shards back: contiguous slices, padded batches, a torch IterableDataset.
+
+Padding/truncation to ``max_len`` happens here, at load time; shards keep every particle.
+Particles are kept in stored order (pT-descending for jets), so truncation drops the softest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from physfm.data.shards import EventBlock, feature_names, load_manifest
+
+
+def read_block(path: Path, start: int = 0, stop: int | None = None) -> EventBlock:
+    """Events ``[start, stop)`` of one shard, read as contiguous slices."""
+    with h5py.File(path, "r") as f:
+        n = f["label"].shape[0]
+        stop = n if stop is None else min(stop, n)
+        offsets = f["offsets"][start : stop + 1]
+        particles = f["particles"][offsets[0] : offsets[-1]]
+        return EventBlock(
+            offsets=(offsets - offsets[0]).astype(np.int64),
+            particles=particles,
+            events=f["events"][start:stop],
+            label=f["label"][start:stop],
+            event_key=f["event_key"][start:stop],
+        )
+
+
+def pad(block: EventBlock, columns: Sequence[int] | None, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ``(n, max_len, F)`` float32 features and ``(n, max_len)`` bool mask (True = real particle)."""
+    n = len(block)
+    counts = np.diff(block.offsets)
+    parts = block.particles if columns is None else block.particles[:, list(columns)]
+    x = np.zeros((n, max_len, parts.shape[1]), dtype=np.float32)
+    mask = np.zeros((n, max_len), dtype=bool)
+    ev = np.repeat(np.arange(n), counts)
+    pos = np.arange(len(ev)) - np.repeat(block.offsets[:-1], counts)
+    keep = pos < max_len
+    x[ev[keep], pos[keep]] = parts[keep]
+    mask[ev[keep], pos[keep]] = True
+    return x, mask
+
+
+@dataclass
+class Split:
+    """One split of a dataset: its shards and how many events each holds."""
+
+    data_dir: Path
+    split: str
+    manifest: dict[str, Any]
+
+    @property
+    def shards(self) -> list[tuple[Path, int]]:
+        return [(self.data_dir / s["path"], s["n_events"]) for s in self.manifest["shards"] if s["split"] == self.split]
+
+    def __len__(self) -> int:
+        return sum(n for _, n in self.shards)
+
+    def columns(self, features: Sequence[str] | None) -> list[int] | None:
+        if features is None:
+            return None
+        names = feature_names(self.manifest)
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise KeyError(f"features {missing} are not in the dataset (it has: {', '.join(names)})")
+        return [names.index(f) for f in features]
+
+    def read(self, indices: np.ndarray | None = None) -> EventBlock:
+        """Events of the split in stored order, or those at global ``indices`` (sorted on return)."""
+        blocks, start = [], 0
+        want = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+        for path, n in self.shards:
+            if want is None:
+                blocks.append(read_block(path))
+            else:
+                local = want[(want >= start) & (want < start + n)] - start
+                if len(local):
+                    b = read_block(path, int(local[0]), int(local[-1]) + 1)
+                    sel = np.zeros(len(b), dtype=bool)
+                    sel[local - local[0]] = True
+                    blocks.append(b.select(sel))
+            start += n
+        if not blocks:
+            raise ValueError(f"split '{self.split}' of {self.data_dir} has no events to read")
+        return EventBlock.concat(blocks)
+
+
+def open_split(data_dir: str | Path, split: str) -> Split:
+    manifest = load_manifest(data_dir)
+    if split not in manifest["n_events"]:
+        raise KeyError(f"no split '{split}' in {data_dir} (splits: {', '.join(manifest['n_events'])})")
+    return Split(Path(data_dir), split, manifest)
+
+
+def load_arrays(
+    data_dir: str | Path,
+    split: str,
+    features: Sequence[str] | None = None,
+    max_len: int = 128,
+    indices: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """A whole split (or selected events) in memory as padded numpy arrays."""
+    s = open_split(data_dir, split)
+    block = s.read(indices)
+    x, mask = pad(block, s.columns(features), max_len)
+    return {
+        "x": x,
+        "mask": mask,
+        "label": block.label,
+        "events": block.events,
+        "event_key": block.event_key,
+        "n_particles": np.diff(block.offsets),
+    }
+
+
+class ShardDataset(IterableDataset):
+    """Iterates padded batches over a split's shards, in contiguous blocks.
+
+    Yields dicts of tensors: ``x`` (B, L, F) float32, ``mask`` (B, L) bool, ``label`` (B,) int64,
+    ``events`` (B, E) float32. Work is split over DataLoader workers and over distributed ranks
+    (``rank``/``world_size``) by block, so each event is seen once per epoch. With ``shuffle``,
+    the block order and the events within each block are permuted from ``seed`` and the epoch
+    (call :meth:`set_epoch`). Use with ``DataLoader(ds, batch_size=None, num_workers=N)``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        *,
+        features: Sequence[str] | None = None,
+        max_len: int = 128,
+        batch_size: int = 256,
+        shuffle: bool = False,
+        seed: int = 0,
+        block_batches: int = 8,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.split = open_split(data_dir, split)
+        self.columns = self.split.columns(features)
+        self.max_len, self.batch_size, self.shuffle, self.seed = max_len, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        block = batch_size * block_batches
+        self.units = [(p, a, min(a + block, n)) for p, n in self.split.shards for a in range(0, n, block)]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.split) // self.world_size
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _my_units(self) -> list[tuple[Path, int, int]]:
+        units = list(self.units)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
+            units = [units[i] for i in order]
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        slot, stride = self.rank * n_workers + worker, self.world_size * n_workers
+        return units[slot::stride]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 7])
+        carry: EventBlock | None = None
+        for path, a, b in self._my_units():
+            block = read_block(path, a, b)
+            if self.shuffle:
+                block = _take(block, rng.permutation(len(block)))
+            if carry is not None and len(carry):
+                block = EventBlock.concat([carry, block])
+            n_full = len(block) // self.batch_size
+            for i in range(n_full):
+                yield self._batch(_slice(block, i * self.batch_size, (i + 1) * self.batch_size))
+            carry = _slice(block, n_full * self.batch_size, len(block))
+        if carry is not None and len(carry) and not self.drop_last:
+            yield self._batch(carry)
+
+    def _batch(self, block: EventBlock) -> dict[str, torch.Tensor]:
+        x, mask = pad(block, self.columns, self.max_len)
+        return {
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask),
+            "label": torch.from_numpy(block.label.astype(np.int64)),
+            "events": torch.from_numpy(block.events.astype(np.float32)),
+        }
+
+
+def _slice(block: EventBlock, a: int, b: int) -> EventBlock:
+    o = block.offsets[a : b + 1]
+    return EventBlock(
+        o - o[0], block.particles[o[0] : o[-1]], block.events[a:b], block.label[a:b], block.event_key[a:b]
+    )
+
+
+def _take(block: EventBlock, order: np.ndarray) -> EventBlock:
+    """Events in the given order (a permutation)."""
+    counts = np.diff(block.offsets)[order]
+    starts = block.offsets[:-1][order]
+    rows = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+    return EventBlock(
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        block.particles[rows],
+        block.events[order],
+        block.label[order],
+        block.event_key[order],
+    )
