@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from physfm import __version__
 
 #: Subcommand modules, in the order they appear in ``physfm --help``.
-FAMILIES = ("physfm.cli.data", "physfm.cli.tracking_cmd")
+FAMILIES = (
+    "physfm.cli.data",
+    "physfm.cli.icecube",
+    "physfm.cli.tokenizer",
+    "physfm.cli.train",
+    "physfm.cli.study",
+    "physfm.cli.tracking_cmd",
+)
 
 EPILOG = """\
 stages, in pipeline order:

@@ -460,21 +460,26 @@ def _select_jets(record: EventRecord, process: str) -> _Selection:
     )
     sequence = fastjet.ClusterSequence(particles, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
     jets = sequence.inclusive_jets(JET_PT_RANGE[0])
-    jet_constituents = sequence.constituent_index(JET_PT_RANGE[0])
+    jet_offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(jets)))]).astype(np.int64)
+    flat_jets = ak.flatten(jets)
+    pt, eta, phi = four_vector_kinematics(*(ak.to_numpy(flat_jets[c]) for c in ("px", "py", "pz")))
+    in_cuts = (pt > JET_PT_RANGE[0]) & (pt < JET_PT_RANGE[1]) & (np.abs(eta) < JET_ABS_ETA_MAX)
+    members = ak.flatten(sequence.constituent_index(JET_PT_RANGE[0]))  # jet -> constituent indices
+    member_offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(members)))]).astype(np.int64)
+    flat_members = ak.to_numpy(ak.flatten(members)).astype(np.int64)
+
     selection = _Selection([], [])
     for event in range(record.n_events):
-        if len(jets[event]) == 0:
-            continue
-        px, py, pz = (ak.to_numpy(jets[event][c]) for c in ("px", "py", "pz"))
-        pt, eta, phi = four_vector_kinematics(px, py, pz)
-        good = np.flatnonzero((pt > JET_PT_RANGE[0]) & (pt < JET_PT_RANGE[1]) & (np.abs(eta) < JET_ABS_ETA_MAX))
+        lo, hi = jet_offsets[event], jet_offsets[event + 1]
+        good = lo + np.flatnonzero(in_cuts[lo:hi])
         if len(good) == 0:
             continue
         targets = hard_targets(record, event, process)
         for j in match_jets(eta[good], phi[good], targets):
-            members = ak.to_numpy(jet_constituents[event][good[j]]).astype(np.int64)
-            selection.particle_index.append(index[offsets[event] + members])
-            selection.counts.append(len(members))
+            jet = good[j]
+            constituents = flat_members[member_offsets[jet] : member_offsets[jet + 1]]
+            selection.particle_index.append(index[offsets[event] + constituents])
+            selection.counts.append(len(constituents))
     return selection
 
 

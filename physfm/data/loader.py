@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from physfm.data.shards import EventBlock, feature_names, load_manifest
+from physfm.data.shards import EventBlock, load_manifest
 
 
 def read_block(path: Path, start: int = 0, stop: int | None = None) -> EventBlock:
@@ -35,11 +35,13 @@ def read_block(path: Path, start: int = 0, stop: int | None = None) -> EventBloc
         )
 
 
-def pad(block: EventBlock, columns: Sequence[int] | None, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ``(n, max_len, F)`` float32 features and ``(n, max_len)`` bool mask (True = real particle)."""
+def pad(block: EventBlock, parts: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ``(n, max_len, F)`` float32 features and ``(n, max_len)`` bool mask (True = real particle).
+
+    ``parts`` holds one row per particle of ``block`` (stored or derived features).
+    """
     n = len(block)
     counts = np.diff(block.offsets)
-    parts = block.particles if columns is None else block.particles[:, list(columns)]
     x = np.zeros((n, max_len, parts.shape[1]), dtype=np.float32)
     mask = np.zeros((n, max_len), dtype=bool)
     ev = np.repeat(np.arange(n), counts)
@@ -65,14 +67,11 @@ class Split:
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
 
-    def columns(self, features: Sequence[str] | None) -> list[int] | None:
-        if features is None:
-            return None
-        names = feature_names(self.manifest)
-        missing = [f for f in features if f not in names]
-        if missing:
-            raise KeyError(f"features {missing} are not in the dataset (it has: {', '.join(names)})")
-        return [names.index(f) for f in features]
+    def features(self, block: EventBlock, names: Sequence[str] | None) -> np.ndarray:
+        """Per-particle features of ``block``: stored columns or derived ones (physfm.features)."""
+        if names is None:
+            return block.particles.astype(np.float32)
+        return compute_features(block, self.manifest, names)
 
     def read(self, indices: np.ndarray | None = None) -> EventBlock:
         """Events of the split in stored order, or those at global ``indices`` (sorted on return)."""
@@ -94,6 +93,12 @@ class Split:
         return EventBlock.concat(blocks)
 
 
+def compute_features(block: EventBlock, manifest: dict[str, Any], names: Sequence[str]) -> np.ndarray:
+    from physfm.features import compute
+
+    return compute(block, manifest, names)
+
+
 def open_split(data_dir: str | Path, split: str) -> Split:
     manifest = load_manifest(data_dir)
     if split not in manifest["n_events"]:
@@ -111,7 +116,7 @@ def load_arrays(
     """A whole split (or selected events) in memory as padded numpy arrays."""
     s = open_split(data_dir, split)
     block = s.read(indices)
-    x, mask = pad(block, s.columns(features), max_len)
+    x, mask = pad(block, s.features(block, features), max_len)
     return {
         "x": x,
         "mask": mask,
@@ -149,7 +154,13 @@ class ShardDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.split = open_split(data_dir, split)
-        self.columns = self.split.columns(features)
+        self.feature_names = list(features) if features is not None else None
+        if self.feature_names is not None:
+            from physfm.features import available
+
+            missing = [f for f in self.feature_names if f not in available(self.split.manifest)]
+            if missing:
+                raise KeyError(f"features {missing} are not available; choose from {available(self.split.manifest)}")
         self.max_len, self.batch_size, self.shuffle, self.seed = max_len, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         block = batch_size * block_batches
@@ -190,7 +201,7 @@ class ShardDataset(IterableDataset):
             yield self._batch(carry)
 
     def _batch(self, block: EventBlock) -> dict[str, torch.Tensor]:
-        x, mask = pad(block, self.columns, self.max_len)
+        x, mask = pad(block, self.split.features(block, self.feature_names), self.max_len)
         return {
             "x": torch.from_numpy(x),
             "mask": torch.from_numpy(mask),

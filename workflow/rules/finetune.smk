@@ -1,0 +1,1 @@
+# Stage 4-5: fine-tuning grid, evaluation, report, embedding search. Written in issue 5.

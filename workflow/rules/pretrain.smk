@@ -1,0 +1,1 @@
+# Stage 3: self-supervised pretraining (MPM, next-token, PolarBERT). Written in issue 4.
