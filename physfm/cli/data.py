@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fail",
         help="bad file/event: stop with an error (default) or skip and record it in the manifest",
     )
+    conv.add_argument("--tree", help="TTree name (jetclass; default 'tree')")
     conv.add_argument("--step", type=int, default=20_000, help="events read per chunk (bounds memory)")
     conv.add_argument("--no-progress", action="store_true")
     add_tracking_args(conv)
@@ -124,7 +125,9 @@ def run_convert(args: argparse.Namespace) -> int:
     from physfm.data.convert import convert
 
     split = parse_mapping(args.split, "--split")
-    options = {"labels": csv_list(args.labels)} if args.labels else {}
+    options: dict = {"labels": csv_list(args.labels)} if args.labels else {}
+    if args.tree:
+        options["tree"] = args.tree
     params = {
         "format": args.format,
         "input": args.input,

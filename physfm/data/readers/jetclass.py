@@ -29,7 +29,8 @@ class JetClassReader(Reader):
 
     Options: ``labels`` — the label branches that define the classes, in class-index order
     (default: all ten JetClass labels). Events whose one-hot label is not among them get label -1
-    and are counted by the converter as filtered, never silently dropped.
+    and are counted by the converter as filtered, never silently dropped. ``tree`` — the TTree
+    name (default ``tree``).
     """
 
     modality = "jets"
@@ -42,6 +43,7 @@ class JetClassReader(Reader):
         if unknown:
             raise ValueError(f"label branches must start with 'label_', got {unknown}")
         self._labels = list(labels)
+        self._tree_name = str(self.options.get("tree") or TREE_NAME)
 
     @property
     def particle_features(self) -> dict[str, str]:
@@ -60,15 +62,22 @@ class JetClassReader(Reader):
             f = uproot.open(path)
         except Exception as exc:  # uproot raises many types for corrupt files
             raise DataError(f"{path}: cannot be read as a ROOT file ({type(exc).__name__}: {exc})") from exc
-        keys = [k.split(";")[0] for k in f.keys(recursive=False)]
-        if TREE_NAME not in keys:
+        size = Path(path).stat().st_size
+        if size < f.file.fEND:
             raise DataError(
-                f"{path}: no TTree named '{TREE_NAME}' (found: {', '.join(keys) or 'nothing'}); "
-                "a JetClass-schema file has its jets in tree 'tree'"
+                f"{path}: truncated ROOT file ({size} bytes on disk, header says {f.file.fEND}); "
+                "re-copy or re-generate it"
             )
-        tree = f[TREE_NAME]
-        if not hasattr(tree, "iterate") or type(tree).__name__.startswith("RNTuple"):
-            raise DataError(f"{path}: '{TREE_NAME}' is a {type(tree).__name__}, expected a TTree")
+        classes = {k.split(";")[0]: v for k, v in f.classnames(recursive=False).items()}
+        if self._tree_name not in classes:
+            trees = [k for k, v in classes.items() if v == "TTree"]
+            raise DataError(
+                f"{path}: no TTree named '{self._tree_name}' (TTrees in the file: {', '.join(trees) or 'none'}); "
+                "a JetClass-schema file has its jets in tree 'tree' (choose another with --tree)"
+            )
+        if classes[self._tree_name] != "TTree":
+            raise DataError(f"{path}: '{self._tree_name}' is a {classes[self._tree_name]}, expected a TTree")
+        tree = f[self._tree_name]
         return tree
 
     def check(self, path: Path) -> int:
@@ -87,7 +96,14 @@ class JetClassReader(Reader):
         tree = self._tree(path)
         pnames, enames = list(PARTICLE_BRANCHES), list(JET_BRANCHES)
         entry = 0
-        for chunk in tree.iterate(pnames + enames + self._labels, step_size=step, library="ak", how=dict):
+        chunks = tree.iterate(pnames + enames + self._labels, step_size=step, library="ak", how=dict)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except Exception as exc:  # corrupt baskets surface as many exception types
+                raise DataError(f"{path}: cannot read entries from {entry} on ({type(exc).__name__}: {exc})") from exc
             offsets = None
             cols = []
             for name in pnames:
