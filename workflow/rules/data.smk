@@ -30,7 +30,7 @@ rule convert:
         input=raw_argument,
         format=config["data"]["format"],
         shard_events=config["data"]["convert"]["shard_events"],
-        split=",".join(f"{k}={v}" for k, v in config["data"]["convert"]["split"].items()),
+        split=",".join(f"{k}={config['data']['convert']['split'].get(k, 0.0)}" for k in ("train", "val", "test")),
         labels=",".join(config["data"]["convert"]["labels"]),
         on_error=config["data"]["convert"]["on_error"],
         track=track("convert"),

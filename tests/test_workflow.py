@@ -1,0 +1,181 @@
+"""The Snakemake workflow end to end on the smoke study: outputs, MLflow runs, reruns, lint, CLI help."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from physfm.data.shards import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _study_env() -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PHYSFM_RESULTS", "PHYSFM_EXPERIMENT")
+    }
+    env["PHYSFM_TRACKING"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _copy_workflow(dest: Path) -> Path:
+    for item in ("Snakefile", "workflow", "config", "envs"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    return dest
+
+
+def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=_study_env(), capture_output=True, text=True)
+    if check and out.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in workdir.glob("results/*/logs/**/*.log"))
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}\n{logs}")
+    return out
+
+
+def _scheduled(workdir: Path, configfile: Path) -> dict[str, int]:
+    """Jobs a dry run would execute, by rule, parsed from Snakemake's job-stats table."""
+    out = _snakemake(workdir, "-n", "--cores", "2", "all", "--configfile", str(configfile)).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def _descendants(workdir: Path, configfile: Path, rule: str) -> set[str]:
+    """The rule and every rule downstream of it in the study's DAG (from `snakemake --rulegraph`)."""
+    dot = _snakemake(workdir, "--rulegraph", "dot", "all", "--configfile", str(configfile)).stdout
+    names = dict(re.findall(r'^\s*(\d+)\[label = "([^"]+)"', dot, re.M))
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)
+    found, frontier = {rule}, [k for k, v in names.items() if v == rule]
+    while frontier:
+        node = frontier.pop()
+        for a, b in edges:
+            if a == node and names[b] not in found:
+                found.add(names[b])
+                frontier.append(b)
+    return found
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke study run once with `snakemake all` in a temporary copy of the workflow."""
+    work = _copy_workflow(tmp_path_factory.mktemp("study"))
+    _snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml")
+    return work
+
+
+@pytest.mark.slow
+def test_smoke_study_produces_versioned_data_and_summary(smoke_study: Path) -> None:
+    data = smoke_study / "results/smoke/data"
+    manifest = load_manifest(data, verify=True)
+    smoke = yaml.safe_load((smoke_study / "config/smoke.yaml").read_text())
+    generated = smoke["data"]["generate"]["n_jets"]
+    assert sum(manifest["n_events"].values()) == generated
+    assert manifest["config"]["shard_events"] == smoke["data"]["convert"]["shard_events"]
+    summary = yaml.safe_load((smoke_study / "results/smoke/summary/summary.json").read_text())
+    assert summary["data_version"] == manifest["data_version"]
+    assert set(summary["class_counts_sampled"]) == {"QCD", "Tbqq", "Wqq", "Zqq"}
+    for png in summary["plots"]:
+        assert (smoke_study / "results/smoke/summary" / png).stat().st_size > 5000
+    assert _scheduled(smoke_study, Path("config/smoke.yaml")) == {}, "a finished study must be up to date"
+
+
+@pytest.mark.slow
+def test_every_stage_logged_an_mlflow_run_with_provenance(smoke_study: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_study / 'results/mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_rule = {}
+    for r in runs:
+        by_rule.setdefault(r.data.tags.get("rule"), []).append(r)
+    data_version = load_manifest(smoke_study / "results/smoke/data")["data_version"]
+    for rule in ("generate", "convert", "summarize"):
+        assert len(by_rule.get(rule, [])) == 1, f"expected one MLflow run for rule {rule}, got {by_rule.keys()}"
+        run = by_rule[rule][0]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["study"] == "smoke"
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+        assert run.data.tags["physfm.stage"] == rule
+    convert = by_rule["convert"][0]
+    assert convert.data.tags["data_version.out"] == data_version
+    assert convert.data.metrics["events_written"] > 0 and convert.data.metrics["events_per_second"] > 0
+    assert convert.data.params["shard_events"] == "150"
+    assert [d.dataset.digest for d in convert.inputs.dataset_inputs] == [data_version]
+    artifacts = [a.path for a in client.list_artifacts(convert.info.run_id)]
+    assert "manifest.json" in artifacts
+    assert by_rule["summarize"][0].data.tags["data_version.in"] == data_version
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("rule", "key", "value"),
+    [
+        ("summarize", ("data", "summary", "max_events"), 999),
+        ("convert", ("data", "convert", "shard_events"), 77),
+        ("generate", ("data", "generate", "seed"), 99),
+    ],
+)
+def test_config_edit_reruns_exactly_that_stage_and_its_descendants(
+    smoke_study: Path, rule: str, key: tuple[str, ...], value: int
+) -> None:
+    config = yaml.safe_load((smoke_study / "config/smoke.yaml").read_text())
+    node = config
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    edited = smoke_study / f"edited_{rule}.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    scheduled = set(_scheduled(smoke_study, edited))
+    expected = _descendants(smoke_study, Path("config/smoke.yaml"), rule)
+    assert scheduled == expected
+    assert "generate" not in scheduled or rule == "generate"
+
+
+def test_lint_is_clean() -> None:
+    out = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=_study_env(), capture_output=True, text=True)
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_bad_config_names_the_key_and_allowed_values(tmp_path: Path) -> None:
+    work = _copy_workflow(tmp_path)
+    (work / "bad.yaml").write_text("data:\n  source: download\n")
+    out = _snakemake(work, "-n", "all", "--configfile", "bad.yaml", check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "download" in text and "'generate'" in text and "'files'" in text
+
+
+def test_every_cli_stage_explains_itself() -> None:
+    from physfm.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    commands = [[name] for name in sub.choices]
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if getattr(a, "choices", None) and a.dest in ("what", "action", "subcommand"):
+                commands += [[name, child] for child in a.choices]
+    assert ["convert"] in commands and ["generate", "jets"] in commands
+    for cmd in [[], *commands]:
+        out = subprocess.run([sys.executable, "-m", "physfm", *cmd, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert "usage: physfm" in out.stdout and len(out.stdout) > 200, cmd
