@@ -8,7 +8,10 @@ directory that replaces the output only once the manifest is complete.
 from __future__ import annotations
 
 import glob
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from physfm.data.shards import (
 from physfm.io import atomic_dir, sha256_file
 
 ON_ERROR = ("fail", "skip")
+_ENTRY_MASK = (1 << 40) - 1
 
 
 def resolve_inputs(inputs: str | Path | list[str | Path], file_glob: str = "*") -> list[Path]:
@@ -58,6 +62,44 @@ class ConvertStats:
     events_written: int = 0
     seconds: float = 0.0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _prefetch(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Read the next chunks in a background thread while this one is processed.
+
+    uproot's decompression and numpy release the GIL, so reading overlaps hashing and writing.
+    Exceptions from the reader are re-raised here, in order.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", None))
+        except BaseException as exc:  # handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _bad_events(block: RawBlock) -> dict[str, np.ndarray]:
@@ -118,64 +160,82 @@ def convert(
         "reader_options": reader.options,
         "on_error": on_error,
     }
-    seen: dict[int, tuple[str, int]] = {}
+    seen: dict[int, int] = {}  # event key -> (file number << 40) | entry
+    names = [p.name for p, _ in readable]
     sources = []
     n_filtered = 0
     with atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, shard_events, {"modality": reader.modality, "format_version": 1})
         bar = tqdm(total=sum(n for _, n in readable), unit="ev", desc="convert", disable=not progress)
-        for path, n_entries in readable:
-            file_events = 0
-            for raw in reader.read(path, step):
-                stats.events_in += len(raw)
-                keep = np.ones(len(raw), dtype=bool)
-                for reason, mask in _bad_events(raw).items():
-                    if mask.any():
-                        first = int(np.flatnonzero(mask)[0]) + raw.first_entry
-                        if on_error == "fail":
-                            raise DataError(
-                                f"{path}: entry {first}: {reason} "
-                                f"({int(mask.sum())} such events in this chunk); "
-                                "fix the input or set on_error: skip to leave such events out"
-                            )
-                        stats.skipped += [
-                            {"source": path.name, "entry": int(i) + raw.first_entry, "reason": reason}
-                            for i in np.flatnonzero(mask & keep)
-                        ]
-                        keep &= ~mask
-                unlabeled = raw.label < 0
-                if reader.classes and unlabeled.any():
-                    n_filtered += int((unlabeled & keep).sum())
-                    keep &= ~unlabeled
-                block = EventBlock(raw.offsets, raw.particles, raw.events, raw.label, np.zeros(len(raw), np.uint64))
-                block.event_key = event_keys(block.offsets, block.particles, block.events)
-                for i in np.flatnonzero(keep):
-                    k = int(block.event_key[i])
-                    if k in seen:
-                        src, ent = seen[k]
-                        where = f"{path.name} entry {int(i) + raw.first_entry}"
-                        msg = f"duplicate event: {where} has the same content as {src} entry {ent}"
-                        if on_error == "fail":
-                            raise DataError(msg + "; remove the duplicate input or set on_error: skip")
-                        stats.skipped.append({"source": path.name, "entry": int(i) + raw.first_entry, "reason": msg})
-                        keep[i] = False
-                    else:
-                        seen[k] = (path.name, int(i) + raw.first_entry)
-                block = block.select(keep) if not keep.all() else block
-                split = assign_splits(block.event_key, split_fractions)
-                for s_idx, s_name in enumerate(SPLITS):
-                    writer.add(s_name, block.select(split == s_idx))
-                file_events += len(block)
-                bar.update(len(raw))
-            sources.append(
-                {
-                    "path": str(path),
-                    "name": path.name,
-                    "sha256": sha256_file(path),
-                    "n_entries": n_entries,
-                    "n_events": file_events,
-                }
-            )
+
+        def chunks() -> Iterator[tuple[int, RawBlock | str]]:
+            """Every file's chunks in order, then the file's sha256 to mark its end (runs in a thread)."""
+            for file_no, (path, _) in enumerate(readable):
+                yield from ((file_no, raw) for raw in reader.read(path, step))
+                yield file_no, sha256_file(path)
+
+        file_events = 0
+        for file_no, raw in _prefetch(chunks()):
+            path, n_entries = readable[file_no]
+            if isinstance(raw, str):
+                sources.append(
+                    {
+                        "path": str(path),
+                        "name": path.name,
+                        "sha256": raw,
+                        "n_entries": n_entries,
+                        "n_events": file_events,
+                    }
+                )
+                file_events = 0
+                continue
+            stats.events_in += len(raw)
+            keep = np.ones(len(raw), dtype=bool)
+            for reason, mask in _bad_events(raw).items():
+                if mask.any():
+                    first = int(np.flatnonzero(mask)[0]) + raw.first_entry
+                    if on_error == "fail":
+                        raise DataError(
+                            f"{path}: entry {first}: {reason} "
+                            f"({int(mask.sum())} such events in this chunk); "
+                            "fix the input or set on_error: skip to leave such events out"
+                        )
+                    stats.skipped += [
+                        {"source": path.name, "entry": int(i) + raw.first_entry, "reason": reason}
+                        for i in np.flatnonzero(mask & keep)
+                    ]
+                    keep &= ~mask
+            unlabeled = raw.label < 0
+            if reader.classes and unlabeled.any():
+                n_filtered += int((unlabeled & keep).sum())
+                keep &= ~unlabeled
+            block = EventBlock(raw.offsets, raw.particles, raw.events, raw.label, np.zeros(len(raw), np.uint64))
+            block.event_key = event_keys(block.offsets, block.particles, block.events)
+            idx = np.flatnonzero(keep)
+            keys = block.event_key[idx].tolist()
+            where = [(file_no << 40) | (int(i) + raw.first_entry) for i in idx.tolist()]
+            if len(set(keys)) != len(keys) or not seen.keys().isdisjoint(keys):
+                for i, k, w in zip(idx.tolist(), keys, where, strict=True):  # slow path: name each duplicate
+                    if k not in seen:
+                        seen[k] = w
+                        continue
+                    first = seen[k]
+                    msg = (
+                        f"duplicate event: {path.name} entry {w & _ENTRY_MASK} has the same content as "
+                        f"{names[first >> 40]} entry {first & _ENTRY_MASK}"
+                    )
+                    if on_error == "fail":
+                        raise DataError(msg + "; remove the duplicate input or set on_error: skip")
+                    stats.skipped.append({"source": path.name, "entry": w & _ENTRY_MASK, "reason": msg})
+                    keep[i] = False
+            else:
+                seen.update(zip(keys, where, strict=True))
+            block = block.select(keep) if not keep.all() else block
+            split = assign_splits(block.event_key, split_fractions)
+            for s_idx, s_name in enumerate(SPLITS):
+                writer.add(s_name, block.select(split == s_idx))
+            file_events += len(block)
+            bar.update(len(raw))
         bar.close()
         n_events = writer.close()
         extras = {}

@@ -195,8 +195,8 @@ class ShardDataset(IterableDataset):
                 block = EventBlock.concat([carry, block])
             n_full = len(block) // self.batch_size
             for i in range(n_full):
-                yield self._batch(_slice(block, i * self.batch_size, (i + 1) * self.batch_size))
-            carry = _slice(block, n_full * self.batch_size, len(block))
+                yield self._batch(block.slice(i * self.batch_size, (i + 1) * self.batch_size))
+            carry = block.slice(n_full * self.batch_size, len(block))
         if carry is not None and len(carry) and not self.drop_last:
             yield self._batch(carry)
 
@@ -208,13 +208,6 @@ class ShardDataset(IterableDataset):
             "label": torch.from_numpy(block.label.astype(np.int64)),
             "events": torch.from_numpy(block.events.astype(np.float32)),
         }
-
-
-def _slice(block: EventBlock, a: int, b: int) -> EventBlock:
-    o = block.offsets[a : b + 1]
-    return EventBlock(
-        o - o[0], block.particles[o[0] : o[-1]], block.events[a:b], block.label[a:b], block.event_key[a:b]
-    )
 
 
 def _take(block: EventBlock, order: np.ndarray) -> EventBlock:

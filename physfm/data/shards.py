@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,18 +61,27 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 def _row_hash(values: np.ndarray) -> np.ndarray:
-    """One uint64 per row of a 2-D numeric array, from the exact bit patterns of its values."""
+    """One uint64 per row of a 2-D numeric array, from the exact bit patterns of its values.
+
+    The row's bytes are read as uint64 words (no conversion of the values) and folded with a
+    multiply-xorshift per word, then finalised with splitmix64.
+    """
     values = np.ascontiguousarray(values)
-    if values.dtype.itemsize == 8:
-        bits = values.view(_U64)
-    else:
-        bits = values.astype(np.float64).view(_U64) if values.dtype.kind == "f" else values.astype(np.int64).view(_U64)
-    bits = bits.reshape(values.shape[0], -1)
-    h = np.zeros(values.shape[0], dtype=_U64)
+    n = values.shape[0]
+    if values.dtype.kind not in "fiub":
+        raise TypeError(f"cannot hash values of dtype {values.dtype}")
+    raw = values.reshape(n, -1).view(np.uint8)
+    width = raw.shape[1]
+    if width % 8:
+        raw = np.concatenate([raw, np.zeros((n, 8 - width % 8), np.uint8)], axis=1)
+    words = np.ascontiguousarray(raw).view(_U64)
+    h = np.full(n, width, dtype=_U64)
     with np.errstate(over="ignore"):
-        for j in range(bits.shape[1]):
-            h = _mix64(h ^ (bits[:, j] + _U64((0x9E3779B97F4A7C15 * (j + 1)) & 0xFFFFFFFFFFFFFFFF)))
-    return h
+        for j in range(words.shape[1]):
+            h ^= words[:, j]
+            h *= _U64(0x9E3779B97F4A7C15)
+            h ^= h >> _U64(29)
+    return _mix64(h)
 
 
 def event_keys(offsets: np.ndarray, particles: np.ndarray, events: np.ndarray) -> np.ndarray:
@@ -118,19 +128,23 @@ class EventBlock:
         return len(self.offsets) - 1
 
     def select(self, mask: np.ndarray) -> EventBlock:
-        """Events where ``mask`` is true, in order."""
-        idx = np.flatnonzero(mask)
-        counts = np.diff(self.offsets)[idx]
-        starts = self.offsets[idx]
-        rows = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(
-            counts.sum(), dtype=np.int64
-        )
+        """Events where the boolean ``mask`` is true, in order."""
+        mask = np.asarray(mask, dtype=bool)
+        counts = np.diff(self.offsets)
+        kept = counts[mask]
         return EventBlock(
-            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            particles=self.particles[rows],
-            events=self.events[idx],
-            label=self.label[idx],
-            event_key=self.event_key[idx],
+            offsets=np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
+            particles=self.particles[np.repeat(mask, counts)],
+            events=self.events[mask],
+            label=self.label[mask],
+            event_key=self.event_key[mask],
+        )
+
+    def slice(self, a: int, b: int) -> EventBlock:
+        """Events ``[a, b)`` as views (no copy)."""
+        o = self.offsets[a : b + 1]
+        return EventBlock(
+            o - o[0], self.particles[o[0] : o[-1]], self.events[a:b], self.label[a:b], self.event_key[a:b]
         )
 
     @staticmethod
@@ -145,8 +159,11 @@ class EventBlock:
         )
 
 
-def write_shard(path: Path, block: EventBlock, attrs: dict[str, Any]) -> dict[str, Any]:
-    """Write one shard atomically and return its manifest entry (without the path)."""
+def write_shard(path: Path, block: EventBlock, attrs: dict[str, Any], hash_now: bool = True) -> dict[str, Any]:
+    """Write one shard atomically and return its manifest entry (without the path).
+
+    With ``hash_now=False`` the entry's sha256 is left for the caller to fill in.
+    """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver="earliest", track_order=False) as f:
             for name, arr in (
@@ -162,13 +179,17 @@ def write_shard(path: Path, block: EventBlock, attrs: dict[str, Any]) -> dict[st
     return {
         "n_events": len(block),
         "n_rows": int(block.offsets[-1]),
-        "sha256": sha256_file(path),
+        "sha256": sha256_file(path) if hash_now else None,
     }
 
 
 @dataclass
 class ShardWriter:
-    """Buffers events per split and writes fixed-size shards in arrival order."""
+    """Buffers events per split and writes fixed-size shards in arrival order.
+
+    Shards are hashed in a background thread (hashlib releases the GIL) while the next ones are
+    built; :meth:`close` waits for the hashes.
+    """
 
     out_dir: Path
     shard_events: int
@@ -177,6 +198,8 @@ class ShardWriter:
     _buffers: dict[str, list[EventBlock]] = field(default_factory=dict)
     _buffered: dict[str, int] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)
+    _hashes: list[tuple[dict[str, Any], Future[str]]] = field(default_factory=list)
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
 
     def __post_init__(self) -> None:
         if self.shard_events < 1:
@@ -190,9 +213,10 @@ class ShardWriter:
         self._buffers[split].append(block)
         self._buffered[split] += len(block)
         while self._buffered[split] >= self.shard_events:
-            merged = EventBlock.concat(self._buffers[split])
-            head = merged.select(np.arange(len(merged)) < self.shard_events)
-            tail = merged.select(np.arange(len(merged)) >= self.shard_events)
+            bufs = self._buffers[split]
+            merged = bufs[0] if len(bufs) == 1 else EventBlock.concat(bufs)
+            head = merged.slice(0, self.shard_events)
+            tail = merged.slice(self.shard_events, len(merged))
             self._write(split, head)
             self._buffers[split] = [tail] if len(tail) else []
             self._buffered[split] = len(tail)
@@ -200,16 +224,21 @@ class ShardWriter:
     def _write(self, split: str, block: EventBlock) -> None:
         index = sum(1 for s in self.shards if s["split"] == split)
         rel = f"{split}/shard_{index:05d}.h5"
-        entry = write_shard(self.out_dir / rel, block, {**self.attrs, "split": split})
-        self.shards.append({"path": rel, "split": split, **entry})
+        entry = write_shard(self.out_dir / rel, block, {**self.attrs, "split": split}, hash_now=False)
+        record = {"path": rel, "split": split, **entry}
+        self._hashes.append((record, self._pool.submit(sha256_file, self.out_dir / rel)))
+        self.shards.append(record)
         self._counts[split] += len(block)
 
     def close(self) -> dict[str, int]:
-        """Flush partial shards; return events per split."""
+        """Flush partial shards, wait for their hashes; return events per split."""
         for s in SPLITS:
             if self._buffers[s]:
                 self._write(s, EventBlock.concat(self._buffers[s]))
                 self._buffers[s], self._buffered[s] = [], 0
+        for record, future in self._hashes:
+            record["sha256"] = future.result()
+        self._pool.shutdown()
         return dict(self._counts)
 
 
