@@ -3,6 +3,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+from physfm.paths import check_config_path
 from physfm.tracking import configure as configure_tracking
 from physfm.tracking import init_store as init_tracking_store
 
@@ -12,7 +13,9 @@ min_version("9.0")
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 STUDY = config["study"]
-RESULTS = config["results"]
+RESULTS = str(check_config_path(config["results"], "results", allow_absolute=config["allow_absolute_paths"]))
+if config["data"]["input"]:
+    check_config_path(config["data"]["input"], "data.input", allow_absolute=config["allow_absolute_paths"])
 R = f"{RESULTS}/{STUDY}"
 
 # MLflow: every job logs to the same store and experiment (see physfm/tracking.py);
