@@ -17,7 +17,14 @@ from physfm.io import atomic_path, write_json  # noqa: E402
 
 
 def _hist_grid(
-    values: np.ndarray, labels: np.ndarray, names: list[str], classes: list[str], title: str, path: Path
+    values: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    classes: list[str],
+    title: str,
+    path: Path,
+    units: dict[str, str] | None = None,
+    log: bool = True,
 ) -> None:
     n = len(names)
     ncols = 4
@@ -36,8 +43,11 @@ def _hist_grid(
                 ax.hist(np.clip(sel, lo, hi), bins=bins, histtype="step", density=True, label=cname)
         if not classes:
             ax.hist(np.clip(col, lo, hi), bins=bins, histtype="step", density=True)
-        ax.set_xlabel(name)
-        ax.set_yscale("log")
+        unit = (units or {}).get(name, "")
+        ax.set_xlabel(f"{name} [{unit.split(' ')[0]}]" if unit and unit.split(" ")[0] not in ("1", "bool") else name)
+        ax.set_ylabel("density")
+        if log:
+            ax.set_yscale("log")
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].axis("off")
     if classes:
@@ -63,6 +73,8 @@ def summarize(
     counts = np.diff(block.offsets)
     per_row_label = np.repeat(block.label, counts)
     pnames, enames = feature_names(manifest, "particle"), feature_names(manifest, "event")
+    punits = {f["name"]: f["unit"] for f in manifest["particle_features"]}
+    eunits = {f["name"]: f["unit"] for f in manifest["event_features"]}
     _hist_grid(
         block.particles,
         per_row_label,
@@ -70,6 +82,7 @@ def summarize(
         classes,
         f"particle features ({split}, {n} events)",
         out_dir / "particle_features.png",
+        units=punits,
     )
     _hist_grid(
         np.column_stack([block.events, counts]),
@@ -78,6 +91,8 @@ def summarize(
         classes,
         f"event features ({split}, {n} events)",
         out_dir / "event_features.png",
+        units=eunits,
+        log=False,
     )
     summary = {
         "data_version": manifest["data_version"],
