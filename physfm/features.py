@@ -4,6 +4,9 @@ Shards keep the raw inputs losslessly; models and tokenizers ask for named featu
 A name that is a stored column (e.g. ``part_deta``) is passed through; the derived names below
 are computed from stored columns. Units: GeV for momenta/energies before the log.
 
+IceCube (modality ``icecube``; see :func:`_icecube`): ``dom``, ``t_rel``, ``log_charge``, ``aux``,
+``event_log10_qtot``; the stored ``sensor_id, time, charge, auxiliary, x, y, z`` pass through.
+
 Jets (modality ``jets``):
 
 ==================  ======================================================
@@ -76,9 +79,72 @@ def _jets(block: EventBlock, p: list[str], e: list[str]) -> dict[str, Callable[[
     }
 
 
+# --------------------------------------------------------------------------- IceCube (issue 6)
+#: Default continuous inputs for IceCube models: pulse time, charge, flag and DOM position.
+ICECUBE_DEFAULT = ("t_rel", "log_charge", "aux", "x", "y", "z")
+#: PolarBERT's projected per-pulse features (the DOM identity enters as a token, feature ``dom``).
+POLARBERT_FEATURES = ("t_rel", "log_charge", "aux")
+
+
+def _per_event_min(block: EventBlock, values: np.ndarray) -> np.ndarray:
+    """Each event's minimum of ``values`` (inf where the event has no finite value), per row."""
+    counts = np.diff(block.offsets)
+    out = np.full(len(counts), np.inf)
+    filled = counts > 0
+    if filled.any():
+        out[filled] = np.minimum.reduceat(values, block.offsets[:-1][filled])
+    return np.repeat(out, counts)
+
+
+def _per_event_sum(block: EventBlock, values: np.ndarray) -> np.ndarray:
+    counts = np.diff(block.offsets)
+    out = np.zeros(len(counts))
+    filled = counts > 0
+    if filled.any():
+        out[filled] = np.add.reduceat(values, block.offsets[:-1][filled])
+    return np.repeat(out, counts)
+
+
+def _icecube(block: EventBlock, p: list[str], e: list[str]) -> dict[str, Callable[[], np.ndarray]]:
+    """IceCube pulses (modality ``icecube``; stored: sensor_id, time, charge, auxiliary, x, y, z).
+
+    ``dom`` sensor id (the PolarBERT vocabulary); ``t_rel`` time - the event's first non-auxiliary
+    pulse time, ns (first pulse when all are auxiliary); ``log_charge`` log10(charge / pe);
+    ``aux`` auxiliary flag 0/1; ``event_log10_qtot`` log10 of the event's total charge over *all*
+    its pulses (repeated on each pulse; PolarBERT's class-token target, immune to truncation).
+    """
+
+    def t_rel() -> np.ndarray:
+        t = _col(block, p, "time")
+        first_hlc = _per_event_min(block, np.where(_col(block, p, "auxiliary") == 0, t, np.inf))
+        first_any = _per_event_min(block, t)
+        return t - np.where(np.isfinite(first_hlc), first_hlc, first_any)
+
+    def cog(values: np.ndarray) -> np.ndarray:
+        """Charge-weighted mean over the event's non-auxiliary pulses (all pulses if none), per row."""
+        q = _col(block, p, "charge")
+        w = np.where(_col(block, p, "auxiliary") == 0, q, 0.0)
+        w_sum = _per_event_sum(block, w)
+        w = np.where(w_sum > 0, w, q)
+        return _per_event_sum(block, w * values) / np.maximum(_per_event_sum(block, w), 1e-12)
+
+    return {
+        "dom": lambda: _col(block, p, "sensor_id"),
+        "t_cog": lambda: _col(block, p, "time") - cog(_col(block, p, "time")),
+        "x_cog": lambda: _col(block, p, "x") - cog(_col(block, p, "x")),
+        "y_cog": lambda: _col(block, p, "y") - cog(_col(block, p, "y")),
+        "z_cog": lambda: _col(block, p, "z") - cog(_col(block, p, "z")),
+        "t_rel": t_rel,
+        "log_charge": lambda: np.log10(np.maximum(_col(block, p, "charge"), 1e-3)),
+        "aux": lambda: (_col(block, p, "auxiliary") != 0).astype(np.float64),
+        "event_log10_qtot": lambda: np.log10(np.maximum(_per_event_sum(block, _col(block, p, "charge")), 1e-3)),
+    }
+
+
 #: Derived-feature tables per modality; other modalities register theirs here.
 DERIVED: dict[str, Callable[[EventBlock, list[str], list[str]], dict[str, Callable[[], np.ndarray]]]] = {
     "jets": _jets,
+    "icecube": _icecube,
 }
 
 

@@ -84,6 +84,8 @@ def init_store(experiment: str | None = None, retries: int = 20) -> str:
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
+    """Commit of the physfm checkout that runs this code (None outside a git checkout)."""
+    cwd = cwd or Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -144,6 +146,16 @@ class StageRun:
         self._mlflow.log_input(ds, context=context)
 
 
+def job_tags() -> dict[str, str]:
+    """Where this process runs: SLURM job id and partition, and the GPUs it was given."""
+    names = (
+        ("SLURM_JOB_ID", "slurm.job_id"),
+        ("SLURM_JOB_PARTITION", "slurm.partition"),
+        ("CUDA_VISIBLE_DEVICES", "cuda_visible_devices"),
+    )
+    return {tag: os.environ[var] for var, tag in names if os.environ.get(var)}
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -160,13 +172,7 @@ def stage_run(
     }
     if commit := git_commit():
         all_tags["mlflow.source.git.commit"] = commit
-    for var, tag in (
-        ("SLURM_JOB_ID", "slurm.job_id"),
-        ("SLURM_JOB_PARTITION", "slurm.partition"),
-        ("CUDA_VISIBLE_DEVICES", "cuda_visible_devices"),
-    ):
-        if os.environ.get(var):
-            all_tags[tag] = os.environ[var]
+    all_tags.update(job_tags())
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     if not enabled():
         yield StageRun(tags=all_tags)
@@ -180,3 +186,96 @@ def stage_run(
         if params:
             handle.log_params(params)
         yield handle
+
+
+# --------------------------------------------------------------------------- study parent runs (issue 5)
+def start_parent_run(
+    run_name: str, *, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+) -> str | None:
+    """Create a run that stays open as the parent of a study's jobs; return its id (None when tracking is off).
+
+    Jobs nest under it by passing ``parent_run_id`` to :func:`stage_run`; close it with :func:`end_run`.
+    """
+    if not enabled():
+        return None
+    mlflow = _mlflow()
+    all_tags = {"physfm.stage": "study", "physfm.version": __version__, **job_tags()}
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    if commit := git_commit():
+        all_tags["mlflow.source.git.commit"] = commit
+    client = mlflow.MlflowClient()
+    exp_id = init_store()
+    exp = client.get_experiment(exp_id)
+    if "mlflow.experimentKind" not in exp.tags:  # open the UI on training runs, not the GenAI overview
+        client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    for key, value in _flat_params(params or {}).items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def end_run(run_id: str | None, status: str = "FINISHED") -> None:
+    """Mark a run (e.g. a study parent) as finished; no-op when tracking is off or ``run_id`` is None."""
+    if enabled() and run_id:
+        _mlflow().MlflowClient().set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def resume_run(run_id: str | None) -> Iterator[StageRun]:
+    """Log more into an existing run (evaluation adds test metrics to its fine-tuning run).
+
+    With tracking off, or no ``run_id``, yields a handle whose methods do nothing.
+    """
+    if not enabled() or not run_id:
+        yield StageRun()
+        return
+    mlflow = _mlflow()
+    with mlflow.start_run(run_id=run_id) as run:
+        yield StageRun(run_id=run.info.run_id, _mlflow=mlflow)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """Latest value of every metric of a run (used to check reports against the store)."""
+    return dict(_mlflow().MlflowClient().get_run(run_id).data.metrics)
+
+
+# --------------------------------------------------------------------------- pretraining (issue 4)
+def run_exists(run_id: str | None) -> bool:
+    """Whether ``run_id`` is a run of the current store (a resumed job continues its own run)."""
+    if not enabled() or not run_id:
+        return False
+    try:
+        _mlflow().MlflowClient().get_run(run_id)
+    except Exception:
+        return False
+    return True
+
+
+def enable_system_metrics(interval_seconds: float = 10.0) -> None:
+    """Make runs started afterwards in this process log CPU/memory (and GPU, with pynvml) metrics."""
+    os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = str(interval_seconds)
+
+
+def register_backbone(run: StageRun, directory: str | Path, name: str, skip: tuple[str, ...] = ("checkpoints",)) -> Any:
+    """Log a backbone directory as the run's ``backbone/`` artifacts and register it as a new version
+    of model ``name`` in the MLflow model registry, tagged with its data and tokenizer versions.
+
+    Returns the model version (None when tracking is off)."""
+    if not run._mlflow or not run.run_id:
+        return None
+    directory = Path(directory)
+    for item in sorted(directory.iterdir()):
+        if item.name in skip or item.name.startswith("."):
+            continue
+        run.log_artifact(item, artifact_path=f"backbone/{item.name}" if item.is_dir() else "backbone")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    client = run._mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        with contextlib.suppress(Exception):  # created meanwhile by a parallel job
+            client.create_registered_model(name, description="physfm pretrained backbones")
+    tags = {k: str(manifest.get(k)) for k in ("data_version", "tokenizer_version", "objective", "backbone_version")}
+    artifact_uri = client.get_run(run.run_id).info.artifact_uri
+    return client.create_model_version(name, source=f"{artifact_uri}/backbone", run_id=run.run_id, tags=tags)

@@ -27,9 +27,13 @@ FAMILIES = (
 EPILOG = """\
 stages, in pipeline order:
   generate jets     simulate jets with Pythia 8 + FastJet into JetClass-schema ROOT files
+  generate icecube  simulate IceCube-86 events (tracks, cascades) into the Kaggle parquet layout
   convert           raw events (ROOT / parquet) -> sharded HDF5 + manifest with a data_version
   summarize         per-feature plots and counts of a converted dataset
   verify            re-hash a dataset's shards against its manifest
+  tokenizer         fit k-means (faiss) / VQ-VAE / binning particle tokenizers; evaluate, encode, decode
+  pretrain          self-supervised backbone pretraining (MPM, next-token, regression); GPU/DDP-ready
+  generate-from-model  sample jets from a next-token backbone, compare with real jets
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """

@@ -103,8 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--out", required=True, type=Path, help="output .h5 file")
     dec.set_defaults(func=run_decode)
 
-    info = tsub.add_parser("info", help="print a tokenizer's manifest and headline metrics")
-    info.add_argument("tokenizer", type=Path)
+    info = tsub.add_parser(
+        "info",
+        help="print a tokenizer's manifest and headline metrics",
+        description="Print a fitted tokenizer's manifest (method, codebook size, features, input data_version, "
+        "tokenizer_version) and its quality metrics (utilisation, perplexity, resolution) as JSON.",
+    )
+    info.add_argument("tokenizer", type=Path, help="tokenizer artefact directory (from `physfm tokenizer fit`)")
     info.set_defaults(func=run_info)
 
 

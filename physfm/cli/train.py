@@ -1,9 +1,193 @@
-"""Subcommands of this family are added by their issue; nothing registered yet."""
+"""Pretraining subcommands: ``pretrain`` and ``generate-from-model``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from physfm.cli.common import add_tracking_args, parse_tags, print_json
+
+PRETRAIN_DESCRIPTION = """\
+Self-supervised pretraining of a transformer backbone on the train split of a dataset.
+
+objectives (--set objective=NAME or the config's backbone entry):
+  mpm         masked particle modelling: predict the tokenizer code of masked particles
+  next_token  causal next-token prediction over pT-ordered particles (can generate jets)
+  regression  masked feature regression (no tokenizer needed)
+Every objective also trains the class token on label-free event targets (log jet mass,
+log multiplicity), weight `global_weight`.
+
+Settings come from --config (a study config with a `pretrain:` section, that section alone,
+or inline JSON), then --backbone NAME (an entry of pretrain.backbones), then --set KEY=VALUE.
+Writes OUT/backbone.safetensors, backbone.json, objective.safetensors, metrics.json,
+history.json, loss.png and manifest.json; checkpoints go to OUT/checkpoints (or
+--checkpoint-dir) and a rerun of the same command resumes from them.
+
+On SIGTERM or SIGUSR1 (e.g. SLURM preemption with --signal=B:USR1@120) it saves a checkpoint at
+the next step and exits with status 75; rerun the same command to continue.
+Multi-GPU / multi-process: torchrun --nproc_per_node N $(which physfm) pretrain ...
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this family's subcommands to ``physfm``."""
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining of a backbone (MPM, next-token, regression)",
+        description=PRETRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset directory (from `physfm convert`)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer artefact directory (needed by mpm and next_token)")
+    p.add_argument("--out", required=True, type=Path, help="output backbone directory")
+    p.add_argument("--config", help="YAML/JSON file or inline JSON with the settings (default: built-in defaults)")
+    p.add_argument("--backbone", help="name of an entry in the config's pretrain.backbones")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. model.d_model=256"
+    )
+    p.add_argument("--steps", type=int, help="shortcut for --set steps=N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--checkpoint-dir", type=Path, help="where checkpoints live (default OUT/checkpoints)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="require a checkpoint to continue from (default: automatic)")
+    g.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    add_tracking_args(p)
+    p.set_defaults(func=run_pretrain)
+
+    gen = sub.add_parser(
+        "generate-from-model",
+        help="sample jets from a next-token backbone and compare them with real ones",
+        description="Sample N events autoregressively from a backbone pretrained with the next_token objective, "
+        "decode the codes to particles with its tokenizer and write OUT/generated.npz. With --data, compare "
+        "jet mass, jet pT and multiplicity with the real jets of --split (histograms in OUT/generation.png, "
+        "Wasserstein distances in OUT/comparison.json, next to those of the tokenized real jets).",
+    )
+    gen.add_argument("--model", required=True, type=Path, help="backbone directory (from `physfm pretrain`)")
+    gen.add_argument("--n", required=True, type=int, help="number of events to generate")
+    gen.add_argument("--out", required=True, type=Path, help="output directory")
+    gen.add_argument("--data", type=Path, help="dataset to compare with (optional)")
+    gen.add_argument("--split", default="test", help="split of --data to compare with (default test)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    gen.add_argument("--batch-size", type=int, default=256)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    gen.add_argument("--threads", type=int, help="CPU threads for torch")
+    gen.add_argument("--no-progress", action="store_true")
+    add_tracking_args(gen)
+    gen.set_defaults(func=run_generate)
+
+
+def _load_config(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {text}: no such file (pass a YAML/JSON file or inline JSON)")
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from physfm import tracking
+    from physfm.train.checkpoints import PREEMPTED_EXIT_CODE, Preempted, checkpoint_info
+    from physfm.train.pretrain import pretrain, resolve_config
+
+    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
+    cfg = resolve_config(_load_config(args.config), args.backbone, overrides)
+    if args.print_config:
+        print_json(cfg.to_dict())
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt_dir = args.checkpoint_dir or args.out / "checkpoints"
+    resume = "require" if args.resume else ("never" if args.fresh else "auto")
+    rank = int(os.environ.get("RANK", 0))
+    info = checkpoint_info(ckpt_dir) if resume != "never" else None
+    params = {**cfg.to_dict(), "data": str(args.data), "tokenizer": str(args.tokenizer)}
+    name = args.run_name or f"pretrain {args.backbone or cfg.objective}"
+    if rank != 0:  # one MLflow run per job: rank 0 logs
+        os.environ["PHYSFM_TRACKING"] = "0"
+    tracking.enable_system_metrics()
+    run_ctx = (
+        tracking.resume_run(info["mlflow_run_id"])
+        if info and tracking.run_exists(info.get("mlflow_run_id"))
+        else tracking.stage_run("pretrain", run_name=name, params=params, tags=parse_tags(args.tag))
+    )
+    try:
+        with run_ctx as run:
+            summary = pretrain(
+                cfg,
+                args.data,
+                args.tokenizer,
+                args.out,
+                checkpoint_dir=ckpt_dir,
+                resume=resume,
+                device=args.device,
+                progress=not args.no_progress,
+                run=run,
+            )
+            if rank == 0:
+                tracking.register_backbone(
+                    run, args.out, name=f"{tracking.experiment_name()}.{args.backbone or cfg.objective}"
+                )
+    except Preempted as exc:
+        print(f"physfm pretrain: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    if rank == 0:
+        print_json({k: v for k, v in summary.items() if not isinstance(v, dict)})
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from physfm import tracking
+    from physfm.models.generate import generate_from_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = {
+        "model": str(args.model),
+        "n": args.n,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "split": args.split,
+    }
+    with tracking.stage_run(
+        "generate-from-model", run_name=args.run_name or "generate from model", params=params, tags=parse_tags(args.tag)
+    ) as run:
+        summary = generate_from_model(
+            args.model,
+            args.out,
+            args.n,
+            data_dir=args.data,
+            split=args.split,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        run.set_tags({"tokenizer_version": summary["tokenizer_version"]})
+        metrics = {"mean_multiplicity": summary["mean_multiplicity"], "codes_used": summary["codes_used"]}
+        for obs, row in summary.get("observables", {}).items():
+            metrics.update({f"{obs}.{k}": v for k, v in row.items()})
+        run.log_metrics(metrics)
+        run.log_artifact(args.out / "comparison.json")
+        run.log_artifact(args.out / "generation.png", artifact_path="plots")
+    print_json(summary)
+    return 0

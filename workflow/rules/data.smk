@@ -1,14 +1,24 @@
 # Stage 1: raw events -> sharded HDF5 with a data_version, and a data summary.
 
 
+GEN = config["data"]["generate"]
+if config["data"]["source"] == "generate" and config["data"]["format"] == "prometheus":
+    raise ValueError("data.source 'generate' simulates IceCube events in the Kaggle layout: set data.format: kaggle")
+ICECUBE_SIM = config["data"]["format"] != "jetclass"  # IceCube formats: simulate in the Kaggle layout
+
+
 rule generate:
     output:
         directory(f"{R}/raw"),
     params:
-        n_jets=config["data"]["generate"]["n_jets"],
-        seed=config["data"]["generate"]["seed"],
-        processes=",".join(config["data"]["generate"]["processes"]),
-        files=config["data"]["generate"]["files"],
+        what="icecube" if ICECUBE_SIM else "jets",
+        seed=GEN["seed"],
+        args=(
+            f"--n-events {GEN['n_events']} --events-per-batch {GEN['events_per_batch']} "
+            f"--track-fraction {GEN['track_fraction']}"
+            if ICECUBE_SIM
+            else f"--n-jets {GEN['n_jets']} --processes {','.join(GEN['processes'])} --files {GEN['files']}"
+        ),
         track=track("generate"),
     threads: 2
     log:
@@ -16,8 +26,7 @@ rule generate:
     conda:
         "../../envs/io.yaml"
     shell:
-        "physfm generate jets --out {output} --n-jets {params.n_jets} --seed {params.seed} "
-        "--processes {params.processes} --files {params.files} --workers {threads} "
+        "physfm generate {params.what} --out {output} --seed {params.seed} {params.args} --workers {threads} "
         "{params.track} > {log} 2>&1"
 
 

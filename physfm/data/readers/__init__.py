@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from physfm.data.readers.base import RawBlock, Reader
 from physfm.data.readers.jetclass import JetClassReader
+from physfm.data.readers.kaggle import KaggleReader
+from physfm.data.readers.prometheus import PrometheusReader
 
-READERS: dict[str, type[Reader]] = {"jetclass": JetClassReader}
+READERS: dict[str, type[Reader]] = {
+    "jetclass": JetClassReader,
+    "kaggle": KaggleReader,  # IceCube Kaggle layout (also `physfm generate icecube`)
+    "prometheus": PrometheusReader,  # Prometheus simulation, graphnet parquet layout
+}
 
-__all__ = ["READERS", "RawBlock", "Reader", "JetClassReader"]
+__all__ = ["READERS", "RawBlock", "Reader", "JetClassReader", "KaggleReader", "PrometheusReader"]

@@ -1,0 +1,227 @@
+"""Pretraining throughput: loader jets/s vs model jets/s, training tokens/s and model FLOPs utilisation.
+
+Three numbers, all measured in the same run on the same machine:
+
+1. **Loader**: jets/s that the pretraining input pipeline delivers (shard read, features, normalisation,
+   tokenizer encoding, masking) with 0..N DataLoader worker processes.
+2. **Model**: jets/s that a training step consumes (forward, backward, AdamW) on batches already on
+   the device. Ratio loader / model >= 1 means the loader is never the bottleneck.
+3. **MFU**: achieved model FLOP/s (6 N + 12 L d T per token, PaLM / nanoGPT estimate, on the padded
+   sequence) divided by the peak FLOP/s of a large matrix product measured in the same run (fp32 on
+   CPU, bf16 on GPU; on GPU also against the 790 TFLOP/s H100 bf16 reference).
+
+    python benchmarks/train.py --data results/default/data --tokenizer results/default/tokenizers/kmeans-512
+    python benchmarks/train.py --data DIR --tokenizer DIR --size gpu --device cuda   # 8 x 512, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from physfm.data.shards import load_manifest
+from physfm.models import OBJECTIVES, Backbone
+from physfm.tokenizers import load_tokenizer
+from physfm.train.data import PretrainShards, fit_stats, make_loader, raw_feature_names
+from physfm.train.pretrain import PretrainConfig, Pretrainer, _autocast, build_backbone_config, make_optimizer
+
+SIZES = {
+    "cpu": {"model": {"d_model": 128, "n_layers": 4, "n_heads": 8}, "max_len": 64, "batch_size": 64},
+    "gpu": {"model": {"d_model": 512, "n_layers": 8, "n_heads": 8}, "max_len": 128, "batch_size": 256},
+}
+H100_BF16_PEAK = 790e12
+
+
+def peak_flops(device: torch.device, seconds: float = 3.0) -> float:
+    """FLOP/s of a large square matrix product (bf16 on GPU, fp32 on CPU)."""
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10 if device.type == "cuda" else 1):
+            a @ b
+            reps += 1
+        sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, type=Path, help="converted dataset")
+    ap.add_argument("--tokenizer", required=True, type=Path, help="fitted tokenizer directory")
+    ap.add_argument("--objective", default="mpm", choices=sorted(OBJECTIVES))
+    ap.add_argument("--size", default="cpu", choices=sorted(SIZES), help="cpu: 4 x 128; gpu: 8 x 512")
+    ap.add_argument("--batch-size", type=int, help="override the size's batch")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
+    ap.add_argument("--loader-batches", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    ap.add_argument("--loader-only", action="store_true", help="measure only the loader (e.g. the gpu size on a CPU)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dev = torch.device(
+        "cuda"
+        if (args.device == "auto" and torch.cuda.is_available())
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    size = dict(SIZES[args.size])
+    if args.batch_size:
+        size["batch_size"] = args.batch_size
+    cfg = PretrainConfig.from_dict({**size, "objective": args.objective})
+    tok = load_tokenizer(args.tokenizer)
+    obj_cls = OBJECTIVES[cfg.objective]
+    opts = cfg.objectives.get(cfg.objective, {})
+    features = obj_cls.input_features(opts, list(cfg.features), tok)
+    bcfg = build_backbone_config(cfg, len(features), tok.codebook_size)
+    objective = obj_cls(
+        bcfg.d_model,
+        opts,
+        codebook_size=tok.codebook_size,
+        n_features=len(features),
+        global_names=cfg.global_targets,
+        global_weight=cfg.global_weight,
+    )
+    raw = raw_feature_names(features, tok, objective)
+    stats = fit_stats(
+        args.data,
+        features=features,
+        raw_features=raw,
+        global_names=objective.global_names,
+        tokenizer=tok,
+        max_len=cfg.max_len,
+        n_events=5000,
+        seed=0,
+    )
+    ds = PretrainShards(
+        args.data,
+        "train",
+        stats=stats,
+        raw_features=raw,
+        objective=objective,
+        tokenizer=tok,
+        max_len=cfg.max_len,
+        batch_size=cfg.batch_size,
+        seed=0,
+        shuffle=True,
+        drop_last=True,
+    )
+    result: dict = {
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "config": {**cfg.model, "max_len": cfg.max_len, "batch_size": cfg.batch_size, "objective": cfg.objective},
+        "data_version": load_manifest(args.data)["data_version"],
+        "tokenizer": f"{tok.method}-{tok.codebook_size}",
+    }
+
+    # 1. loader
+    loader = {}
+    for w in [int(v) for v in args.workers.split(",")]:
+        n_jets, t0, first = 0, None, None
+        for epoch in range(100):
+            ds.set_epoch(epoch)
+            for i, b in enumerate(make_loader(ds, w)):
+                if first is None:  # do not count worker start-up
+                    first, t0 = True, time.perf_counter()
+                    continue
+                n_jets += len(b["mask"])
+                if i >= args.loader_batches:
+                    break
+            if n_jets >= args.loader_batches * cfg.batch_size:
+                break
+        loader[w] = n_jets / (time.perf_counter() - t0)
+        print(f"loader, {w} worker(s): {loader[w]:.0f} jets/s")
+    result["loader_jets_per_second"] = loader
+    if args.loader_only:
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=str))
+        return
+
+    # 2. model consumption and 3. MFU
+    torch.manual_seed(0)
+    trainer = Pretrainer(Backbone(bcfg), objective).to(dev)
+    opt = make_optimizer(trainer, cfg, fused=dev.type == "cuda")
+    model = torch.compile(trainer) if args.compile else trainer
+    ds.set_epoch(0)
+    batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]
+
+    def step(b: dict) -> None:
+        with _autocast(dev):
+            loss, _ = model(b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
+        opt.step()
+
+    for i in range(3):
+        step(batches[i % len(batches)])
+    sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    real_tokens = 0
+    for i in range(args.steps):
+        b = batches[i % len(batches)]
+        step(b)
+        real_tokens += int(b["mask"].sum())
+    sync(dev)
+    dt = time.perf_counter() - t0
+    jets = args.steps * cfg.batch_size / dt
+    seq = cfg.max_len + bcfg.n_cls
+    achieved = trainer.backbone.flops_per_token(cfg.max_len) * seq * args.steps * cfg.batch_size / dt
+    peak = peak_flops(dev)
+    result.update(
+        {
+            "n_params": trainer.backbone.n_params(),
+            "model_jets_per_second": jets,
+            "seconds_per_step": dt / args.steps,
+            "tokens_per_second_padded": seq * args.steps * cfg.batch_size / dt,
+            "tokens_per_second_real": real_tokens / dt,
+            "achieved_tflops": achieved / 1e12,
+            "measured_peak_tflops": peak / 1e12,
+            "mfu_vs_measured_peak": achieved / peak,
+        }
+    )
+    if dev.type == "cuda":
+        result["mfu_vs_h100_790tflops"] = achieved / H100_BF16_PEAK
+        result["gpu_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    best = max(loader.values())
+    result["loader_over_model"] = best / jets
+    print(f"model: {jets:.0f} jets/s ({dt / args.steps * 1e3:.1f} ms/step, batch {cfg.batch_size})")
+    print(f"tokens/s: {result['tokens_per_second_padded']:.0f} padded, {result['tokens_per_second_real']:.0f} real")
+    print(
+        f"achieved {achieved / 1e12:.3f} TFLOP/s; peak (matmul, same run) {peak / 1e12:.3f} TFLOP/s; "
+        f"MFU {achieved / peak:.1%}"
+    )
+    if dev.type == "cuda":
+        print(f"MFU vs 790 TFLOP/s H100 bf16: {result['mfu_vs_h100_790tflops']:.1%}")
+    print(
+        f"loader / model = {result['loader_over_model']:.2f} (best loader {best:.0f} jets/s; >= 1: loader not the "
+        "bottleneck)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

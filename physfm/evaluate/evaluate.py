@@ -1,0 +1,121 @@
+"""Evaluating a fine-tuned classifier on a held-out split, and embedding a split with a backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from physfm.data.loader import load_arrays
+from physfm.data.shards import DataError, load_manifest
+from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
+from physfm.io import atomic_path
+
+
+def predict(
+    model_dir: str | Path, data_dir: str | Path, split: str = "test", batch_size: int = 256, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Class probabilities ``(N, C)``, labels and event keys of a split, and the classifier's meta."""
+    from physfm.finetune.model import batched, device_of, load_classifier
+
+    model, meta = load_classifier(model_dir)
+    manifest = load_manifest(data_dir, verify=True)
+    if list(manifest["classes"]) != list(meta["classes"]):
+        raise DataError(
+            f"{data_dir} has classes {manifest['classes']}, the classifier was trained on {meta['classes']}"
+        )
+    dev = device_of(device)
+    model.to(dev)
+    arrays = load_arrays(data_dir, split, features=meta["backbone"]["features"], max_len=meta["backbone"]["max_len"])
+    keep = arrays["label"] >= 0
+    probs = batched(
+        lambda x, m: torch.softmax(model(x, m), dim=1),
+        arrays["x"][keep],
+        arrays["mask"][keep],
+        meta["backbone"],
+        batch_size,
+        dev,
+    )
+    return probs, arrays["label"][keep], arrays["event_key"][keep], meta
+
+
+def evaluate_classifier(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "test",
+    *,
+    pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
+    effs: Sequence[float] = DEFAULT_EFFS,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    predictions: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of a classifier on ``split`` with bootstrap errors, plus the cell it belongs to."""
+    probs, labels, keys, meta = predict(model_dir, data_dir, split)
+    result = evaluate_scores(probs, labels, meta["classes"], pairs=pairs, effs=effs, n_bootstrap=n_bootstrap, seed=seed)
+    if predictions is not None:
+        with atomic_path(predictions) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, probs=probs.astype(np.float32), label=labels, event_key=keys)
+    cell = {k: meta.get(k) for k in ("mode", "labels", "n_labels", "seed", "run_id", "data_version")}
+    cell.update(meta.get("cell", {}))
+    return {
+        **cell,
+        "split": split,
+        "classes": meta["classes"],
+        "model_dir": str(model_dir),
+        "subset_digest": meta["subset"]["digest"],
+        "backbone_objective": meta["backbone"].get("objective"),
+        "tokenizer_version": meta["backbone"].get("tokenizer_version"),
+        "train": meta["train"],
+        "history": meta.get("history", []),
+        **result,
+    }
+
+
+def load_embedder(backbone_dir: str | Path, random_init_seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """A backbone and its meta for embedding; ``random_init_seed``: same architecture, random weights
+    (the baseline a pretrained representation should beat)."""
+    from physfm.models.backbone import Backbone, BackboneConfig
+    from physfm.train.checkpoints import load_backbone
+
+    model, bmeta = load_backbone(backbone_dir, map_location="cpu")
+    if random_init_seed is not None:
+        torch.manual_seed(random_init_seed)
+        model = Backbone(BackboneConfig.from_dict(bmeta["config"]))
+    bmeta = {**bmeta, "backbone_dir": str(backbone_dir), "random_init": random_init_seed is not None}
+    return model.eval(), bmeta
+
+
+def embed_split(
+    model: Any,
+    bmeta: dict[str, Any],
+    data_dir: str | Path,
+    split: str,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    max_events: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``) from ``model.embed``."""
+    from physfm.finetune.model import batched, device_of
+
+    dev = device_of(device)
+    model.to(dev).eval()
+    indices = None if max_events is None else np.arange(max_events)
+    arrays = load_arrays(data_dir, split, features=bmeta["features"], max_len=bmeta["max_len"], indices=indices)
+    emb = batched(model.embed, arrays["x"], arrays["mask"], bmeta, batch_size, dev)
+    manifest = load_manifest(data_dir)
+    meta = {
+        "backbone_dir": bmeta.get("backbone_dir"),
+        "random_init": bool(bmeta.get("random_init")),
+        "objective": bmeta.get("objective"),
+        "backbone_data_version": bmeta.get("data_version"),
+        "tokenizer_version": bmeta.get("tokenizer_version"),
+        "data_version": manifest["data_version"],
+        "split": split,
+        "classes": manifest["classes"],
+    }
+    return emb, arrays["label"], arrays["event_key"], meta

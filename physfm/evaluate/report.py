@@ -1,0 +1,692 @@
+"""The study report: one self-contained HTML page (figures embedded as PNG) plus the figures as files.
+
+Sections: study and provenance, data summary, tokenizer quality, pretraining curves, the
+data-efficiency plot (metric vs number of labelled events, one line per mode, mean ± std over
+seeds), ROC curves (background rejection vs signal efficiency), fine-tuning curves, the results
+table, the label-efficiency factor, and the k-NN accuracy of the embeddings. Sections whose inputs
+are missing say so instead of disappearing. ``report.json`` holds every number shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from physfm import __version__  # noqa: E402
+from physfm.evaluate.efficiency import efficiency_table, format_factor  # noqa: E402
+from physfm.io import atomic_path, read_json, write_json  # noqa: E402
+
+MODE_STYLE = {"scratch": ("tab:gray", "o"), "finetune": ("tab:blue", "s"), "frozen": ("tab:orange", "^")}
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "auc": "ROC AUC (one-vs-rest mean)",
+    "mean_angular_error_deg": "mean angular error (deg)",  # IceCube direction (issue 6)
+    "median_angular_error_deg": "median angular error (deg)",
+}
+#: Metrics where lower is better (the efficiency factor then compares negated values).
+LOWER_IS_BETTER = ("mean_angular_error_deg", "median_angular_error_deg")
+SECTIONS = (
+    "study",
+    "data",
+    "tokenizer",
+    "pretraining",
+    "efficiency",
+    "roc",
+    "finetune-curves",
+    "results",
+    "label-efficiency",
+    "embeddings",
+)
+
+
+def metric_label(name: str) -> str:
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    for prefix, text in (("auc_", "AUC "), ("rej50_", "1/εB at εS=0.5, "), ("rej30_", "1/εB at εS=0.3, ")):
+        if name.startswith(prefix):
+            return text + name[len(prefix) :].replace("_vs_", " vs ")
+    return name
+
+
+def _verdict(d: float, metric: str) -> str:
+    """How fine-tuned compares with scratch for a difference ``d`` = fine-tuned - scratch."""
+    if metric in LOWER_IS_BETTER:
+        return "better than" if d < 0 else "worse than"
+    return "above" if d > 0 else "below"
+
+
+# --------------------------------------------------------------------------- aggregation
+def _group(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r.get("backbone") or "-", r["mode"], int(r["n_labels"])), []).append(r)
+    return dict(
+        sorted(
+            cells.items(),
+            key=lambda kv: (kv[0][0], list(MODE_STYLE).index(kv[0][1]) if kv[0][1] in MODE_STYLE else 9, kv[0][2]),
+        )
+    )
+
+
+def summarize_cells(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (backbone, mode, labels): mean and std over seeds of each metric."""
+    rows = []
+    for (backbone, mode, n), runs in _group(results).items():
+        row: dict[str, Any] = {
+            "backbone": backbone,
+            "mode": mode,
+            "n_labels": n,
+            "seeds": sorted(r["seed"] for r in runs),
+        }
+        for m in metrics:
+            vals = np.array([r["metrics"].get(m, np.nan) for r in runs], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            row[m] = float(vals.mean()) if len(vals) else float("nan")
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def headline_metrics(results: Sequence[dict[str, Any]], primary: str) -> list[str]:
+    """The metrics shown: primary first, then accuracy / AUC / pair AUC and rejections present in the results."""
+    present: list[str] = []
+    for r in results:
+        for k in r["metrics"]:
+            if (
+                k not in present
+                and (k in ("accuracy", "auc") or k.startswith(("auc_", "rej")))
+                and ("_vs_" in k or k in ("accuracy", "auc"))
+                or k in LOWER_IS_BETTER
+            ):
+                present.append(k)
+    order = [primary] + [m for m in ("auc", "accuracy", *LOWER_IS_BETTER) if m != primary]
+    order += [m for m in present if m.startswith("auc_") and m not in order]
+    rejections = [m for m in present if m.startswith("rej") and m not in order]
+    order += sorted(rejections, key=lambda m: (m.split("_", 1)[1], -int(m[3:].split("_")[0])))
+    return [m for m in order if m in present]
+
+
+# --------------------------------------------------------------------------- figures
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_efficiency(rows: list[dict[str, Any]], metrics: Sequence[str], path: Path) -> Path:
+    """Metric vs labelled events, one line per (backbone, mode), mean ± std over seeds."""
+    n_panels = len(metrics)
+    ncols = min(n_panels, 3)
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    backbones = sorted({r["backbone"] for r in rows})
+    for j, m in enumerate(metrics):
+        ax = axes[j // ncols][j % ncols]
+        for b_i, backbone in enumerate(backbones):
+            for mode in MODE_STYLE:
+                pts = sorted(
+                    (r["n_labels"], r[m], r[f"{m}_std"])
+                    for r in rows
+                    if r["backbone"] == backbone and r["mode"] == mode
+                )
+                if not pts:
+                    continue
+                n, y, e = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
+                color, marker = MODE_STYLE[mode]
+                label = mode if len(backbones) == 1 else f"{backbone} {mode}"
+                ls = ["-", "--", ":", "-."][b_i % 4]
+                ax.errorbar(n, y, yerr=e, color=color, marker=marker, ls=ls, capsize=3, label=label)
+        ax.set_xscale("log")
+        ns = sorted({r["n_labels"] for r in rows})
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        if m.startswith("rej"):
+            ax.set_yscale("log")
+        ax.set_xlabel("labelled training events")
+        ax.set_ylabel(metric_label(m))
+        ax.grid(alpha=0.3, which="both")
+        if j == 0:
+            ax.legend(fontsize=8)
+    for j in range(n_panels, nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    fig.suptitle("data efficiency (mean ± std over seeds, test split)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Background rejection vs signal efficiency of the first signal/background pair, per label count."""
+    pairs = sorted({p for r in results for p in r.get("roc", {})})
+    if not pairs:
+        return None
+    pair = pairs[0]
+    ns = sorted({int(r["n_labels"]) for r in results})
+    ncols = min(len(ns), 4)
+    nrows = -(-len(ns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for j, n in enumerate(ns):
+        ax = axes[j // ncols][j % ncols]
+        seen = set()
+        for r in results:
+            if int(r["n_labels"]) != n or pair not in r.get("roc", {}):
+                continue
+            es = np.array(r["roc"][pair]["signal_eff"])
+            eb = np.array(r["roc"][pair]["background_eff"])
+            ok = eb > 0
+            color, _ = MODE_STYLE.get(r["mode"], ("k", "."))
+            label = r["mode"] if r["mode"] not in seen else None
+            seen.add(r["mode"])
+            ax.plot(es[ok], 1 / eb[ok], color=color, alpha=0.7, lw=1.2, label=label)
+        ax.plot([0, 1], [1, 1], color="k", lw=0.5)
+        ax.set_yscale("log")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("signal efficiency εS")
+        ax.set_ylabel("background rejection 1/εB")
+        ax.set_title(f"{pair.replace('_vs_', ' vs ')}, {n} labels", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        if j == 0:
+            ax.legend(fontsize=8)
+    for j in range(len(ns), nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    fig.suptitle("ROC curves (one line per seed)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_finetune_curves(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Validation loss vs step for the first seed of every cell (early stopping keeps the minimum)."""
+    with_history = [r for r in results if r.get("history")]
+    if not with_history:
+        return None
+    ns = sorted({int(r["n_labels"]) for r in with_history})
+    first_seed = min(r["seed"] for r in with_history)
+    fig, axes = plt.subplots(1, len(ns), figsize=(4 * len(ns), 3.2), squeeze=False)
+    for j, n in enumerate(ns):
+        ax = axes[0][j]
+        for r in with_history:
+            if int(r["n_labels"]) != n or r["seed"] != first_seed:
+                continue
+            h = r["history"]
+            color, _ = MODE_STYLE.get(r["mode"], ("k", "."))
+            ax.plot([p["step"] for p in h], [p["val_loss"] for p in h], color=color, label=f"{r['mode']} val")
+            ax.plot([p["step"] for p in h], [p["train_loss"] for p in h], color=color, ls=":", alpha=0.7)
+            ax.axvline(r["train"]["best_step"], color=color, lw=0.6, ls="--")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+        ax.set_title(f"{n} labels, seed {first_seed}", fontsize=10)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle("fine-tuning: validation (solid) and training (dotted) loss; dashed = best checkpoint")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_factor(eff_rows: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    if not eff_rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for key in sorted({(r.get("backbone", "-"), r["mode"]) for r in eff_rows}):
+        rs = sorted((r for r in eff_rows if (r.get("backbone", "-"), r["mode"]) == key), key=lambda r: r["n"])
+        n = np.array([r["n"] for r in rs])
+        f = np.array([r["factor"] for r in rs])
+        lo = np.array([r["low"] for r in rs])
+        hi = np.array([r["high"] for r in rs])
+        color, marker = MODE_STYLE.get(key[1], ("k", "."))
+        ax.errorbar(
+            n,
+            f,
+            yerr=[np.maximum(f - lo, 0), np.maximum(hi - f, 0)],
+            color=color,
+            marker=marker,
+            capsize=3,
+            label=key[1] if key[0] == "-" else f"{key[0]} {key[1]}",
+        )
+        for r in rs:
+            if r["kind"] == "lower":
+                ax.annotate(
+                    "",
+                    xy=(r["n"], r["factor"] * 1.6),
+                    xytext=(r["n"], r["factor"]),
+                    arrowprops={"arrowstyle": "->", "color": color},
+                )
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("labelled events used")
+    ax.set_ylabel("label-efficiency factor")
+    ax.set_title(f"labels scratch needs ÷ labels used ({metric_label(metric)})", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pretraining(curves: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Loss curves per pretrained backbone (see :func:`pretraining_curves`), with their baselines."""
+    curves = {k: v for k, v in curves.items() if v.get("series")}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    styles = ["-", "--", ":", "-."]
+    for i, (name, c) in enumerate(sorted(curves.items())):
+        for j, (label, (steps, values)) in enumerate(sorted(c["series"].items())):
+            ax.plot(steps, values, color=f"C{i}", ls=styles[j % 4], marker="o", ms=2.5, label=f"{name} {label}")
+        for j, (label, value) in enumerate(sorted(c.get("baselines", {}).items())):
+            ax.axhline(value, color=f"C{i}", lw=0.7, ls=styles[(j + 1) % 4], alpha=0.6, label=f"{name} {label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("pretraining loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- inputs from other stages
+BASELINES = {"log_K": "uniform (log K)", "unigram_entropy": "unigram entropy"}
+
+
+def pretraining_curves(pretrain_dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Loss curves of pretrained backbones from their ``history.json`` (records with ``step`` and losses,
+    e.g. ``val/loss``, ``val/loss_token``, ``train_loss``) and baselines from ``metrics.json``."""
+    curves: dict[str, dict[str, Any]] = {}
+    for name, d in pretrain_dirs.items():
+        p = Path(d) / "history.json"
+        if not p.is_file():
+            continue
+        data = read_json(p)
+        recs = data.get("history", []) if isinstance(data, dict) else data
+        recs = [r for r in recs if isinstance(r, dict) and "step" in r]
+        keys = sorted({k for r in recs for k in r if k != "step" and "loss" in k and isinstance(r[k], (int, float))})
+        series = {k: ([r["step"] for r in recs if k in r], [r[k] for r in recs if k in r]) for k in keys}
+        metrics = read_json(Path(d) / "metrics.json") if (Path(d) / "metrics.json").is_file() else {}
+        baselines = {
+            label: float(metrics[k]) for k, label in BASELINES.items() if isinstance(metrics.get(k), (int, float))
+        }
+        curves[name] = {"series": series, "baselines": baselines}
+    return curves
+
+
+def _scalars(d: dict[str, Any], prefix: str = "", limit: int = 40) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _scalars(v, f"{prefix}{k}.", limit)
+        elif isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) < 60):
+            out.append((f"{prefix}{k}", v))
+    return out[:limit]
+
+
+def _placeholder(path: Path, why: str) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"not available: {why}", ha="center", va="center", color="0.4")
+    return _save(fig, path)
+
+
+def _difference(
+    cell: dict[str, Any], ref: dict[str, Any], results: Sequence[dict[str, Any]], metric: str
+) -> tuple[float, float, str]:
+    """Mean difference of two cells and its standard error (over seeds, or test bootstrap for one seed)."""
+    d = cell[metric] - ref[metric]
+    n1, n2 = len(cell["seeds"]), len(ref["seeds"])
+    if n1 > 1 and n2 > 1:
+        return d, float(np.sqrt(cell[f"{metric}_std"] ** 2 / n1 + ref[f"{metric}_std"] ** 2 / n2)), "s.e. over seeds"
+
+    def boot(c: dict[str, Any]) -> float:
+        stds = [
+            r["std"].get(metric, 0.0)
+            for r in results
+            if r["mode"] == c["mode"]
+            and int(r["n_labels"]) == c["n_labels"]
+            and (r.get("backbone") or "-") == c["backbone"]
+        ]
+        return float(np.sqrt(np.mean(np.square(stds))) / np.sqrt(max(len(stds), 1))) if stds else 0.0
+
+    return d, float(np.hypot(boot(cell), boot(ref))), "test-set bootstrap"
+
+
+# --------------------------------------------------------------------------- HTML
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #bbb}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee}
+.note{color:#666;font-size:0.9em}.missing{color:#a60;font-style:italic}.hl{background:#eef6ee;padding:0.6em 1em;
+border-left:4px solid #4a4}code{background:#f4f4f4;padding:0 3px}nav a{margin-right:1em}
+"""
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not Path(path).is_file():
+        return f'<p class="missing">{html.escape(alt)}: not available</p>'
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(header))
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _fmt(v: Any, err: Any = None) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    digits = 4 if abs(v) < 10 else 3
+    s = f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    if err is not None and isinstance(err, float) and np.isfinite(err) and err > 0:
+        s += f" ± {err:.2g}"
+    return s
+
+
+def build_report(
+    out_html: str | Path,
+    results: Sequence[dict[str, Any]],
+    *,
+    figures_dir: str | Path | None = None,
+    title: str = "physfm label-efficiency study",
+    metric: str = "auc",
+    study: dict[str, Any] | None = None,
+    data_summary: str | Path | None = None,
+    tokenizers: dict[str, Path] | None = None,
+    pretrain: dict[str, Path] | None = None,
+    knn: Sequence[dict[str, Any]] | None = None,
+    n_bootstrap: int = 1000,
+) -> dict[str, Any]:
+    """Render the report; write figures to ``figures_dir`` and every number to ``report.json`` beside the HTML.
+
+    ``results``: evaluation records (``physfm evaluate`` JSONs, with ``backbone`` added by the grid).
+    ``knn``: records ``{"name", "k", "accuracy", ...}`` from ``physfm embed --knn``.
+    Returns the report's data (also written as report.json).
+    """
+    out_html = Path(out_html)
+    figs = Path(figures_dir) if figures_dir else out_html.parent / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    results = list(results)
+    if not results:
+        raise ValueError("no evaluation results to report: run `physfm evaluate` on the fine-tuned models first")
+    metrics = headline_metrics(results, metric)
+    if metric not in metrics:
+        raise ValueError(f"report metric '{metric}' is not in the results; available: {', '.join(metrics)}")
+    rows = summarize_cells(results, metrics)
+
+    eff_rows: list[dict[str, Any]] = []
+    usable = [r for r in results if np.isfinite(r["metrics"].get(metric, np.nan))]
+    for backbone in sorted({r["backbone"] for r in rows if r["mode"] != "scratch"}):
+        own = [r for r in usable if (r.get("backbone") or "-") == backbone]
+        # scratch models borrow only an architecture: a shared scratch curve serves every backbone
+        reference = [r for r in own if r["mode"] == "scratch"] or [r for r in usable if r["mode"] == "scratch"]
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        runs = [
+            {
+                "mode": r["mode"],
+                "n": r["n_labels"],
+                "value": sign * r["metrics"][metric],
+                "std": r["std"].get(metric, 0.0),
+            }
+            for r in [*(r for r in own if r["mode"] != "scratch"), *reference]
+        ]
+        for e in efficiency_table(runs, n_bootstrap=n_bootstrap):
+            for k in ("metric", "reference_metric"):
+                e[k] = None if e.get(k) is None else sign * e[k]
+            eff_rows.append({"backbone": backbone, **e})
+
+    fig_paths = {
+        "efficiency": plot_efficiency(rows, metrics[: min(len(metrics), 6)], figs / "label_efficiency.png"),
+        "roc": plot_roc(results, figs / "roc.png"),
+        "finetune-curves": plot_finetune_curves(results, figs / "finetune_curves.png"),
+        "label-efficiency": plot_factor(eff_rows, metric, figs / "efficiency_factor.png"),
+        "pretraining": plot_pretraining(pretraining_curves(pretrain or {}), figs / "pretraining.png"),
+    }
+    placeholders = {  # every figure file exists (workflow outputs), even when its inputs do not
+        "roc": ("roc.png", "no signal/background pair in these classes"),
+        "finetune-curves": ("finetune_curves.png", "no training history in the results"),
+        "label-efficiency": ("efficiency_factor.png", "needs scratch and fine-tuned runs"),
+        "pretraining": ("pretraining.png", "no pretraining history found"),
+    }
+    for key, (fname, why) in placeholders.items():
+        if fig_paths[key] is None:
+            _placeholder(figs / fname, why)
+
+    parts: list[str] = []
+    add = parts.append
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f'<a href="#{s}">{s.replace("-", " ")}</a>' for s in SECTIONS)
+    add(f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>")
+
+    # ---- study
+    data_versions = sorted({r.get("data_version") or "?" for r in results})
+    seeds = sorted({r["seed"] for r in results})
+    add('<h2 id="study">Study</h2>')
+    info = [
+        ("physfm version", __version__),
+        ("generated", now),
+        ("data_version", ", ".join(data_versions)),
+        ("tokenizer_version", ", ".join(sorted({str(r.get("tokenizer_version")) for r in results}))),
+        ("backbones", ", ".join(sorted({r["backbone"] for r in rows}))),
+        ("modes", ", ".join(m for m in MODE_STYLE if any(r["mode"] == m for r in rows))),
+        ("label counts", ", ".join(str(n) for n in sorted({r["n_labels"] for r in rows}))),
+        ("seeds", ", ".join(map(str, seeds))),
+        ("test events", ", ".join(sorted({str(r["n_events"]) for r in results}))),
+        ("headline metric", metric_label(metric)),
+    ]
+    info += [(k, v) for k, v in (study or {}).items()]
+    add(_table(["", ""], info))
+
+    # ---- headline
+    lines = []
+    for c in rows:
+        if c["mode"] != "finetune":
+            continue
+        ref = next(
+            (
+                r
+                for r in rows
+                if r["mode"] == "scratch" and r["n_labels"] == c["n_labels"] and r["backbone"] == c["backbone"]
+            ),
+            None,
+        )
+        ref = ref or next((r for r in rows if r["mode"] == "scratch" and r["n_labels"] == c["n_labels"]), None)
+        if ref is None:
+            continue
+        d, err, how = _difference(c, ref, results, metric)
+        lines.append(
+            f"{c['n_labels']} labels{'' if c['backbone'] == '-' else ' (' + c['backbone'] + ')'}: fine-tuned "
+            f"{_fmt(c[metric])} vs scratch {_fmt(ref[metric])}, Δ = {d:+.4f} ± {err:.2g} ({how}): "
+            f"fine-tuned {_verdict(d, metric)} scratch"
+        )
+    for e in eff_rows:
+        if e["mode"] == "finetune":
+            lines.append(f"label-efficiency factor at {int(e['n'])} labels: {format_factor(e)}")
+    if lines:
+        add(
+            '<div class="hl"><b>Headline</b> ('
+            + html.escape(metric_label(metric))
+            + ")<ul>"
+            + "".join(f"<li>{html.escape(s)}</li>" for s in lines)
+            + "</ul></div>"
+        )
+
+    # ---- data
+    add('<h2 id="data">Data summary</h2>')
+    if data_summary and (Path(data_summary) / "summary.json").is_file():
+        summ = read_json(Path(data_summary) / "summary.json")
+        add(_table(["quantity", "value"], _scalars(summ)))
+        for png in sorted(Path(data_summary).glob("*.png")):
+            add(_img(png, png.stem))
+    else:
+        add('<p class="missing">data summary not available (run `physfm summarize`)</p>')
+
+    # ---- tokenizer
+    add('<h2 id="tokenizer">Tokenizer quality</h2>')
+    if tokenizers:
+        for name, d in sorted(tokenizers.items()):
+            add(f"<h3>{html.escape(name)}</h3>")
+            m = Path(d) / "metrics.json"
+            if m.is_file():
+                add(
+                    _table(
+                        ["metric", "value"],
+                        [(k, _fmt(v) if isinstance(v, float) else v) for k, v in _scalars(read_json(m))],
+                    )
+                )
+            pngs = sorted(Path(d).glob("*.png")) + sorted(Path(d).glob("plots/*.png"))
+            for png in pngs[:6]:
+                add(_img(png, f"{name} {png.stem}"))
+            if not m.is_file() and not pngs:
+                add(f'<p class="missing">{html.escape(str(d))}: no metrics.json or plots</p>')
+    else:
+        add('<p class="missing">no tokenizer in this study</p>')
+
+    # ---- pretraining
+    add('<h2 id="pretraining">Pretraining curves</h2>')
+    add(_img(fig_paths["pretraining"], "pretraining loss curves"))
+    if fig_paths["pretraining"] is None:  # no history to plot: show the stage's own figures, if any
+        for name, d in sorted((pretrain or {}).items()):
+            for png in sorted(Path(d).glob("*.png"))[:4]:
+                add(_img(png, f"{name} {png.stem}"))
+
+    # ---- efficiency
+    add('<h2 id="efficiency">Data efficiency</h2>')
+    add(
+        '<p class="note">Each point is the mean over seeds of the test-split metric; error bars are the standard '
+        "deviation over seeds. All modes of a label count train on the same nested, class-balanced subset.</p>"
+    )
+    add(_img(fig_paths["efficiency"], "data-efficiency plot"))
+
+    add('<h2 id="roc">ROC curves</h2>')
+    add(_img(fig_paths["roc"], "ROC curves"))
+
+    add('<h2 id="finetune-curves">Fine-tuning curves</h2>')
+    add(_img(fig_paths["finetune-curves"], "fine-tuning loss curves"))
+
+    # ---- results table
+    add('<h2 id="results">Results</h2>')
+    header = ["backbone", "mode", "labels", "seeds", *[metric_label(m) for m in metrics]]
+    add(
+        _table(
+            header,
+            [
+                [
+                    r["backbone"],
+                    r["mode"],
+                    r["n_labels"],
+                    len(r["seeds"]),
+                    *[_fmt(r[m], r[f"{m}_std"]) for m in metrics],
+                ]
+                for r in rows
+            ],
+            left=2,
+        )
+    )
+    add(
+        '<p class="note">mean ± std over seeds. Per run (± = test-set bootstrap std; ≥ = no background passed, '
+        "a lower bound):</p>"
+    )
+    run_rows = []
+    for r in sorted(results, key=lambda r: (r.get("backbone") or "", r["mode"], r["n_labels"], r["seed"])):
+        vals = []
+        for m in metrics:
+            v = _fmt(r["metrics"].get(m), r["std"].get(m))
+            vals.append(("≥ " if m in r.get("lower_bounds", []) else "") + v)
+        run_rows.append(
+            [
+                r.get("run_name") or f"{r['mode']} n={r['n_labels']} seed={r['seed']}",
+                r.get("run_id") or "–",
+                r["train"].get("best_step"),
+                *vals,
+            ]
+        )
+    add(_table(["run", "MLflow run id", "best step", *[metric_label(m) for m in metrics]], run_rows, left=2))
+
+    # ---- label efficiency
+    add('<h2 id="label-efficiency">Label-efficiency factor</h2>')
+    add(
+        '<p class="note">Labels the scratch model needs to reach the fine-tuned (or frozen) model\'s mean '
+        f"{html.escape(metric_label(metric))}, divided by the labels used; interpolated in log(labels) on the scratch "
+        "curve. ≥: the model beats scratch at every label count tried (lower bound); ≤: scratch with the fewest labels "
+        "is already better. Range: 16–84th percentile over resampled seeds and test-set bootstrap.</p>"
+    )
+    if eff_rows:
+        add(
+            _table(
+                ["backbone", "mode", "labels", metric_label(metric), "scratch at same labels", "factor"],
+                [
+                    [
+                        e["backbone"],
+                        e["mode"],
+                        int(e["n"]),
+                        _fmt(e["metric"]),
+                        _fmt(e["reference_metric"]),
+                        format_factor(e),
+                    ]
+                    for e in eff_rows
+                ],
+                left=2,
+            )
+        )
+        add(_img(fig_paths["label-efficiency"], "label-efficiency factor"))
+    else:
+        add('<p class="missing">needs scratch and fine-tuned runs</p>')
+
+    # ---- embeddings
+    add('<h2 id="embeddings">Embeddings: k-NN accuracy</h2>')
+    if knn:
+        add(
+            '<p class="note">Test events classified by a majority vote of their k nearest train events in '
+            "embedding space (faiss): a representation-quality probe with no training. The randomly initialised "
+            "backbone of the same architecture is the baseline.</p>"
+        )
+        add(
+            _table(
+                ["embedding", "k", "reference events", "k-NN accuracy"],
+                [[k_["name"], k_["k"], k_.get("n_reference", "–"), _fmt(k_["accuracy"])] for k_ in knn],
+            )
+        )
+    else:
+        add('<p class="missing">no embeddings in this study</p>')
+
+    add(
+        f'<p class="note">physfm {__version__}, {now}. Every number here is in report.json and in the MLflow runs '
+        "listed above.</p>"
+    )
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n"
+    )
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    data = {
+        "metric": metric,
+        "metrics": metrics,
+        "cells": rows,
+        "efficiency": eff_rows,
+        "runs": [
+            {k: r.get(k) for k in ("run_id", "run_name", "backbone", "mode", "n_labels", "seed", "metrics", "std")}
+            for r in results
+        ],
+        "knn": list(knn or []),
+        "figures": {k: str(v) for k, v in fig_paths.items() if v is not None},
+        "headline": lines,
+    }
+    write_json(out_html.with_name(out_html.stem + ".json"), data)
+    return data

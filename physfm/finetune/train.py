@@ -1,0 +1,314 @@
+"""Fine-tuning one cell of the label-efficiency grid: (backbone, mode, labels, seed) -> classifier.
+
+Modes (same head, same label subset, same seed-driven head initialisation and batch order):
+
+* ``scratch``: the backbone architecture randomly initialised, everything trained at ``lr``;
+* ``finetune``: the pretrained backbone trained with the head, at ``lr * backbone_lr_scale``
+  and a layer-wise multiplier ``layer_decay`` per block below the top;
+* ``frozen``: the pretrained backbone untouched (eval mode, not in the optimizer: its weights stay
+  bit-identical), only the head trained; backbone states are computed once and cached.
+
+Training: AdamW, linear warm-up then cosine decay over ``max_steps``; every ``eval_every`` steps the
+validation loss is measured and the best model kept; training stops after ``patience`` evaluations
+without improvement. Budgets are steps, not seconds, so results do not depend on the machine.
+The labelled subset and the validation events are held in memory (fine for the label counts of a
+label-efficiency study; ``val_max_events`` caps the validation set).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from physfm.data.loader import load_arrays, open_split
+from physfm.data.shards import DataError, load_manifest
+from physfm.finetune.model import (
+    Classifier,
+    HeadConfig,
+    batched,
+    device_of,
+    head_meta,
+    param_groups,
+    save_classifier,
+)
+from physfm.finetune.subsets import keys_digest, load_subset, make_subsets, spec_name
+from physfm.models.backbone import Backbone, BackboneConfig, normalize
+
+MODES = ("scratch", "finetune", "frozen")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines one fine-tuning run (logged as MLflow params)."""
+
+    mode: str = "finetune"
+    labels: str = "all"
+    seed: int = 1
+    head: HeadConfig = field(default_factory=HeadConfig)
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    layer_decay: float = 0.8
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    max_steps: int = 1000
+    warmup_steps: int = 20
+    eval_every: int = 20
+    patience: int = 10
+    val_max_events: int | None = 2000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode '{self.mode}' is not one of {', '.join(MODES)}")
+        if isinstance(self.head, dict):
+            self.head = HeadConfig.from_dict(self.head)
+        for name in ("batch_size", "max_steps", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"finetune {name} must be at least 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
+    """Per-feature mean/std over real particles (for a backbone-less scratch model)."""
+    real = x[mask].astype(np.float64)
+    std = real.std(0) if len(real) else np.ones(x.shape[-1])
+    return {
+        "mean": real.mean(0).tolist() if len(real) else [0.0] * x.shape[-1],
+        "std": np.where(std > 0, std, 1.0).tolist(),
+    }
+
+
+def _backbone(
+    backbone_dir: str | Path | None, mode: str, data_dir: Path, arch: dict[str, Any] | None, seed: int
+) -> tuple[Backbone, dict[str, Any]]:
+    """The backbone to train and its meta (features, norm, max_len, config, versions)."""
+    if backbone_dir is None or str(backbone_dir) == "none":
+        if mode != "scratch":
+            raise ValueError(
+                f"mode '{mode}' needs a pretrained backbone: pass --backbone DIR (only scratch runs without)"
+            )
+        from physfm.features import JET_DEFAULT
+
+        arch = dict(arch or {})
+        features = list(arch.pop("features", JET_DEFAULT))
+        max_len = int(arch.get("max_len", 128))
+        n_fit = min(len(open_split(data_dir, "train")), 5000)
+        sample = load_arrays(data_dir, "train", features=features, max_len=max_len, indices=np.arange(n_fit))
+        cfg = BackboneConfig.from_dict({"n_features": len(features), **arch})
+        meta = {
+            "features": features,
+            "norm": fit_norm(sample["x"], sample["mask"]),
+            "max_len": max_len,
+            "config": cfg.to_dict(),
+            "data_version": load_manifest(data_dir)["data_version"],
+            "tokenizer_version": None,
+            "objective": "none",
+        }
+        torch.manual_seed(seed + 7919)
+        return Backbone(cfg), meta
+    from physfm.train.checkpoints import load_backbone
+
+    model, meta = load_backbone(backbone_dir, map_location="cpu")
+    if model.config.vocab_size > 0 and model.config.n_features == 0:
+        raise ValueError(
+            f"{backbone_dir}: this backbone reads token ids only; fine-tuning uses continuous features. "
+            "Fine-tune a backbone with continuous inputs (n_features > 0)."
+        )
+    meta = dict(meta)
+    if mode == "scratch":  # same architecture, fresh weights
+        torch.manual_seed(seed + 7919)
+        model = Backbone(BackboneConfig.from_dict(meta["config"]))
+    return model, meta
+
+
+def _lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def finetune(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FinetuneConfig,
+    *,
+    backbone_dir: str | Path | None = None,
+    subsets_dir: str | Path | None = None,
+    arch: dict[str, Any] | None = None,
+    run: Any = None,
+    progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one classifier and write it to ``out_dir``; return its meta (with the training record).
+
+    ``subsets_dir``: nested label subsets from :func:`physfm.finetune.subsets.make_subsets` (made on the
+    fly with subset seed 1 when None). ``run``: a :class:`physfm.tracking.StageRun` for metrics.
+    """
+    t_start = time.perf_counter()
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir, verify=True)
+    classes = list(manifest["classes"])
+    if len(classes) < 2:
+        raise DataError(f"{data_dir} has {len(classes)} class(es); classification needs at least two")
+    device = device_of(cfg.device)
+
+    if subsets_dir is None:
+        subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
+        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir)
+    train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
+
+    backbone, bmeta = _backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
+    if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
+        print(
+            f"note: backbone pretrained on data_version {bmeta['data_version']}, "
+            f"fine-tuning on {manifest['data_version']}"
+        )
+    features, max_len = list(bmeta["features"]), int(bmeta["max_len"])
+    train = load_arrays(data_dir, "train", features=features, max_len=max_len, indices=train_idx)
+    n_val = len(open_split(data_dir, "val"))
+    val_idx = np.arange(min(n_val, cfg.val_max_events or n_val))
+    val = load_arrays(data_dir, "val", features=features, max_len=max_len, indices=val_idx)
+    val_keep = val["label"] >= 0
+    for name, arr in (("x", val["x"]), ("mask", val["mask"]), ("label", val["label"])):
+        val[name] = arr[val_keep]
+    digest = keys_digest(train["event_key"])
+
+    torch.manual_seed(cfg.seed)  # the head starts the same in every mode
+    model = Classifier(backbone, len(classes), cfg.head)
+    model.to(device)
+    groups = param_groups(model, cfg.mode, cfg.lr, cfg.backbone_lr_scale, cfg.layer_decay, cfg.weight_decay)
+    if cfg.mode == "frozen":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+
+    x_tr = normalize(train["x"], train["mask"], bmeta)
+    y_tr = torch.from_numpy(train["label"].astype(np.int64))
+    m_tr = torch.from_numpy(train["mask"])
+    y_va = torch.from_numpy(val["label"].astype(np.int64)).to(device)
+    m_va = torch.from_numpy(val["mask"]).to(device)
+    x_tr_t = torch.from_numpy(x_tr)
+
+    # frozen: compute the backbone's states once; the head then trains on the cache
+    cache_tr = cache_va = None
+    if cfg.mode == "frozen":
+        model.backbone.eval()
+        keep = 1 if model.head.uses_class_token_only else None
+        states = lambda xx, mm: model.backbone(xx, mm)[:, :keep] if keep else model.backbone(xx, mm)  # noqa: E731
+        cache_tr = torch.from_numpy(batched(states, train["x"], train["mask"], bmeta, 256, device))
+        cache_va = torch.from_numpy(batched(states, val["x"], val["mask"], bmeta, 256, device)).to(device)
+    x_va = torch.from_numpy(normalize(val["x"], val["mask"], bmeta)).to(device)
+
+    @torch.no_grad()
+    def validate() -> tuple[float, float]:
+        model.eval()
+        logits = []
+        for a in range(0, len(y_va), 256):
+            if cache_va is not None:
+                logits.append(model.head(cache_va[a : a + 256], m_va[a : a + 256]))
+            else:
+                logits.append(model(x_va[a : a + 256], m_va[a : a + 256]))
+        lg = torch.cat(logits)
+        return float(F.cross_entropy(lg, y_va)), float((lg.argmax(1) == y_va).float().mean())
+
+    n = len(y_tr)
+    bs = min(cfg.batch_size, n)
+    rng = np.random.default_rng([cfg.seed, 0xF17E])
+    order, pos = rng.permutation(n), 0
+    best = {"val_loss": float("inf"), "step": 0, "val_accuracy": float("nan")}
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    bad_evals, step, loss_sum, loss_n = 0, 0, 0.0, 0
+    bar = tqdm(total=cfg.max_steps, desc=f"{cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}", disable=not progress)
+    while step < cfg.max_steps:
+        if pos + bs > n:
+            order, pos = rng.permutation(n), 0
+        idx = torch.from_numpy(order[pos : pos + bs])
+        pos += bs
+        model.train()
+        if cfg.mode == "frozen":
+            model.backbone.eval()
+            logits = model.head(cache_tr[idx].to(device), m_tr[idx].to(device))
+        else:
+            logits = model(x_tr_t[idx].to(device), m_tr[idx].to(device))
+        loss = F.cross_entropy(logits, y_tr[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val_loss, val_acc = validate()
+            rec = {"step": step, "train_loss": loss_sum / loss_n, "val_loss": val_loss, "val_accuracy": val_acc}
+            rec["lr"] = opt.param_groups[0]["lr"]
+            history.append(rec)
+            loss_sum, loss_n = 0.0, 0
+            if run is not None:
+                run.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=step)
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{min(best['val_loss'], val_loss):.4f}")
+            if val_loss < best["val_loss"] - 1e-6:
+                best = {"val_loss": val_loss, "step": step, "val_accuracy": val_acc}
+                best_state = copy.deepcopy(model.state_dict())
+                bad_evals = 0
+            else:
+                bad_evals += 1
+                if bad_evals >= cfg.patience:
+                    break
+    bar.close()
+    model.load_state_dict(best_state)
+    wall = time.perf_counter() - t_start
+    meta = {
+        "kind": "physfm-classifier",
+        "mode": cfg.mode,
+        "labels": str(cfg.labels),
+        "n_labels": int(n),
+        "seed": cfg.seed,
+        "classes": classes,
+        "head": head_meta(cfg.head),
+        "config": cfg.to_dict(),
+        "data_version": manifest["data_version"],
+        "backbone": {
+            k: bmeta.get(k)
+            for k in ("features", "norm", "max_len", "config", "data_version", "tokenizer_version", "objective")
+        },
+        "backbone_dir": None if backbone_dir is None else str(backbone_dir),
+        "subset": {
+            "digest": digest,
+            "per_class": {c: int((train["label"] == i).sum()) for i, c in enumerate(classes)},
+        },
+        "train": {
+            "best_step": best["step"],
+            "best_val_loss": best["val_loss"],
+            "best_val_accuracy": best["val_accuracy"],
+            "steps": step,
+            "stopped_early": step < cfg.max_steps,
+            "n_val": int(len(y_va)),
+            "wall_seconds": wall,
+            "device": str(device),
+        },
+        "history": history,
+        "run_id": getattr(run, "run_id", None),
+        **(extra_meta or {}),
+    }
+    model.cpu()
+    return save_classifier(out_dir, model, meta)
