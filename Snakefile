@@ -2,9 +2,13 @@
 #   snakemake --cores 2 all                                  # default study, config/config.yaml
 #   snakemake --cores 2 all --configfile config/smoke.yaml   # the 2-minute smoke study
 #   snakemake --profile slurm all                            # on a SLURM cluster
+# A --configfile replaces config/config.yaml (it is not merged into it): keys it leaves out take the
+# defaults of workflow/schemas/config.schema.yaml. --config KEY=VALUE edits whichever file is used.
 
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: "config/config.yaml"
+
 
 
 include: "workflow/rules/common.smk"

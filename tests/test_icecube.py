@@ -200,6 +200,17 @@ def test_kaggle_errors_name_the_problem(tmp_path: Path) -> None:
         convert("kaggle", raw, tmp_path / "out", progress=False)
 
 
+def test_jet_labels_are_refused_for_icecube_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from physfm.cli import main
+
+    raw = tmp_path / "kaggle"
+    _write_kaggle(raw, n_per_batch=(5,))
+    args = ["convert", "--format", "kaggle", "--input", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--labels", "label_QCD,label_Tbqq"]) != 0
+    assert "drop --labels" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- simulator
 @pytest.fixture(scope="module")
 def sim() -> object:
@@ -500,3 +511,18 @@ def test_prometheus_flows_through_polarbert_pretraining_and_direction(tmp_path: 
     assert 0 <= res["metrics"]["mean_angular_error_deg"] <= 180
     _, dmeta = load_direction(tmp_path / "dir")
     assert dmeta["n_labels"] == 12 and dmeta["backbone"]["objective"] == "polarbert"
+
+    # embedding search works on PolarBERT backbones: they get the DOM ids as tokens
+    import torch
+
+    from physfm.evaluate.evaluate import embed_split, load_embedder
+
+    emb_model, bmeta = load_embedder(tmp_path / "bb")
+    with torch.no_grad():
+        emb, _, keys, emeta = embed_split(emb_model, bmeta, data, "test")
+    n_test = load_manifest(data)["n_events"]["test"]
+    assert emb.shape == (n_test, 32) and np.isfinite(emb).all() and len(keys) == n_test
+    assert emeta["objective"] == "polarbert"
+    # without the DOM ids (what embed_split passed before) the backbone cannot embed the events
+    with torch.no_grad(), pytest.raises(ValueError, match="token ids"):
+        embed_split(emb_model, {**bmeta, "objective": "mpm"}, data, "test")

@@ -219,13 +219,30 @@ def test_config_resolution_and_schema_defaults(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_next_token_pretrain_and_generation(jet_dataset, tokenizer16, tmp_path):
+def test_cli_next_token_pretrain_and_generation(jet_dataset, tokenizer16, tmp_path, monkeypatch):
+    from physfm import tracking
     from physfm.cli import main
 
+    monkeypatch.setenv("PHYSFM_TRACKING", "1")
+    monkeypatch.setenv("PHYSFM_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("PHYSFM_EXPERIMENT", "pretrain-test")
     out = tmp_path / "gpt"
     cfg = json.dumps({**TINY, "objective": "next_token", "steps": 30, "val_every": 15})
     args = f"pretrain --data {jet_dataset} --tokenizer {tokenizer16} --out {out} --no-progress --threads 1".split()
     assert main([*args, "--config", cfg]) == 0
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain-test").experiment_id])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert run.data.tags["data_version.in"] == manifest["data_version"]
+    (version,) = client.search_model_versions("name='pretrain-test.next_token'")
+    assert version.run_id == run.info.run_id
+    assert version.tags["tokenizer_version"] == manifest["tokenizer_version"]
+    assert version.tags["data_version"] == manifest["data_version"]
+    monkeypatch.setenv("PHYSFM_TRACKING", "0")
     metrics = json.loads((out / "metrics.json").read_text())
     hist = json.loads((out / "history.json").read_text())
     assert metrics["val/loss_token"] < hist[0]["val/loss_token"] - 0.2

@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ver = sub.add_parser(
         "verify",
         help="re-hash shards/artefacts against their manifest",
-        description="Exit 0 if every file listed in DIR/manifest.json has the recorded sha256, "
-        "1 and a list of problems otherwise.",
+        description="Exit 0 if every file listed in DIR/manifest.json (a dataset's shards, or a tokenizer's "
+        "or backbone's files) has the recorded sha256, 1 and a list of problems otherwise.",
     )
     ver.add_argument("dir", type=Path, help="dataset (or artefact) directory holding manifest.json")
     ver.set_defaults(func=run_verify)
@@ -125,6 +125,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from physfm.data.convert import convert
 
     split = parse_mapping(args.split, "--split")
+    if args.labels and args.format != "jetclass":
+        raise ValueError(
+            f"--labels selects JetClass label branches; format '{args.format}' has none "
+            "(IceCube events are labelled by their truth direction): drop --labels"
+        )
     options: dict = {"labels": csv_list(args.labels)} if args.labels else {}
     if args.tree:
         options["tree"] = args.tree
@@ -183,7 +188,7 @@ def run_summarize(args: argparse.Namespace) -> int:
     from physfm.data.shards import load_manifest
     from physfm.data.summary import summarize
 
-    manifest = load_manifest(args.data, verify=True)
+    manifest = load_manifest(args.data)  # summarize() verifies the shards
     with tracking.stage_run(
         "summarize",
         run_name=args.run_name or "summarize",
@@ -200,18 +205,17 @@ def run_summarize(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from physfm.data.shards import verify_dataset
-    from physfm.io import read_json
+    from physfm.data.shards import verify_directory
 
-    manifest_path = Path(args.dir) / "manifest.json"
-    if not manifest_path.is_file():
-        print(f"physfm verify: {args.dir} has no manifest.json")
-        return 1
-    problems = verify_dataset(args.dir, read_json(manifest_path))
+    manifest, problems = verify_directory(args.dir)
     if problems:
         print(f"{args.dir}: {len(problems)} problem(s):")
         for p in problems:
             print(f"  {p}")
         return 1
-    print(f"{args.dir}: OK (data_version {read_json(manifest_path)['data_version']})")
+    version = next(
+        (f"{k} {manifest[k]}" for k in ("data_version", "tokenizer_version", "backbone_version") if k in manifest),
+        "no version",
+    )
+    print(f"{args.dir}: OK ({version})")
     return 0

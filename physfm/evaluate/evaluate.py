@@ -101,12 +101,21 @@ def embed_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``) from ``model.embed``."""
     from physfm.finetune.model import batched, device_of
+    from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
 
     dev = device_of(device)
     model.to(dev).eval()
     indices = None if max_events is None else np.arange(max_events)
-    arrays = load_arrays(data_dir, split, features=bmeta["features"], max_len=bmeta["max_len"], indices=indices)
-    emb = batched(model.embed, arrays["x"], arrays["mask"], bmeta, batch_size, dev)
+    features = list(bmeta["features"])
+    with_dom = uses_dom_tokens(bmeta)  # PolarBERT backbones also embed the sensor ids
+    names = features + ([DOM_FEATURE] if with_dom else [])
+    arrays = load_arrays(data_dir, split, features=names, max_len=bmeta["max_len"], indices=indices)
+    tokens = None
+    if with_dom:
+        n_doms = int(bmeta["config"]["vocab_size"]) - 1
+        tokens = dom_tokens(arrays["x"][..., len(features)], arrays["mask"], n_doms)
+    x = arrays["x"][..., : len(features)]
+    emb = batched(model.embed, x, arrays["mask"], bmeta, batch_size, dev, tokens=tokens)
     manifest = load_manifest(data_dir)
     meta = {
         "backbone_dir": bmeta.get("backbone_dir"),

@@ -178,12 +178,23 @@ def device_of(name: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def batched(
-    fn: Any, x: np.ndarray, mask: np.ndarray, meta: dict[str, Any], batch_size: int, device: torch.device
+    fn: Any,
+    x: np.ndarray,
+    mask: np.ndarray,
+    meta: dict[str, Any],
+    batch_size: int,
+    device: torch.device,
+    tokens: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Apply ``fn(x_norm, mask)`` to normalised numpy inputs in batches; concatenate the numpy outputs."""
+    """Apply ``fn(x_norm, mask)`` to normalised numpy inputs in batches; concatenate the numpy outputs.
+    With ``tokens`` (``(N, L)`` ids, e.g. PolarBERT's DOM ids) it calls ``fn(x_norm, mask, tokens=...)``."""
     outs = []
     for a in range(0, len(x), batch_size):
         xb = torch.from_numpy(normalize(x[a : a + batch_size], mask[a : a + batch_size], meta)).to(device)
         mb = torch.from_numpy(mask[a : a + batch_size]).to(device)
-        outs.append(fn(xb, mb).float().cpu().numpy())
+        if tokens is None:
+            outs.append(fn(xb, mb).float().cpu().numpy())
+        else:
+            tb = torch.from_numpy(tokens[a : a + batch_size]).to(device)
+            outs.append(fn(xb, mb, tokens=tb).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)

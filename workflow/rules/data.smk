@@ -40,7 +40,12 @@ rule convert:
         format=config["data"]["format"],
         shard_events=config["data"]["convert"]["shard_events"],
         split=",".join(f"{k}={config['data']['convert']['split'].get(k, 0.0)}" for k in ("train", "val", "test")),
-        labels=",".join(config["data"]["convert"]["labels"]),
+        # label branches exist in JetClass files only
+        labels=(
+            "--labels " + ",".join(config["data"]["convert"]["labels"])
+            if config["data"]["format"] == "jetclass"
+            else ""
+        ),
         on_error=config["data"]["convert"]["on_error"],
         track=track("convert"),
     log:
@@ -49,7 +54,7 @@ rule convert:
         "../../envs/io.yaml"
     shell:
         "physfm convert --format {params.format} --input '{params.input}' --out {output} "
-        "--shard-events {params.shard_events} --split {params.split} --labels {params.labels} "
+        "--shard-events {params.shard_events} --split {params.split} {params.labels} "
         "--on-error {params.on_error} {params.track} > {log} 2>&1"
 
 
