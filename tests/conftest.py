@@ -34,6 +34,23 @@ def jet_dataset(tmp_path_factory: pytest.TempPathFactory, jet_files: list[Path])
     from physfm.data.convert import convert
 
     out = tmp_path_factory.mktemp("jets_data") / "data"
-    convert("jetclass", [str(p) for p in jet_files], out, shard_events=100,
-            reader_options={"labels": ["label_QCD", "label_Tbqq", "label_Wqq", "label_Zqq"]}, progress=False)
+    convert(
+        "jetclass",
+        [str(p) for p in jet_files],
+        out,
+        shard_events=100,
+        reader_options={"labels": ["label_QCD", "label_Tbqq", "label_Wqq", "label_Zqq"]},
+        progress=False,
+    )
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when the cores are shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

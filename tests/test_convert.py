@@ -168,31 +168,61 @@ def test_empty_glob_is_a_clear_error(tmp_path: Path) -> None:
         convert("jetclass", str(tmp_path / "nothing" / "*.root"), tmp_path / "x", progress=False)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("problem", ["nan", "empty"])
-def test_bad_events_fail_by_default_and_are_recorded_when_skipped(tmp_path: Path, problem: str) -> None:
+def test_bad_events_fail_by_default_and_are_recorded_when_skipped(tmp_path: Path, problem: str, workers: int) -> None:
     kw = {"nan_at": 7} if problem == "nan" else {"empty_at": 7}
     path = _write_jetclass(tmp_path / "bad.root", 50, seed=1, **kw)
     reason = "non-finite" if problem == "nan" else "no particles"
+    opts = {"reader_options": {"labels": LABELS}, "workers": workers, "progress": False}
     with pytest.raises(DataError, match=f"bad.root: entry 7: {reason}"):
-        convert("jetclass", str(path), tmp_path / "x", reader_options={"labels": LABELS}, progress=False)
-    m, stats = convert(
-        "jetclass", str(path), tmp_path / "y", reader_options={"labels": LABELS}, on_error="skip", progress=False
-    )
+        convert("jetclass", str(path), tmp_path / "x", **opts)
+    m, stats = convert("jetclass", str(path), tmp_path / "y", on_error="skip", **opts)
     assert sum(m["n_events"].values()) == 49
     assert [(s["source"], s["entry"]) for s in m["skipped"]] == [("bad.root", 7)]
     assert reason in m["skipped"][0]["reason"]
 
 
-def test_duplicate_events_across_files_are_caught(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_duplicate_events_across_files_are_caught(tmp_path: Path, workers: int) -> None:
     a = _write_jetclass(tmp_path / "a.root", 40, seed=5)
     b = tmp_path / "b.root"
     shutil.copy(a, b)
+    opts = {"reader_options": {"labels": LABELS}, "workers": workers, "step": 15, "progress": False}
     with pytest.raises(DataError, match="duplicate event: b.root entry 0 has the same content as a.root entry 0"):
-        convert("jetclass", [str(a), str(b)], tmp_path / "x", reader_options={"labels": LABELS}, progress=False)
-    m, _ = convert(
-        "jetclass", [str(a), str(b)], tmp_path / "y", reader_options={"labels": LABELS}, on_error="skip", progress=False
-    )
+        convert("jetclass", [str(a), str(b)], tmp_path / "x", **opts)
+    m, _ = convert("jetclass", [str(a), str(b)], tmp_path / "y", on_error="skip", **opts)
     assert sum(m["n_events"].values()) == 40 and len(m["skipped"]) == 40
+    assert [s["entry"] for s in m["skipped"]] == list(range(40))
+
+
+def test_output_is_identical_whatever_the_workers_and_chunk_size(tmp_path: Path) -> None:
+    """Shards, manifest (data_version, skipped list) are byte-identical for any workers and step."""
+    a = _write_jetclass(tmp_path / "in" / "a.root", 700, seed=20, nan_at=123, empty_at=300)
+    _write_jetclass(tmp_path / "in" / "b.root", 450, seed=21, empty_at=449)
+    shutil.copy(a, tmp_path / "in" / "c.root")  # every good event of a.root again: duplicates
+    outputs = []
+    for workers, step in [(1, 20_000), (2, 150), (3, 97), (1, 64)]:
+        out = tmp_path / f"out_{workers}_{step}"
+        m, _ = convert(
+            "jetclass",
+            str(tmp_path / "in"),
+            out,
+            shard_events=100,
+            reader_options={"labels": LABELS},
+            on_error="skip",
+            step=step,
+            workers=workers,
+            progress=False,
+        )
+        files = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        outputs.append((m, files))
+    m0, files0 = outputs[0]
+    assert len(m0["skipped"]) == 2 + 1 + 2 + 698 and sum(m0["n_events"].values()) == 698 + 449
+    assert [(s["source"], s["entry"]) for s in m0["skipped"][:3]] == [("a.root", 123), ("a.root", 300), ("b.root", 449)]
+    for m, files in outputs[1:]:
+        assert m == m0
+        assert files == files0
 
 
 def test_verify_catches_a_single_flipped_byte(jet_dataset: Path, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from physfm.data.shards import DataError
+from physfm.io import sha256_file, write_json
 from physfm.train.checkpoints import Preempted, load_backbone, load_checkpoint
 from physfm.train.pretrain import PretrainConfig, pretrain, resolve_config
 
@@ -34,13 +36,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kw) -> PretrainConfig:
@@ -99,6 +95,8 @@ def test_resume_after_signal_matches_uninterrupted_run(jet_dataset, tokenizer16,
     assert load_checkpoint(tmp_path / "run" / "checkpoints")["step"] == 7
     resumed = pretrain(cfg, jet_dataset, tokenizer16, tmp_path / "run", progress=False)
     assert resumed["resumed_from"] == 7
+    assert load_checkpoint(tmp_path / "run" / "checkpoints")["step"] == 16  # OUT/checkpoints kept in the new OUT
+    assert not list(tmp_path.glob(".run.*")), "no temporary directory left beside the backbone"
     a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert {k: v for k, v in ref.items() if k.startswith("val/")} == {
@@ -181,6 +179,11 @@ def test_safe_loading_refuses_pickled_objects(tmp_path):
     bb.mkdir()
     (bb / "backbone.json").write_text(json.dumps({"config": {"d_model": 32, "n_heads": 4}}))
     (bb / "backbone.safetensors").write_bytes(pickle.dumps(_Evil(marker)))
+    with pytest.raises(DataError, match="not a complete backbone: manifest.json is missing.*rerun `physfm pretrain`"):
+        load_backbone(bb)  # no manifest: refused before any file is read
+    # a crafted manifest that matches the pickle: the files verify, the weights are still refused
+    files = {f: sha256_file(bb / f) for f in ("backbone.json", "backbone.safetensors")}
+    write_json(bb / "manifest.json", {"kind": "physfm-backbone", "files": files})
     with pytest.raises(ValueError, match="refusing to load"):
         load_backbone(bb)
     assert not marker.exists()

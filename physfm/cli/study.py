@@ -399,11 +399,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     from physfm import tracking
+    from physfm.data.shards import load_manifest
     from physfm.evaluate.evaluate import embed_split, load_embedder
     from physfm.evaluate.search import knn_accuracy, open_index, write_embeddings
     from physfm.io import write_json
 
     _threads(args.threads)
+    load_manifest(args.data, verify=True)  # once, before any split is embedded
     splits = csv_list(args.split) or []
     if args.knn is not None and len(splits) != 2:
         raise ValueError("--knn needs two splits: the labelled reference and the queries, e.g. --split train,test")

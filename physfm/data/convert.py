@@ -3,16 +3,32 @@
 Reads each source file in chunks (never the whole input in memory), checks every event, assigns
 it to train/val/test from a hash of its content, and writes shards atomically into a temporary
 directory that replaces the output only once the manifest is complete.
+
+The per-chunk work (read, checks, event keys, splits, grouping by split) runs in a background
+thread, or in worker processes (``workers > 1``, readers that read entry ranges); the
+order-dependent work (duplicate check, shard writing) runs here, on chunks in input order.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import gc
 import glob
+import itertools
+import math
+import mmap
+import multiprocessing
+import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +81,9 @@ class ConvertStats:
 
 
 def _prefetch(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Read the next chunks in a background thread while this one is processed.
+    """Read and prepare the next chunks in a background thread while this one is written.
 
-    uproot's decompression and numpy release the GIL, so reading overlaps hashing and writing.
+    uproot's decompression and numpy release the GIL, so reading overlaps writing.
     Exceptions from the reader are re-raised here, in order.
     """
     q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
@@ -102,17 +118,295 @@ def _prefetch(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         stop.set()
 
 
+@dataclass
+class _Chunk:
+    """One chunk of a source file after the per-chunk work, ready for the in-order part."""
+
+    file_no: int
+    n_in: int  # events read
+    block: EventBlock  # kept events grouped by split (train, then val, then test), each in input order
+    split_counts: list[int]  # events of each split in ``block``
+    entries: np.ndarray  # (n,) int64: source-file entry of each event of ``block``
+    skipped: list[dict[str, Any]]  # bad events left out (on_error='skip'), by entry
+    n_filtered: int  # events without any of the selected classes
+
+    def arrays(self) -> list[np.ndarray]:
+        b = self.block
+        return [b.offsets, b.particles, b.events, b.label, b.event_key, self.entries]
+
+    def with_arrays(self, arrays: list[np.ndarray]) -> _Chunk:
+        offsets, particles, events, label, event_key, entries = arrays
+        return replace(self, block=EventBlock(offsets, particles, events, label, event_key), entries=entries)
+
+
+class _FileArena:
+    """Hands out arrays that live in a file mapped into memory (in the output's temporary directory).
+
+    A worker process builds a chunk's arrays right there and the parent maps the same file: no
+    copy through the process pool's pipe (pickling tens of MB through it took longer than
+    preparing the chunk), and no intermediate buffer.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, suffix=".chunk")
+        self.fd, self.path, self.size = fd, Path(name), 0
+        self.layout: list[tuple[int, str, tuple[int, ...]]] = []  # (byte offset, dtype, shape)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dt, shape = np.dtype(dtype), tuple(int(n) for n in shape)
+        nbytes = dt.itemsize * math.prod(shape)
+        self.layout.append((self.size, dt.str, shape))
+        if nbytes == 0:
+            return np.empty(shape, dtype=dt)
+        offset, page = self.size, mmap.ALLOCATIONGRANULARITY
+        self.size += -(-nbytes // page) * page
+        if hasattr(os, "posix_fallocate"):  # a full disk raises OSError here, not SIGBUS on writing
+            os.posix_fallocate(self.fd, offset, self.size - offset)
+        else:
+            os.ftruncate(self.fd, self.size)
+        return np.frombuffer(mmap.mmap(self.fd, nbytes, offset=offset), dtype=dt).reshape(shape)
+
+    def close(self, keep: bool) -> None:
+        os.close(self.fd)
+        if not keep:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class _Packed:
+    """A :class:`_Chunk` on its way back from a worker process, its arrays in a :class:`_FileArena`."""
+
+    chunk: _Chunk  # with empty arrays
+    path: Path
+    layout: list[tuple[int, str, tuple[int, ...]]]  # of chunk.arrays(), in order
+
+    @classmethod
+    def build(cls, make: Callable[[Callable[..., np.ndarray]], _Chunk], directory: Path) -> _Packed:
+        """Run ``make(empty)``, which allocates the chunk's arrays with ``empty``, in a new arena."""
+        arena = _FileArena(directory)
+        try:
+            chunk = make(arena.empty)
+            arrays = chunk.arrays()
+            assert [(a.dtype.str, a.shape) for a in arrays] == [(d, s) for _, d, s in arena.layout]
+        except BaseException:
+            arena.close(keep=False)
+            raise
+        arena.close(keep=True)
+        empty = [np.zeros((0, *a.shape[1:]), dtype=a.dtype) for a in arrays]
+        return cls(chunk.with_arrays(empty), arena.path, arena.layout)
+
+    def unpack(self) -> _Chunk:
+        """The chunk, its arrays read-only views of the file mapped into memory (no copy)."""
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8) if size else None
+        self.path.unlink()  # the mapping keeps the data until the arrays are gone
+        arrays = []
+        for offset, dtype, shape in self.layout:
+            dt = np.dtype(dtype)
+            nbytes = dt.itemsize * math.prod(shape)
+            if nbytes == 0 or buf is None:
+                arrays.append(np.empty(shape, dtype=dt))
+            else:
+                arrays.append(buf[offset : offset + nbytes].view(dt).reshape(shape))
+        return self.chunk.with_arrays(arrays)
+
+
+@dataclass
+class _FileEnd:
+    """Marks the end of a source file's chunks, with the file's sha256."""
+
+    file_no: int
+    sha256: str
+
+
+@dataclass
+class _Prep:
+    """What the per-chunk work needs besides the data (sent to worker processes once per chunk)."""
+
+    split_fractions: dict[str, float]
+    on_error: str
+    filter_unlabeled: bool
+
+
 def _bad_events(block: RawBlock) -> dict[str, np.ndarray]:
     """Masks of events that cannot be used, by reason."""
     counts = np.diff(block.offsets)
-    row_bad = ~np.isfinite(block.particles).all(axis=1) if block.particles.dtype.kind == "f" else None
     nonfinite = np.zeros(len(block), dtype=bool)
-    if row_bad is not None and row_bad.any():
+    p = block.particles
+    # min and max propagate NaN and show inf: the exact per-row check runs only when one is present
+    if p.dtype.kind == "f" and p.size and not (np.isfinite(p.min()) and np.isfinite(p.max())):
+        row_bad = ~np.isfinite(p).all(axis=1)
         event_of_row = np.repeat(np.arange(len(block)), counts)
         nonfinite[np.unique(event_of_row[row_bad])] = True
     if block.events.dtype.kind == "f":
         nonfinite |= ~np.isfinite(block.events).all(axis=1)
     return {"non-finite feature (NaN or inf)": nonfinite, "no particles": counts == 0}
+
+
+def _prepare(
+    raw: RawBlock, path: Path, file_no: int, prep: _Prep, empty: Callable[..., np.ndarray] = np.empty
+) -> _Chunk:
+    """Everything that needs no other chunk: checks, event keys, splits, grouping by split.
+
+    The grouped arrays are allocated with ``empty`` (see :class:`_FileArena`).
+    """
+    keep = np.ones(len(raw), dtype=bool)
+    skipped: list[dict[str, Any]] = []
+    for reason, mask in _bad_events(raw).items():
+        if mask.any():
+            first = int(np.flatnonzero(mask)[0]) + raw.first_entry
+            if prep.on_error == "fail":
+                raise DataError(
+                    f"{path}: entry {first}: {reason} "
+                    f"({int(mask.sum())} such events in this chunk); "
+                    "fix the input or set on_error: skip to leave such events out"
+                )
+            skipped += [
+                {"source": path.name, "entry": int(i) + raw.first_entry, "reason": reason}
+                for i in np.flatnonzero(mask & keep)
+            ]
+            keep &= ~mask
+    n_filtered = 0
+    unlabeled = raw.label < 0
+    if prep.filter_unlabeled and unlabeled.any():
+        n_filtered = int((unlabeled & keep).sum())
+        keep &= ~unlabeled
+    keys = event_keys(raw.offsets, raw.particles, raw.events)
+    idx = np.flatnonzero(keep)
+    split = assign_splits(keys[idx], prep.split_fractions)
+    order = idx[np.argsort(split, kind="stable")]
+    block = EventBlock(raw.offsets, raw.particles, raw.events, raw.label, keys).take(order, empty)
+    entries = empty((len(order),), np.int64)
+    np.add(order, raw.first_entry, out=entries)
+    counts = np.bincount(split, minlength=len(SPLITS)).tolist()
+    skipped.sort(key=lambda s: s["entry"])
+    return _Chunk(file_no, len(raw), block, counts, entries, skipped, n_filtered)
+
+
+_worker_reader: Reader | None = None  # the reader of this worker process (set once, at its start)
+
+
+def _init_worker(reader: Reader) -> None:
+    # under fork the reader arrives without pickling, with the files its check() left open
+    global _worker_reader
+    _worker_reader = reader
+    gc.freeze()  # the garbage collector skips what came from the parent (and leaves its pages shared)
+
+
+def _read_range(path: Path, file_no: int, start: int, stop: int, prep: _Prep, exchange: Path) -> _Packed:
+    """The job of a worker process: entries ``[start, stop)`` of ``path``, prepared and packed."""
+    assert _worker_reader is not None, "run in a process started with _init_worker"
+    raw = _worker_reader.read_range(path, start, stop)
+    return _Packed.build(partial(_prepare, raw, path, file_no, prep), exchange)
+
+
+def _file_end(file_no: int, path: Path) -> _FileEnd:
+    return _FileEnd(file_no, sha256_file(path))
+
+
+def _sequential(reader: Reader, files: list[Path], step: int, prep: _Prep) -> Iterator[_Chunk | _FileEnd]:
+    """Every file's chunks in order, each followed by its end marker (run in a background thread)."""
+    for file_no, path in enumerate(files):
+        for raw in reader.read(path, step):
+            yield _prepare(raw, path, file_no, prep)
+        yield _file_end(file_no, path)
+
+
+def _parallel(
+    reader: Reader, readable: list[tuple[Path, int]], step: int, prep: _Prep, workers: int, exchange: Path
+) -> Iterator[_Chunk | _FileEnd]:
+    """The same stream as :func:`_sequential`, with entry ranges prepared in worker processes.
+
+    At most ``2 * workers`` chunks are in flight, and results are handed on strictly in input
+    order. The chunks' arrays come back through files in ``exchange`` (removed at the end).
+    """
+    jobs: list[Callable[[], _Packed | _FileEnd]] = []
+    for file_no, (path, n) in enumerate(readable):
+        jobs += [partial(_read_range, path, file_no, a, min(a + step, n), prep, exchange) for a in range(0, n, step)]
+        jobs.append(partial(_file_end, file_no, path))
+    exchange.mkdir()
+    # fork (Linux) starts workers without re-importing uproot and friends
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(reader,))
+    pending: collections.deque[Future[_Packed | _FileEnd]] = collections.deque()
+    todo = iter(jobs)
+    try:
+        for job in itertools.islice(todo, 2 * workers):
+            pending.append(pool.submit(job))
+        while pending:
+            result = pending.popleft().result()
+            if (job := next(todo, None)) is not None:
+                pending.append(pool.submit(job))
+            yield result.unpack() if isinstance(result, _Packed) else result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(exchange, ignore_errors=True)
+
+
+class _KeyIndex:
+    """Event keys seen so far, each with where it was first seen: ``(file number << 40) | entry``.
+
+    Kept as sorted numpy runs merged like a binary counter (16 bytes per event, a chunk of k
+    keys looked up in O(k log n)), instead of a dict (~150 bytes per event).
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Where each key was first seen, or -1 for keys not seen yet."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        for run_keys, run_where in self._runs:
+            pos = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
+            hit = run_keys[pos] == keys
+            found[hit] = run_where[pos[hit]]
+        return found
+
+    def add(self, keys: np.ndarray, where: np.ndarray) -> None:
+        """Record new, distinct keys."""
+        if not len(keys):
+            return
+        order = np.argsort(keys)
+        self._runs.append((keys[order], where[order]))
+        while len(self._runs) > 1 and len(self._runs[-2][0]) <= len(self._runs[-1][0]):
+            (k2, w2), (k1, w1) = self._runs.pop(), self._runs.pop()
+            merged = np.concatenate([k1, k2])
+            order = np.argsort(merged, kind="stable")  # two sorted runs: linear
+            self._runs.append((merged[order], np.concatenate([w1, w2])[order]))
+
+
+def _duplicates(
+    seen: _KeyIndex, keys: np.ndarray, where: np.ndarray, entries: np.ndarray, names: list[str], on_error: str
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Events of a chunk whose content was seen before (earlier, or earlier in the chunk).
+
+    Returns the mask of those events and their ``skipped`` records; raises DataError naming the
+    first one and where its twin is when ``on_error='fail'``.
+    """
+    prior = seen.find(keys)
+    drop = np.zeros(len(keys), dtype=bool)
+    sorted_keys = np.sort(keys)
+    if not (prior >= 0).any() and not (sorted_keys[1:] == sorted_keys[:-1]).any():
+        return drop, []
+    records = []
+    local: dict[int, int] = {}
+    for i in np.argsort(entries, kind="stable").tolist():  # slow path, in input order: name each one
+        k, w = int(keys[i]), int(where[i])
+        first = int(prior[i]) if prior[i] >= 0 else local.get(k)
+        if first is None:
+            local[k] = w
+            continue
+        name = names[w >> 40]
+        msg = (
+            f"duplicate event: {name} entry {w & _ENTRY_MASK} has the same content as "
+            f"{names[first >> 40]} entry {first & _ENTRY_MASK}"
+        )
+        if on_error == "fail":
+            raise DataError(msg + "; remove the duplicate input or set on_error: skip")
+        records.append({"source": name, "entry": w & _ENTRY_MASK, "reason": msg})
+        drop[i] = True
+    return drop, records
 
 
 def convert(
@@ -125,18 +419,29 @@ def convert(
     reader_options: dict[str, Any] | None = None,
     on_error: str = "fail",
     step: int = 20_000,
+    workers: int = 1,
     progress: bool = True,
 ) -> tuple[dict[str, Any], ConvertStats]:
     """Convert raw files of format ``fmt`` to a physfm dataset in ``out_dir``; return (manifest, stats).
 
     ``on_error='fail'`` stops at the first bad file or event with a message naming it;
     ``'skip'`` leaves it out and records it (file, entry, reason) in the manifest's ``skipped``.
+
+    ``workers > 1`` prepares chunks (read, check, event keys, splits) in that many processes for
+    readers that can read entry ranges (JetClass ROOT); the duplicate check and the shard writing
+    stay in this process, in input order, so the output is byte-identical whatever ``workers``
+    and ``step``. Other formats are read sequentially in a background thread.
     """
     if fmt not in READERS:
         raise ValueError(f"unknown format '{fmt}'; choose one of: {', '.join(READERS)}")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got '{on_error}'")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
     split_fractions = split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
+    assign_splits(np.zeros(0, dtype=np.uint64), split_fractions)  # checks the fractions up front
     reader: Reader = READERS[fmt](reader_options)
     files = resolve_inputs(inputs, reader.file_glob)
     stats = ConvertStats()
@@ -160,82 +465,52 @@ def convert(
         "reader_options": reader.options,
         "on_error": on_error,
     }
-    seen: dict[int, int] = {}  # event key -> (file number << 40) | entry
+    prep = _Prep(split_fractions, on_error, filter_unlabeled=bool(reader.classes))
+    seen = _KeyIndex()
     names = [p.name for p, _ in readable]
     sources = []
     n_filtered = 0
     with atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, shard_events, {"modality": reader.modality, "format_version": 1})
         bar = tqdm(total=sum(n for _, n in readable), unit="ev", desc="convert", disable=not progress)
-
-        def chunks() -> Iterator[tuple[int, RawBlock | str]]:
-            """Every file's chunks in order, then the file's sha256 to mark its end (runs in a thread)."""
-            for file_no, (path, _) in enumerate(readable):
-                yield from ((file_no, raw) for raw in reader.read(path, step))
-                yield file_no, sha256_file(path)
-
+        if workers > 1 and reader.splittable:
+            stream = _parallel(reader, readable, step, prep, workers, tmp / ".exchange")
+        else:
+            stream = _prefetch(_sequential(reader, [p for p, _ in readable], step, prep))
         file_events = 0
-        for file_no, raw in _prefetch(chunks()):
-            path, n_entries = readable[file_no]
-            if isinstance(raw, str):
-                sources.append(
-                    {
-                        "path": str(path),
-                        "name": path.name,
-                        "sha256": raw,
-                        "n_entries": n_entries,
-                        "n_events": file_events,
-                    }
-                )
-                file_events = 0
-                continue
-            stats.events_in += len(raw)
-            keep = np.ones(len(raw), dtype=bool)
-            for reason, mask in _bad_events(raw).items():
-                if mask.any():
-                    first = int(np.flatnonzero(mask)[0]) + raw.first_entry
-                    if on_error == "fail":
-                        raise DataError(
-                            f"{path}: entry {first}: {reason} "
-                            f"({int(mask.sum())} such events in this chunk); "
-                            "fix the input or set on_error: skip to leave such events out"
-                        )
-                    stats.skipped += [
-                        {"source": path.name, "entry": int(i) + raw.first_entry, "reason": reason}
-                        for i in np.flatnonzero(mask & keep)
-                    ]
-                    keep &= ~mask
-            unlabeled = raw.label < 0
-            if reader.classes and unlabeled.any():
-                n_filtered += int((unlabeled & keep).sum())
-                keep &= ~unlabeled
-            block = EventBlock(raw.offsets, raw.particles, raw.events, raw.label, np.zeros(len(raw), np.uint64))
-            block.event_key = event_keys(block.offsets, block.particles, block.events)
-            idx = np.flatnonzero(keep)
-            keys = block.event_key[idx].tolist()
-            where = [(file_no << 40) | (int(i) + raw.first_entry) for i in idx.tolist()]
-            if len(set(keys)) != len(keys) or not seen.keys().isdisjoint(keys):
-                for i, k, w in zip(idx.tolist(), keys, where, strict=True):  # slow path: name each duplicate
-                    if k not in seen:
-                        seen[k] = w
-                        continue
-                    first = seen[k]
-                    msg = (
-                        f"duplicate event: {path.name} entry {w & _ENTRY_MASK} has the same content as "
-                        f"{names[first >> 40]} entry {first & _ENTRY_MASK}"
+        with contextlib.closing(stream):
+            for item in stream:
+                path, n_entries = readable[item.file_no]
+                if isinstance(item, _FileEnd):
+                    sources.append(
+                        {
+                            "path": str(path),
+                            "name": path.name,
+                            "sha256": item.sha256,
+                            "n_entries": n_entries,
+                            "n_events": file_events,
+                        }
                     )
-                    if on_error == "fail":
-                        raise DataError(msg + "; remove the duplicate input or set on_error: skip")
-                    stats.skipped.append({"source": path.name, "entry": w & _ENTRY_MASK, "reason": msg})
-                    keep[i] = False
-            else:
-                seen.update(zip(keys, where, strict=True))
-            block = block.select(keep) if not keep.all() else block
-            split = assign_splits(block.event_key, split_fractions)
-            for s_idx, s_name in enumerate(SPLITS):
-                writer.add(s_name, block.select(split == s_idx))
-            file_events += len(block)
-            bar.update(len(raw))
+                    file_events = 0
+                    continue
+                stats.events_in += item.n_in
+                n_filtered += item.n_filtered
+                where = (item.file_no << 40) | item.entries
+                drop, duplicates = _duplicates(seen, item.block.event_key, where, item.entries, names, on_error)
+                block, counts, skipped = item.block, item.split_counts, item.skipped
+                if duplicates:
+                    skipped = sorted(skipped + duplicates, key=lambda s: s["entry"])
+                    segment = np.repeat(np.arange(len(SPLITS)), counts)
+                    counts = np.bincount(segment[~drop], minlength=len(SPLITS)).tolist()
+                    block, where = block.select(~drop), where[~drop]
+                seen.add(block.event_key, where)
+                stats.skipped += skipped
+                start = 0
+                for s_name, n in zip(SPLITS, counts, strict=True):
+                    writer.add(s_name, block.slice(start, start + n))
+                    start += n
+                file_events += len(block)
+                bar.update(item.n_in)
         bar.close()
         n_events = writer.close()
         extras = {}

@@ -22,8 +22,10 @@ shards; any change gives a different one.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import mmap
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ import h5py
 import numpy as np
 
 from physfm import __version__
-from physfm.io import atomic_path, read_json, sha256_file, sha256_json, write_json
+from physfm.io import atomic_path, commit_path, read_json, sha256_file, sha256_json, temp_path_beside, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -60,11 +62,14 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
+_TILE = 8192  # rows hashed at a time: the tile's words stay in cache through the word loop
+
+
 def _row_hash(values: np.ndarray) -> np.ndarray:
     """One uint64 per row of a 2-D numeric array, from the exact bit patterns of its values.
 
-    The row's bytes are read as uint64 words (no conversion of the values) and folded with a
-    multiply-xorshift per word, then finalised with splitmix64.
+    The row's bytes (zero-padded to whole words) are read as uint64 words (no conversion of the
+    values) and folded with a multiply-xorshift per word, then finalised with splitmix64.
     """
     values = np.ascontiguousarray(values)
     n = values.shape[0]
@@ -72,15 +77,25 @@ def _row_hash(values: np.ndarray) -> np.ndarray:
         raise TypeError(f"cannot hash values of dtype {values.dtype}")
     raw = values.reshape(n, -1).view(np.uint8)
     width = raw.shape[1]
-    if width % 8:
-        raw = np.concatenate([raw, np.zeros((n, 8 - width % 8), np.uint8)], axis=1)
-    words = np.ascontiguousarray(raw).view(_U64)
-    h = np.full(n, width, dtype=_U64)
+    n_words = -(-width // 8)
+    h = np.empty(n, dtype=_U64)
+    padded = np.zeros((min(n, _TILE), n_words * 8), np.uint8) if width % 8 else None
+    shifted = np.empty(min(n, _TILE), dtype=_U64)
     with np.errstate(over="ignore"):
-        for j in range(words.shape[1]):
-            h ^= words[:, j]
-            h *= _U64(0x9E3779B97F4A7C15)
-            h ^= h >> _U64(29)
+        for a in range(0, n, _TILE):
+            b = min(a + _TILE, n)
+            if padded is None:
+                words = raw[a:b].view(_U64)
+            else:
+                padded[: b - a, :width] = raw[a:b]
+                words = padded[: b - a].view(_U64)
+            ht, st = h[a:b], shifted[: b - a]
+            ht.fill(width)
+            for j in range(n_words):
+                ht ^= words[:, j]
+                ht *= _U64(0x9E3779B97F4A7C15)
+                np.right_shift(ht, _U64(29), out=st)
+                ht ^= st
     return _mix64(h)
 
 
@@ -140,6 +155,27 @@ class EventBlock:
             event_key=self.event_key[mask],
         )
 
+    def take(self, index: np.ndarray, empty: Callable[..., np.ndarray] = np.empty) -> EventBlock:
+        """Events at the integer positions ``index``, in that order (one gather of the particle rows).
+
+        The new arrays come from ``empty(shape, dtype)`` (e.g. memory shared with another process),
+        in the order offsets, particles, events, label, event_key.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        if empty is np.empty and len(index) == len(self) and np.array_equal(index, np.arange(len(self))):
+            return self
+        counts = np.diff(self.offsets)[index]
+        offsets = empty((len(index) + 1,), np.int64)
+        offsets[0] = 0
+        np.cumsum(counts, out=offsets[1:])
+        rows = np.arange(offsets[-1], dtype=np.int64) + np.repeat(self.offsets[:-1][index] - offsets[:-1], counts)
+        out = []
+        for arr, at in ((self.particles, rows), (self.events, index), (self.label, index), (self.event_key, index)):
+            dst = empty((len(at), *arr.shape[1:]), arr.dtype)
+            np.take(arr, at, axis=0, out=dst, mode="clip")  # indices are valid; "raise" would buffer out
+            out.append(dst)
+        return EventBlock(offsets, *out)
+
     def slice(self, a: int, b: int) -> EventBlock:
         """Events ``[a, b)`` as views (no copy)."""
         o = self.offsets[a : b + 1]
@@ -159,23 +195,40 @@ class EventBlock:
         )
 
 
+def _write_hdf5(path: Path, pieces: Sequence[EventBlock], attrs: dict[str, Any]) -> None:
+    """Write consecutive blocks as one shard, copying each piece straight into its dataset."""
+    counts = np.concatenate([np.diff(b.offsets) for b in pieces])
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    with h5py.File(path, "w", libver="earliest", track_order=False) as f:
+        f.create_dataset("offsets", data=offsets, track_times=False)
+        for name in ("particles", "events"):
+            parts = [getattr(b, name) for b in pieces]
+            total = sum(len(a) for a in parts)
+            if len(parts) == 1 or total == 0:
+                f.create_dataset(name, data=np.concatenate(parts) if len(parts) > 1 else parts[0], track_times=False)
+                continue
+            shape = (total, *parts[0].shape[1:])
+            dset = f.create_dataset(name, shape=shape, dtype=np.result_type(*parts), track_times=False)
+            start = 0
+            for a in parts:
+                if len(a):
+                    dset[start : start + len(a)] = a
+                    start += len(a)
+        f.create_dataset("label", data=np.concatenate([b.label for b in pieces]).astype(np.int64), track_times=False)
+        keys = np.concatenate([b.event_key for b in pieces]).astype(np.uint64)
+        f.create_dataset("event_key", data=keys, track_times=False)
+        for k, v in sorted(attrs.items()):
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+
+
 def write_shard(path: Path, block: EventBlock, attrs: dict[str, Any], hash_now: bool = True) -> dict[str, Any]:
     """Write one shard atomically and return its manifest entry (without the path).
 
     With ``hash_now=False`` the entry's sha256 is left for the caller to fill in.
     """
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="earliest", track_order=False) as f:
-            for name, arr in (
-                ("offsets", block.offsets.astype(np.int64)),
-                ("particles", block.particles),
-                ("events", block.events),
-                ("label", block.label.astype(np.int64)),
-                ("event_key", block.event_key.astype(np.uint64)),
-            ):
-                f.create_dataset(name, data=arr, track_times=False)
-            for k, v in sorted(attrs.items()):
-                f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+        _write_hdf5(tmp, [block], attrs)
     return {
         "n_events": len(block),
         "n_rows": int(block.offsets[-1]),
@@ -183,12 +236,23 @@ def write_shard(path: Path, block: EventBlock, attrs: dict[str, Any], hash_now: 
     }
 
 
+def _commit_and_hash(tmp: Path, path: Path) -> str:
+    """fsync and rename a finished shard, then hash it from a memory map (no copy into a buffer)."""
+    commit_path(tmp, path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        h.update(m)
+    return h.hexdigest()
+
+
 @dataclass
 class ShardWriter:
     """Buffers events per split and writes fixed-size shards in arrival order.
 
-    Shards are hashed in a background thread (hashlib releases the GIL) while the next ones are
-    built; :meth:`close` waits for the hashes.
+    Added blocks are kept as they come (views are fine) and copied once, straight into the shard's
+    HDF5 datasets. Each shard is written under a temporary name; the fsync, the rename onto its
+    final name and the sha256 run in a background thread (both release the GIL) while the next
+    shards are built; :meth:`close` waits for them.
     """
 
     out_dir: Path
@@ -210,35 +274,48 @@ class ShardWriter:
     def add(self, split: str, block: EventBlock) -> None:
         if len(block) == 0:
             return
-        self._buffers[split].append(block)
+        bufs = self._buffers[split]
+        bufs.append(block)
         self._buffered[split] += len(block)
         while self._buffered[split] >= self.shard_events:
-            bufs = self._buffers[split]
-            merged = bufs[0] if len(bufs) == 1 else EventBlock.concat(bufs)
-            head = merged.slice(0, self.shard_events)
-            tail = merged.slice(self.shard_events, len(merged))
-            self._write(split, head)
-            self._buffers[split] = [tail] if len(tail) else []
-            self._buffered[split] = len(tail)
+            pieces, need = [], self.shard_events
+            while need:
+                head = bufs.pop(0)
+                if len(head) > need:
+                    pieces.append(head.slice(0, need))
+                    bufs.insert(0, head.slice(need, len(head)))
+                    need = 0
+                else:
+                    pieces.append(head)
+                    need -= len(head)
+            self._buffered[split] -= self.shard_events
+            self._write(split, pieces)
 
-    def _write(self, split: str, block: EventBlock) -> None:
+    def _write(self, split: str, pieces: list[EventBlock]) -> None:
         index = sum(1 for s in self.shards if s["split"] == split)
         rel = f"{split}/shard_{index:05d}.h5"
-        entry = write_shard(self.out_dir / rel, block, {**self.attrs, "split": split}, hash_now=False)
-        record = {"path": rel, "split": split, **entry}
-        self._hashes.append((record, self._pool.submit(sha256_file, self.out_dir / rel)))
+        tmp = temp_path_beside(self.out_dir / rel)
+        _write_hdf5(tmp, pieces, {**self.attrs, "split": split})
+        n_events = sum(len(b) for b in pieces)
+        record = {"path": rel, "split": split, "n_events": n_events, "n_rows": sum(int(b.offsets[-1]) for b in pieces)}
+        record["sha256"] = None
+        self._hashes.append((record, self._pool.submit(_commit_and_hash, tmp, self.out_dir / rel)))
         self.shards.append(record)
-        self._counts[split] += len(block)
+        self._counts[split] += n_events
 
     def close(self) -> dict[str, int]:
-        """Flush partial shards, wait for their hashes; return events per split."""
-        for s in SPLITS:
-            if self._buffers[s]:
-                self._write(s, EventBlock.concat(self._buffers[s]))
-                self._buffers[s], self._buffered[s] = [], 0
-        for record, future in self._hashes:
-            record["sha256"] = future.result()
-        self._pool.shutdown()
+        """Flush partial shards, wait for their renames and hashes; return events per split."""
+        try:
+            for s in SPLITS:
+                if self._buffers[s]:
+                    self._write(s, self._buffers[s])
+                    self._buffers[s], self._buffered[s] = [], 0
+            for record, future in self._hashes:
+                record["sha256"] = future.result()
+            # by split, then shard number: the order shards fill up in depends on the chunking
+            self.shards.sort(key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        finally:
+            self._pool.shutdown()
         return dict(self._counts)
 
 
@@ -316,10 +393,17 @@ def load_manifest(data_dir: str | Path, verify: bool = False) -> dict[str, Any]:
             f"physfm (expects {FORMAT_VERSION}); re-run `physfm convert`"
         )
     if verify:
-        problems = verify_dataset(data_dir, manifest)
-        if problems:
-            raise DataError(f"{data_dir} does not verify against its manifest:\n  " + "\n  ".join(problems))
+        _raise_on_problems(data_dir, verify_dataset(data_dir, manifest), "`physfm convert`")
     return manifest
+
+
+def _raise_on_problems(directory: Path, problems: list[str], remedy: str) -> None:
+    if problems:
+        raise DataError(
+            f"{directory} does not verify against its {MANIFEST} (corrupt or modified since it was written):\n  "
+            + "\n  ".join(problems)
+            + f"\nrun `physfm verify {directory}` to list every problem, then re-create it with {remedy}"
+        )
 
 
 def verify_dataset(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> list[str]:
@@ -338,6 +422,48 @@ def verify_dataset(data_dir: str | Path, manifest: dict[str, Any] | None = None)
     if compute_data_version(manifest) != manifest.get("data_version"):
         problems.append("manifest.json: data_version does not match its content (manifest edited?)")
     return problems
+
+
+def verify_artefact(directory: str | Path, manifest: dict[str, Any]) -> list[str]:
+    """Re-hash every file an artefact manifest lists under ``files`` (tokenizers, backbones)."""
+    directory = Path(directory)
+    problems = []
+    for rel, expected in sorted(manifest.get("files", {}).items()):
+        p = directory / rel
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif (got := sha256_file(p)) != expected:
+            problems.append(f"{rel}: sha256 {got[:12]}… does not match manifest {expected[:12]}…")
+    if "backbone_version" in manifest and sha256_json(manifest.get("files", {}))[:16] != manifest["backbone_version"]:
+        problems.append(f"{MANIFEST}: backbone_version does not match its file list (manifest edited?)")
+    return problems
+
+
+def verify_directory(directory: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """``(manifest, problems)`` for a dataset (``shards``) or an artefact directory (``files``)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return {}, [f"{MANIFEST}: missing (not a physfm dataset or artefact, or its writing was interrupted)"]
+    manifest = read_json(path)
+    if "shards" in manifest:
+        return manifest, verify_dataset(directory, manifest)
+    if "files" in manifest:
+        return manifest, verify_artefact(directory, manifest)
+    return manifest, [f"{MANIFEST}: lists neither shards nor files; nothing to verify against"]
+
+
+def check_artefact(directory: str | Path, remedy: str) -> dict[str, Any] | None:
+    """Verify an artefact directory that has a manifest; raise :class:`DataError` naming the fix.
+
+    Returns the manifest, or None when the directory has none (written before manifests existed).
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return None
+    manifest = read_json(directory / MANIFEST)
+    _raise_on_problems(directory, verify_artefact(directory, manifest), remedy)
+    return manifest
 
 
 def feature_names(manifest: dict[str, Any], kind: str = "particle") -> list[str]:

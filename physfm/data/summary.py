@@ -62,10 +62,13 @@ def _hist_grid(
 def summarize(
     data_dir: str | Path, out_dir: str | Path, split: str = "train", max_events: int = 20_000
 ) -> dict[str, Any]:
-    """Write ``summary.json`` and per-feature plots (particle- and event-level) to ``out_dir``."""
+    """Write ``summary.json`` and per-feature plots (particle- and event-level) to ``out_dir``.
+
+    The dataset is verified against its manifest first; a mismatch raises ``DataError``.
+    """
+    manifest = load_manifest(data_dir, verify=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(data_dir)
     s = open_split(data_dir, split)
     n = min(len(s), max_events)
     block = s.read(np.arange(n))

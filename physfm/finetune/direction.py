@@ -190,7 +190,7 @@ def finetune_direction(
     device = device_of(cfg.device)
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir)
+        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
     train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
 
     if backbone_dir is None or str(backbone_dir) == "none":

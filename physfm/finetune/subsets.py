@@ -117,10 +117,13 @@ def keys_digest(keys: np.ndarray) -> str:
 
 
 def make_subsets(
-    data_dir: str | Path, specs: list[str | int | float], seed: int, out_dir: str | Path
+    data_dir: str | Path, specs: list[str | int | float], seed: int, out_dir: str | Path, *, verify: bool = True
 ) -> dict[str, Any]:
-    """Write ``order.npy`` and ``manifest.json`` for the requested label specs; return the manifest."""
-    data_manifest = load_manifest(data_dir)
+    """Write ``order.npy`` and ``manifest.json`` for the requested label specs; return the manifest.
+
+    The dataset is verified against its manifest first (``verify=False`` when the caller already did).
+    """
+    data_manifest = load_manifest(data_dir, verify=verify)
     classes = list(data_manifest["classes"])
     labels, keys = read_labels(data_dir, "train")
     if not classes:  # a regression dataset (IceCube direction): every event is labelled, one pseudo-class

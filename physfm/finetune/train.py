@@ -170,7 +170,7 @@ def finetune(
 
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir)
+        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
     train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
 
     backbone, bmeta = _backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)

@@ -251,7 +251,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         if not p.is_file():
             raise DataError(f"{path}: {name} is missing")
         if sha256_file(p) != expected:
-            raise DataError(f"{path}: {name} does not match the sha256 in {MANIFEST} (file modified or corrupt)")
+            raise DataError(
+                f"{path}: {name} does not match the sha256 in {MANIFEST} (file modified or corrupt); "
+                f"run `physfm verify {path}` and re-fit it with `physfm tokenizer fit`"
+            )
     spec = read_json(path / SPEC)
     cls = tokenizer_class(spec["method"])
     config = make_config(spec["method"], spec["config"])

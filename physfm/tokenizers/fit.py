@@ -36,7 +36,7 @@ def fit_tokenizer(
     train split only. Same data, options and seed give the same tokenizer (same ``version``).
     """
     data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(data_dir, verify=True)  # once per fit: refuse shards that changed since convert
     cls = tokenizer_class(method)
     config = make_config(method, options)
     if features is None:

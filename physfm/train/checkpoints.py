@@ -7,12 +7,21 @@
 * A **backbone** directory is the product of pretraining: ``backbone.safetensors`` (weights),
   ``backbone.json`` (config, features, normalisation, provenance), ``objective.safetensors`` (the
   pretraining heads, for generation), ``metrics.json`` and ``manifest.json`` (data and tokenizer
-  versions, every file's sha256). :func:`load_backbone` reads only safetensors and JSON.
+  versions, every file's sha256). :func:`load_backbone` reads only safetensors and JSON, and
+  refuses a directory without ``manifest.json``.
+
+Both appear atomically even under SIGKILL: pretraining builds the backbone directory under a
+temporary name with :func:`physfm.io.atomic_dir` and renames it into place when complete. Temporary
+names carry the writer's host and pid (``.NAME.HOST-PID.XXXXXXXX.partial``), so the next run
+removes the leftovers of a killed writer (:func:`physfm.io.remove_stale_partials`) and never those of a
+live one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from physfm.io import atomic_path, read_json, sha256_file, sha256_json, write_json
+from physfm.data.shards import MANIFEST, DataError, check_artefact
+from physfm.io import atomic_path, read_json, remove_stale_partials, sha256_file, sha256_json, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
 
 CHECKPOINT = "last.pt"
@@ -48,13 +58,31 @@ class Preempted(RuntimeError):
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(directory: str | Path, state: dict[str, Any], info: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts only) and a small JSON ``info``."""
+    """Write ``state`` (tensors, numbers, strings, lists, dicts only) and a small JSON ``info``.
+
+    ``last.pt`` is written under a temporary name, fsynced and renamed, then ``last.json``: a kill
+    at any moment leaves the previous checkpoint or the new one (``last.json`` may then describe
+    the previous one, so ``state`` should carry what identifies it, e.g. a configuration hash).
+    """
     directory = Path(directory)
     path = directory / CHECKPOINT
+    remove_stale_partials(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     write_json(directory / CHECKPOINT_INFO, {**info, "sha256": sha256_file(path)})
     return path
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Hard-link (or copy) the checkpoint files of directory ``src`` into ``dst``."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (CHECKPOINT, CHECKPOINT_INFO):
+        if (src / name).is_file():
+            try:
+                os.link(src / name, dst / name)
+            except OSError:
+                shutil.copy2(src / name, dst / name)
 
 
 def checkpoint_info(directory: str | Path) -> dict[str, Any] | None:
@@ -92,7 +120,9 @@ def save_backbone(
 ) -> dict[str, Any]:
     """Write a backbone directory (see the module docstring); return its manifest.
 
-    ``meta`` must hold ``features``, ``norm``, ``max_len``, ``data_version``, ``tokenizer_version``
+    ``manifest.json`` is written last. The files go straight into ``out_dir``: to make the whole
+    directory appear atomically, pass the directory of :func:`physfm.io.atomic_dir` (as pretraining
+    does). ``meta`` must hold ``features``, ``norm``, ``max_len``, ``data_version``, ``tokenizer_version``
     and ``objective``; ``config`` is added from the model. ``extra_files`` (already written in
     ``out_dir``) are hashed into the manifest too.
     """
@@ -139,9 +169,21 @@ def load_backbone(directory: str | Path, map_location: str | torch.device = "cpu
     """``(model, meta)`` from a backbone directory; reads only safetensors + JSON, never pickles.
 
     The model is in eval mode on ``map_location``; ``meta`` is ``backbone.json`` (features, norm,
-    max_len, data_version, tokenizer_version, objective, config, ...).
+    max_len, data_version, tokenizer_version, objective, config, ...). Every file listed in
+    ``manifest.json`` is re-hashed first; a mismatch, or a directory without ``manifest.json`` (an
+    interrupted run, or a backbone written by a physfm older than manifests), raises
+    :class:`~physfm.data.shards.DataError`.
     """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such backbone directory; create it with `physfm pretrain`")
+    if not (directory / MANIFEST).is_file():
+        raise DataError(
+            f"{directory} is not a complete backbone: {MANIFEST} is missing (it is written last, so the "
+            f"directory is from an interrupted run or an older physfm); rerun `physfm pretrain` with "
+            f"--out {directory} to re-create it (it resumes from its checkpoint when there is one)"
+        )
+    check_artefact(directory, "`physfm pretrain`")
     meta_path = directory / BACKBONE_META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: is {directory} a backbone written by `physfm pretrain`?")

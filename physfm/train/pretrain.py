@@ -34,12 +34,13 @@ from torch import Tensor, nn
 
 from physfm.data.shards import load_manifest
 from physfm.features import JET_DEFAULT
-from physfm.io import read_json, sha256_json, write_json
+from physfm.io import atomic_dir, read_json, sha256_json, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
 from physfm.models.objectives import OBJECTIVES, Objective
 from physfm.train.checkpoints import (
     Preempted,
     checkpoint_info,
+    copy_checkpoint,
     load_checkpoint,
     save_backbone,
     save_checkpoint,
@@ -386,7 +387,7 @@ def pretrain(
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(out_dir)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(data_dir, verify=True)  # every rank, once: refuse shards that changed since convert
     obj_cls = OBJECTIVES[cfg.objective]
     obj_opts = cfg.objectives.get(cfg.objective, {})
 
@@ -447,10 +448,18 @@ def pretrain(
                 file=sys.stderr,
             )
         ck = None
+    state = load_checkpoint(ckpt_dir, map_location=dev) if ck is not None else None
+    if state is not None and state.get("config_hash", config_hash) != config_hash:
+        # last.json is written after last.pt: a run of another configuration killed in between
+        if info.main:
+            print(
+                f"physfm pretrain: {ckpt_dir}/last.pt belongs to a different configuration/data; starting over",
+                file=sys.stderr,
+            )
+        ck = state = None
     if ck is None and resume == "require":
         raise ValueError(f"--resume: no checkpoint for this configuration in {ckpt_dir}")
-    if ck is not None:
-        state = load_checkpoint(ckpt_dir, map_location=dev)
+    if state is not None:
         backbone.load_state_dict(state["backbone"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -473,6 +482,7 @@ def pretrain(
                 )
         if info.main:
             print(f"physfm pretrain: resuming from step {start_step} ({ckpt_dir})", file=sys.stderr)
+        state = None  # the loaded copy is no longer needed
     else:
         torch.manual_seed(cfg.seed + 1000 * info.rank)
 
@@ -545,6 +555,7 @@ def pretrain(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "step": step,
+                "config_hash": config_hash,
                 "history": history,
                 "data_state": all_data,
                 "rng": all_rng,
@@ -670,18 +681,21 @@ def pretrain(
     if log_k and "val/loss_token" in last_val:
         summary["val_loss_token_over_log_K"] = last_val["val/loss_token"] / log_k
     if info.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        extra = []
-        if tok is not None:
-            shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)
-            shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
-            extra.append("tokenizer/manifest.json")
-        write_json(out_dir / "history.json", history)
-        write_json(out_dir / "metrics.json", summary)
-        extra += ["history.json", "metrics.json"]
-        if _plot_history(history, baseline, out_dir / "loss.png", title=f"{cfg.objective} pretraining"):
-            extra.append("loss.png")
-        manifest_out = save_backbone(backbone, meta, out_dir, heads=objective, extra_files=extra)
+        # built under a temporary name and renamed into place when complete: a SIGKILL at any
+        # moment leaves no backbone directory (or the previous one), never a half-written one
+        with atomic_dir(out_dir) as tmp:
+            extra = []
+            if tok is not None:
+                shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+                extra.append("tokenizer/manifest.json")
+            write_json(tmp / "history.json", history)
+            write_json(tmp / "metrics.json", summary)
+            extra += ["history.json", "metrics.json"]
+            if _plot_history(history, baseline, tmp / "loss.png", title=f"{cfg.objective} pretraining"):
+                extra.append("loss.png")
+            manifest_out = save_backbone(backbone, meta, tmp, heads=objective, extra_files=extra)
+            if ckpt_dir.resolve().is_relative_to(out_dir.resolve()):  # OUT/checkpoints (the default) stays
+                copy_checkpoint(ckpt_dir, tmp / ckpt_dir.resolve().relative_to(out_dir.resolve()))
         summary["backbone_version"] = manifest_out["backbone_version"]
         if run is not None:
             run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})

@@ -48,6 +48,7 @@ rule convert:
         ),
         on_error=config["data"]["convert"]["on_error"],
         track=track("convert"),
+    threads: 2
     log:
         f"{R}/logs/convert.log",
     conda:
@@ -55,7 +56,7 @@ rule convert:
     shell:
         "physfm convert --format {params.format} --input '{params.input}' --out {output} "
         "--shard-events {params.shard_events} --split {params.split} {params.labels} "
-        "--on-error {params.on_error} {params.track} > {log} 2>&1"
+        "--on-error {params.on_error} --workers {threads} {params.track} > {log} 2>&1"
 
 
 rule summarize:

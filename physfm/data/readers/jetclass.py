@@ -24,6 +24,21 @@ def _flat(arr: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     return content, offsets
 
 
+def _interleave(cols: list[np.ndarray], tile: int = 8192) -> np.ndarray:
+    """Stack 1-D columns into a (rows, columns) matrix, a tile of rows at a time.
+
+    Same result as ``np.stack(cols, axis=1)``, ~3x faster: each tile stays in cache while all the
+    columns are written into it.
+    """
+    n = len(cols[0])
+    out = np.empty((n, len(cols)), dtype=np.result_type(*[c.dtype for c in cols]))
+    for a in range(0, n, tile):
+        block = out[a : a + tile]
+        for j, c in enumerate(cols):
+            block[:, j] = c[a : a + tile]
+    return out
+
+
 class JetClassReader(Reader):
     """Reads tree ``tree`` with the JetClass branches; labels from the one-hot ``label_*`` branches.
 
@@ -35,6 +50,8 @@ class JetClassReader(Reader):
 
     modality = "jets"
     file_glob = "*.root"
+    splittable = True  # entry ranges of one file can be read in parallel (read_range)
+    keep_open = 64  # trees opened by check() kept for reading, so most files are opened once
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -44,6 +61,11 @@ class JetClassReader(Reader):
             raise ValueError(f"label branches must start with 'label_', got {unknown}")
         self._labels = list(labels)
         self._tree_name = str(self.options.get("tree") or TREE_NAME)
+        self._checked: dict[Path, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # open files stay behind when the reader is pickled (to a spawned worker): it reopens them
+        return {**self.__dict__, "_checked": {}}
 
     @property
     def particle_features(self) -> dict[str, str]:
@@ -59,7 +81,7 @@ class JetClassReader(Reader):
 
     def _tree(self, path: Path) -> Any:
         try:
-            f = uproot.open(path)
+            f = uproot.open(path, array_cache=None)  # each array is read once
         except Exception as exc:  # uproot raises many types for corrupt files
             raise DataError(f"{path}: cannot be read as a ROOT file ({type(exc).__name__}: {exc})") from exc
         size = Path(path).stat().st_size
@@ -90,13 +112,19 @@ class JetClassReader(Reader):
                 f"{path}: not in the JetClass schema; missing branches: {', '.join(missing)}. "
                 "Convert it to the JetClass schema, or choose `--labels` to match its label branches."
             )
+        if len(self._checked) < self.keep_open:
+            self._checked[Path(path)] = tree
         return int(tree.num_entries)
 
+    def _open(self, path: Path, done: bool) -> Any:
+        """The tree opened by :meth:`check` (forgotten if ``done``), else opened now."""
+        tree = self._checked.pop(Path(path), None) if done else self._checked.get(Path(path))
+        return self._tree(path) if tree is None else tree
+
     def read(self, path: Path, step: int) -> Iterator[RawBlock]:
-        tree = self._tree(path)
-        pnames, enames = list(PARTICLE_BRANCHES), list(JET_BRANCHES)
+        tree = self._open(path, done=True)
         entry = 0
-        chunks = tree.iterate(pnames + enames + self._labels, step_size=step, library="ak", how=dict)
+        chunks = tree.iterate(self._branches, step_size=step, library="ak", how=dict)
         while True:
             try:
                 chunk = next(chunks)
@@ -104,29 +132,44 @@ class JetClassReader(Reader):
                 return
             except Exception as exc:  # corrupt baskets surface as many exception types
                 raise DataError(f"{path}: cannot read entries from {entry} on ({type(exc).__name__}: {exc})") from exc
-            offsets = None
-            cols = []
-            for name in pnames:
-                content, offs = _flat(chunk[name])
-                if offsets is None:
-                    offsets = offs
-                elif not np.array_equal(offs, offsets):
-                    raise DataError(f"{path}: branch {name} has a different particle count than {pnames[0]}")
-                cols.append(content)
-            dtype = np.result_type(*[c.dtype for c in cols])
-            particles = np.empty((len(cols[0]), len(cols)), dtype=dtype)
-            for j, c in enumerate(cols):
-                particles[:, j] = c
-            ecols = [np.asarray(chunk[name]) for name in enames]
-            events = np.empty((len(ecols[0]), len(ecols)), dtype=np.result_type(*[c.dtype for c in ecols]))
-            for j, c in enumerate(ecols):
-                events[:, j] = c
-            onehot = np.stack([np.asarray(chunk[name]).astype(np.float64) for name in self._labels], axis=1)
-            nset = (onehot != 0).sum(axis=1)
-            if np.any(nset > 1):
-                bad = int(np.flatnonzero(nset > 1)[0]) + entry
-                raise DataError(f"{path}: entry {bad} has more than one of {self._labels} set")
-            label = np.where(nset == 1, onehot.argmax(axis=1), -1).astype(np.int64)
-            assert offsets is not None
-            yield RawBlock(offsets.astype(np.int64), particles, events, label, entry)
-            entry += len(label)
+            block = self._block(path, chunk, entry)
+            yield block
+            entry += len(block)
+
+    def read_range(self, path: Path, start: int, stop: int) -> RawBlock:
+        tree = self._open(path, done=False)
+        try:
+            chunk = tree.arrays(self._branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
+        except Exception as exc:  # corrupt baskets surface as many exception types
+            raise DataError(f"{path}: cannot read entries {start} to {stop} ({type(exc).__name__}: {exc})") from exc
+        return self._block(path, chunk, start)
+
+    @property
+    def _branches(self) -> list[str]:
+        return list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + self._labels
+
+    def _block(self, path: Path, chunk: dict[str, ak.Array], entry: int) -> RawBlock:
+        """The arrays of consecutive entries from ``entry`` on, as a :class:`RawBlock`."""
+        pnames, enames = list(PARTICLE_BRANCHES), list(JET_BRANCHES)
+        offsets = None
+        cols = []
+        for name in pnames:
+            content, offs = _flat(chunk[name])
+            if offsets is None:
+                offsets = offs
+            elif not np.array_equal(offs, offsets):
+                raise DataError(f"{path}: branch {name} has a different particle count than {pnames[0]}")
+            cols.append(content)
+        particles = _interleave(cols)
+        ecols = [np.asarray(chunk[name]) for name in enames]
+        events = np.empty((len(ecols[0]), len(ecols)), dtype=np.result_type(*[c.dtype for c in ecols]))
+        for j, c in enumerate(ecols):
+            events[:, j] = c
+        onehot = np.stack([np.asarray(chunk[name]).astype(np.float64) for name in self._labels], axis=1)
+        nset = (onehot != 0).sum(axis=1)
+        if np.any(nset > 1):
+            bad = int(np.flatnonzero(nset > 1)[0]) + entry
+            raise DataError(f"{path}: entry {bad} has more than one of {self._labels} set")
+        label = np.where(nset == 1, onehot.argmax(axis=1), -1).astype(np.int64)
+        assert offsets is not None
+        return RawBlock(offsets.astype(np.int64), particles, events, label, entry)

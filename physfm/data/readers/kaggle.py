@@ -27,11 +27,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from physfm.data import icecube
-from physfm.data.readers.base import RawBlock, Reader
+from physfm.data.readers.base import INTEGER, NUMBER, RawBlock, Reader, check_column_types, whole_numbers
 from physfm.data.shards import DataError
 
 PULSE_COLUMNS = ("sensor_id", "time", "charge", "auxiliary")
 META_COLUMNS = ("batch_id", "event_id", "first_pulse_index", "last_pulse_index", "azimuth", "zenith")
+PULSE_TYPES = {"event_id": INTEGER, "sensor_id": INTEGER, "time": NUMBER, "charge": NUMBER, "auxiliary": NUMBER}
+META_TYPES = {c: INTEGER for c in META_COLUMNS[:4]} | {"azimuth": NUMBER, "zenith": NUMBER}
 _BATCH_RE = re.compile(r"batch_(\d+)\.parquet$")
 
 
@@ -60,6 +62,7 @@ class MetaIndex:
         missing = [c for c in META_COLUMNS if c not in names]
         if missing:
             raise DataError(f"{path}: not a Kaggle train_meta file; missing columns {', '.join(missing)}")
+        check_column_types(path, self.pf.schema_arrow, META_TYPES)
         #: numeric columns beyond the Kaggle ones (e.g. the simulator's energy), kept as truth
         self.extra = [
             f.name
@@ -264,12 +267,13 @@ class KaggleReader(Reader):
     def check(self, path: Path) -> int:
         b = batch_id_of(path)
         try:
-            names = pq.ParquetFile(path).schema_arrow.names
+            schema = pq.ParquetFile(path).schema_arrow
         except Exception as exc:
             raise DataError(f"{path}: cannot be read as parquet ({type(exc).__name__}: {exc})") from exc
-        missing = [c for c in ("event_id", *PULSE_COLUMNS) if c not in names]
+        missing = [c for c in ("event_id", *PULSE_COLUMNS) if c not in schema.names]
         if missing:
             raise DataError(f"{path}: not a Kaggle pulse file; missing columns {', '.join(missing)}")
+        check_column_types(path, schema, PULSE_TYPES)
         self._geometry_for(path)
         n = self._meta_for(path).count(b)
         if n == 0:
@@ -311,6 +315,8 @@ class KaggleReader(Reader):
             block = np.empty((rb.num_rows, 5), dtype=np.float64)
             for j in range(5):
                 block[:, j] = rb.column(j).to_numpy(zero_copy_only=False)
+            for j, name in enumerate(("event_id", "sensor_id")):
+                whole_numbers(path, name, rb.column(j).to_numpy(zero_copy_only=False), buf_start + buf_rows)
             buf.append(block)
             buf_rows += rb.num_rows
 

@@ -26,13 +26,16 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from physfm.data import icecube
-from physfm.data.readers.base import RawBlock, Reader
+from physfm.data.readers.base import INTEGER, NUMBER, RawBlock, Reader, check_column_types, whole_numbers
 from physfm.data.shards import DataError
 
 HIT_COLUMNS = ("sensor_id", "sensor_pos_x", "sensor_pos_y", "sensor_pos_z", "sensor_string_id", "t")
 #: Prometheus truth columns mapped onto the IceCube truth names.
 TRUTH_MAP = {"azimuth": "injection_azimuth", "zenith": "injection_zenith"}
 ENERGY = "injection_energy"
+ID_COLUMNS = ("sensor_id", "sensor_string_id", "event_no")
+HIT_TYPES = {c: INTEGER if c in ID_COLUMNS else NUMBER for c in (*HIT_COLUMNS, "event_no")}
+TRUTH_TYPES = {**{c: NUMBER for c in (*TRUTH_MAP.values(), ENERGY)}, "event_no": INTEGER}
 
 
 class PrometheusReader(Reader):
@@ -85,13 +88,14 @@ class PrometheusReader(Reader):
     def check(self, path: Path) -> int:
         tpath = self._truth_path(path)
         try:
-            hit_names = pq.ParquetFile(path).schema_arrow.names
+            hit_schema = pq.ParquetFile(path).schema_arrow
             tf = pq.ParquetFile(tpath)
         except Exception as exc:
             raise DataError(f"{path}: cannot be read as parquet ({type(exc).__name__}: {exc})") from exc
-        missing = [c for c in (*HIT_COLUMNS, "event_no") if c not in hit_names]
+        missing = [c for c in (*HIT_COLUMNS, "event_no") if c not in hit_schema.names]
         if missing:
             raise DataError(f"{path}: not a Prometheus pulse table; missing columns {', '.join(missing)}")
+        check_column_types(path, hit_schema, HIT_TYPES)
         import pyarrow as pa
 
         cols = [
@@ -105,6 +109,7 @@ class PrometheusReader(Reader):
         missing = [c for c in need if c not in tf.schema_arrow.names]
         if missing:
             raise DataError(f"{tpath}: not a Prometheus truth table; missing columns {', '.join(missing)}")
+        check_column_types(tpath, tf.schema_arrow, TRUTH_TYPES)
         if self._truth_columns is not None and cols != self._truth_columns:
             raise DataError(f"{tpath}: truth columns differ from those of the first file ({self._truth_columns})")
         self._truth_columns = cols
@@ -115,6 +120,9 @@ class PrometheusReader(Reader):
         truth = {name: tt.column(name).to_numpy(zero_copy_only=False) for name in tt.column_names}
         ht = pq.read_table(path, columns=[*HIT_COLUMNS, "event_no"])
         hits = {name: ht.column(name).to_numpy(zero_copy_only=False) for name in ht.column_names}
+        whole_numbers(self._truth_path(path), "event_no", truth["event_no"])
+        for name in ID_COLUMNS:
+            whole_numbers(path, name, hits[name])
         ev_ids = truth["event_no"].astype(np.int64)
         if len(np.unique(ev_ids)) != len(ev_ids):
             raise DataError(f"{path}: the truth file lists an event_no twice")
