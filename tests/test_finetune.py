@@ -86,6 +86,10 @@ def test_grid_cells_tokens_and_run_names() -> None:
     assert len(cells) == 2 * 2 + 2 * 2 + 2  # scratch once, with the first backbone's architecture
     assert {c[0] for c in cells if c[2] == "scratch"} == {"mpm"}
     assert len(grid.grid_cells(["mpm", "gpt"], ["n100"], ["scratch"], [1], scratch_per_backbone=True)) == 2
+    # reference label counts: scratch only, once (first backbone), every seed, no duplicate cells
+    ref = grid.grid_cells(["mpm", "gpt"], ["n100"], ["finetune", "scratch"], [1, 2], reference_tokens=["n100", "n3000"])
+    assert sorted(c for c in ref if c[1] == "n3000") == [("mpm", "n3000", "scratch", 1), ("mpm", "n3000", "scratch", 2)]
+    assert len(ref) == len(set(ref)) == 4 + 2 + 2
     assert grid.cell_run_name("mpm", "0.01", "frozen", 1, False) == "finetune frac=0.01 mode=frozen seed=1"
     assert grid.cell_run_name("gpt", "300", "finetune", 2, True) == "finetune gpt n=300 mode=finetune seed=2"
 

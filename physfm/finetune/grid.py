@@ -36,13 +36,16 @@ def grid_cells(
     modes: Sequence[str],
     seeds: Sequence[int],
     scratch_per_backbone: bool = False,
+    reference_tokens: Sequence[str] = (),
 ) -> list[tuple[str, str, str, int]]:
     """``(backbone, labels token, mode, seed)`` of every fine-tuning job.
 
     Scratch models take only an architecture from a backbone: unless ``scratch_per_backbone``, they
     are trained once, with the first backbone's, and serve as every backbone's reference.
+    ``reference_tokens`` are label counts trained in scratch mode only (they extend the reference
+    curve of the label-efficiency factor).
     """
-    return [
+    cells = [
         (b, t, m, s)
         for b in backbones
         for t in tokens
@@ -50,6 +53,14 @@ def grid_cells(
         for s in seeds
         if m != "scratch" or scratch_per_backbone or b == backbones[0]
     ]
+    extra = [
+        (b, t, "scratch", s)
+        for b in backbones
+        for t in reference_tokens
+        for s in seeds
+        if scratch_per_backbone or b == backbones[0]
+    ]
+    return cells + [c for c in extra if c not in cells]
 
 
 def cell_run_name(backbone: str, spec: str, mode: str, seed: int | str, show_backbone: bool) -> str:

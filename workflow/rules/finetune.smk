@@ -11,8 +11,16 @@ FT = config["finetune"]
 EV = config["evaluate"]
 FT_DIR = f"{R}/finetune"
 FT_BACKBONES = FT["backbones"]
-LABEL_SPECS = grid.label_specs(FT["labels"])
-FT_CELLS = grid.grid_cells(FT_BACKBONES, list(LABEL_SPECS), FT["modes"], FT["seeds"], FT["scratch_per_backbone"])
+LABEL_SPECS = grid.label_specs([*FT["labels"], *FT["reference_labels"]])
+MAIN_TOKENS = [grid.label_token(s) for s in FT["labels"]]
+FT_CELLS = grid.grid_cells(
+    FT_BACKBONES,
+    MAIN_TOKENS,
+    FT["modes"],
+    FT["seeds"],
+    FT["scratch_per_backbone"],
+    reference_tokens=[t for t in LABEL_SPECS if t not in MAIN_TOKENS],
+)
 CELL = "{backbone}/{labels}/{mode}/seed{seed}"
 CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS]
 KNN_RESULTS = [f"{R}/embed/{b}/{i}/knn.json" for b in FT_BACKBONES for i in ("pretrained", "random")]
@@ -36,7 +44,7 @@ rule label_subsets:
     output:
         directory(f"{FT_DIR}/subsets"),
     params:
-        labels=",".join(str(s) for s in FT["labels"]),
+        labels=",".join(LABEL_SPECS.values()),
         seed=FT["subset_seed"],
     log:
         f"{R}/logs/finetune/subsets.log",
