@@ -169,50 +169,68 @@ def slurm_cluster() -> Iterator[None]:
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         _unavailable("SLURM is not installed and there is no apt-get to install slurm-wlm")
     # One cluster per machine: a second test session waits here instead of stopping ours.
-    lock = open("/tmp/physfm-slurm.lock", "w")  # noqa: SIM115
+    lock = open("/tmp/physfm-slurm.lock", "a")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_EX)
+    scripts_env = {**os.environ, "PHYSFM_SLURM_LOCKED": "1"}  # we hold the lock the scripts check
     try:
         out = subprocess.run(
-            [str(SCRIPTS / "start-cluster.sh")], capture_output=True, text=True, timeout=1200, check=False
+            [str(SCRIPTS / "start-cluster.sh")],
+            env=scripts_env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
         )
         if out.returncode == 3:
             _unavailable(f"SLURM cannot be installed here: {out.stderr.strip()[-800:]}")
         assert out.returncode == 0, f"start-cluster.sh failed:\n{out.stdout}\n{out.stderr}"
         yield
     finally:
-        subprocess.run([str(SCRIPTS / "stop-cluster.sh")], timeout=300, check=False)
+        subprocess.run([str(SCRIPTS / "stop-cluster.sh")], env=scripts_env, timeout=300, check=False)
         lock.close()
 
 
+@dataclass
+class Server:
+    """A `physfm tracking-server` process started by the tests."""
+
+    uri: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def ready(self, timeout: float = 240) -> str:
+        """Wait until the server answers /health; return its URI."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return self.uri
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"tracking server did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`physfm tracking-server` on a free port: the cluster recipe for MLflow (docs/cluster.md)."""
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`physfm tracking-server` on a free port (the MLflow recipe of docs/cluster.md), started without
+    waiting, so that it comes up while the cluster starts; call `.ready()` before use."""
     store = tmp_path_factory.mktemp("mlflow_server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(store / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "physfm", "tracking-server", "--port", str(port), "--workers", "1"],
-        env=_env(PHYSFM_RESULTS=str(store)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so its workers stop with it
-    )
-    uri = f"http://127.0.0.1:{port}"
+    with open(store / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "physfm", "tracking-server", "--port", str(port), "--workers", "1"],
+            env=_env(PHYSFM_RESULTS=str(store)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so its workers stop with it
+        )
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"tracking server did not start:\n{(store / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield uri
+        yield Server(f"http://127.0.0.1:{port}", proc, store / "server.log")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -221,7 +239,6 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        log.close()
 
 
 @dataclass
@@ -235,26 +252,54 @@ class Study:
 
 
 @pytest.fixture(scope="module")
-def slurm_study(slurm_cluster: None, tracking_server: str, tmp_path_factory: pytest.TempPathFactory) -> Study:
-    """The smoke study run through the SLURM executor with the test profile."""
-    work = _copy_workflow(tmp_path_factory.mktemp("slurm_study"))
-    env = _env(MLFLOW_TRACKING_URI=tracking_server)
-    out = _snakemake(work, "--profile", str(PROFILE), *SMOKE, env=env, timeout=1200)
-    return Study(work, out.stdout + out.stderr)
+def studies(
+    tracking_server: Server,
+    slurm_cluster: None,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Study, Study]:
+    """The smoke study run through the SLURM executor with the test profile, and the same study run
+    locally as the reference it must reproduce. The local run is a session-wide `smoke_study` fixture
+    (a workdir where `snakemake --cores 2 all --configfile config/smoke.yaml` ran) when conftest.py
+    provides one; else it runs here, beside the cluster run, whose jobs leave the CPUs idle while
+    Snakemake polls SLURM."""
+    local: subprocess.Popen[bytes] | None = None
+    try:
+        local_work = Path(request.getfixturevalue("smoke_study"))
+    except pytest.FixtureLookupError:
+        local_work = _copy_workflow(tmp_path_factory.mktemp("local_study"))
+        with open(local_work / "snakemake.log", "w") as log:  # a file: a pipe nobody reads would fill up
+            local = subprocess.Popen(
+                [*SNAKEMAKE, "--cores", "2", *SMOKE],
+                cwd=local_work,
+                env=_env(PHYSFM_TRACKING="0"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+    try:
+        work = _copy_workflow(tmp_path_factory.mktemp("slurm_study"))
+        env = _env(MLFLOW_TRACKING_URI=tracking_server.ready())
+        out = _snakemake(work, "--profile", str(PROFILE), *SMOKE, env=env, timeout=1200)
+        local_log = ""
+        if local is not None:
+            local.wait(timeout=1200)
+            local_log = (local_work / "snakemake.log").read_text()
+            assert local.returncode == 0, f"local run failed:\n{local_log[-4000:]}\n{_diagnostics(local_work)}"
+    finally:
+        if local is not None and local.poll() is None:
+            local.kill()
+            local.wait()
+    return Study(work, out.stdout + out.stderr), Study(local_work, local_log)
 
 
 @pytest.fixture(scope="module")
-def local_study(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Study:
-    """The same study run locally (the reference the cluster run must reproduce): a session-wide
-    `smoke_study` fixture (a workdir where `snakemake --cores 2 all --configfile config/smoke.yaml`
-    ran) when conftest.py provides one, else a run of its own."""
-    try:
-        return Study(Path(request.getfixturevalue("smoke_study")), "")
-    except pytest.FixtureLookupError:
-        pass
-    work = _copy_workflow(tmp_path_factory.mktemp("local_study"))
-    out = _snakemake(work, "--cores", "2", *SMOKE, env=_env(PHYSFM_TRACKING="0"), timeout=1200)
-    return Study(work, out.stdout + out.stderr)
+def slurm_study(studies: tuple[Study, Study]) -> Study:
+    return studies[0]
+
+
+@pytest.fixture(scope="module")
+def local_study(studies: tuple[Study, Study]) -> Study:
+    return studies[1]
 
 
 # --------------------------------------------------------------------------- profiles, no cluster needed
@@ -370,7 +415,7 @@ def test_tracking_server_command_listens_and_accepts_its_own_name(tmp_path: Path
 # --------------------------------------------------------------------------- on the cluster
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_every_rule_ran_as_a_slurm_job_in_its_partition(slurm_study: Study, tracking_server: str) -> None:
+def test_every_rule_ran_as_a_slurm_job_in_its_partition(slurm_study: Study, tracking_server: Server) -> None:
     from mlflow import MlflowClient
 
     jobs = _jobs(slurm_study.log)
@@ -382,10 +427,9 @@ def test_every_rule_ran_as_a_slurm_job_in_its_partition(slurm_study: Study, trac
         assert len(logs) == 1, (job, logs)
         text = logs[0].read_text()
         assert f"rule {job.rule}:" in text and "--executor slurm-jobstep" in text, text[-2000:]
-    if "pretrain" in _rules_in_workflow():
-        assert {j.rule for j in jobs if j.gpus} >= {"pretrain", "finetune"}, "training rules must ask for a GPU"
+    assert {j.rule for j in jobs if j.gpus} >= {"pretrain", "finetune"}, "training rules must ask for a GPU"
 
-    client = MlflowClient(tracking_uri=tracking_server)
+    client = MlflowClient(tracking_uri=tracking_server.uri)
     exp = client.get_experiment_by_name("smoke")
     assert exp is not None, "the jobs must log to the tracking server"
     runs = client.search_runs([exp.experiment_id], max_results=5000)
@@ -420,13 +464,11 @@ def test_cluster_run_reproduces_the_local_run(slurm_study: Study, local_study: S
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_preempted_pretraining_resumes_from_its_checkpoint(slurm_study: Study, tracking_server: str) -> None:
+def test_preempted_pretraining_resumes_from_its_checkpoint(slurm_study: Study, tracking_server: Server) -> None:
     """SIGTERM to a running pretrain job (what SLURM sends on pre-emption or at the time limit): the job
     checkpoints and fails; the rerun resumes from the checkpoint and ends with the uninterrupted weights."""
-    if "pretrain" not in _rules_in_workflow():
-        pytest.skip("the pretrain rule is not in the workflow yet")
     work = slurm_study.work.resolve()
-    env = _env(MLFLOW_TRACKING_URI=tracking_server)
+    env = _env(MLFLOW_TRACKING_URI=tracking_server.uri)
     backbone = sorted(p.name for p in (slurm_study.results / "pretrain").iterdir() if not p.name.startswith("."))[0]
     target = f"results/smoke/pretrain/{backbone}"
     weights = work / target / "backbone.safetensors"

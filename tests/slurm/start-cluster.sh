@@ -18,7 +18,8 @@
 # Environment: PHYSFM_SLURM_DIR (default /tmp/physfm-slurm) holds state, logs, pid files, devices;
 # PHYSFM_SLURMCTLD_PORT / PHYSFM_SLURMD_PORT (default 6817 / 6818); PHYSFM_SLURM_CPUS (default: the
 # host's, at least 8); PHYSFM_SLURM_GPUS (default 4).
-# Exit status: 0 ready, 1 daemons failed to come up, 3 SLURM cannot be installed here.
+# Exit status: 0 ready, 1 daemons failed to come up, 3 SLURM cannot be installed here, 4 a test
+# session holds /tmp/physfm-slurm.lock.
 set -euo pipefail
 
 D=${PHYSFM_SLURM_DIR:-/tmp/physfm-slurm}
@@ -31,6 +32,16 @@ CONF=$ETC/slurm.conf
 MARK="# Single-node test cluster written by tests/slurm/start-cluster.sh"
 
 log() { echo "start-cluster: $*" >&2; }
+
+# tests/test_slurm.py holds this lock while its cluster runs (and sets PHYSFM_SLURM_LOCKED=1 for the
+# scripts it calls): do not start or stop the cluster under a running test session.
+if [[ ${PHYSFM_SLURM_LOCKED:-0} != 1 ]]; then
+    exec 9>> /tmp/physfm-slurm.lock
+    if ! flock -n 9; then
+        log "a test session (tests/test_slurm.py) is using the cluster; wait for it to finish"
+        exit 4
+    fi
+fi
 
 if [[ $(id -u) != 0 ]]; then
     log "must run as root (it installs packages and starts slurmctld/slurmd as root)"
@@ -79,7 +90,7 @@ if ! munge -n 2> /dev/null | unmunge > /dev/null 2>&1; then
     chmod 0400 /etc/munge/munge.key
     chmod 0755 /run/munge
     log "starting munged"
-    runuser -u munge -- /usr/sbin/munged --force
+    runuser -u munge -- /usr/sbin/munged --force 9>&- # daemons must not inherit the lock
     touch "$D/run/munged.started" # stop-cluster.sh stops munged only if we started it
     for _ in $(seq 50); do
         munge -n 2> /dev/null | unmunge > /dev/null 2>&1 && break
@@ -100,8 +111,13 @@ ncpu=${PHYSFM_SLURM_CPUS:-$(($(nproc) > 8 ? $(nproc) : 8))}
 # mem_mb fit on small CI machines too (nothing enforces it here: task/none, no cgroups).
 mem_mb=$(awk '/MemTotal/ {m = $2 / 1024 * 0.8; if (m < 32000) m = 32000; printf "%d", m}' /proc/meminfo)
 for i in $(seq 0 $((N_GPUS - 1))); do
-    # Fake GPUs: character devices with the NVIDIA major number; nothing ever opens them.
-    [[ -c $D/dev/fakegpu$i ]] || { rm -f "$D/dev/fakegpu$i" && mknod "$D/dev/fakegpu$i" c 195 "$i"; }
+    # Fake GPUs: character devices with the NVIDIA major number (nothing ever opens them); where
+    # mknod is not permitted (containers without CAP_MKNOD), a symlink to /dev/null, which SLURM
+    # accepts as well (it must be a character device; a plain file gets no CUDA_VISIBLE_DEVICES).
+    if [[ ! -c $D/dev/fakegpu$i ]]; then
+        rm -f "$D/dev/fakegpu$i"
+        mknod "$D/dev/fakegpu$i" c 195 "$i" 2> /dev/null || ln -s /dev/null "$D/dev/fakegpu$i"
+    fi
 done
 
 new_conf=$(mktemp)
@@ -163,7 +179,7 @@ cmp -s "$new_gres" "$ETC/gres.conf" || changed=1
 if ((changed)); then
     if alive "$D/run/slurmctld.pid" || alive "$D/run/slurmd.pid"; then
         log "configuration changed: restarting the cluster"
-        "$(dirname "$0")/stop-cluster.sh"
+        PHYSFM_SLURM_LOCKED=1 "$(dirname "$0")/stop-cluster.sh"
     fi
     mv "$new_conf" "$CONF"
     mv "$new_gres" "$ETC/gres.conf"
@@ -176,11 +192,12 @@ fi
 if ! alive "$D/run/slurmctld.pid"; then
     log "starting slurmctld (log $D/log/slurmctld.log)"
     # -c: start clean (no jobs from an earlier run); -i: ignore state files' errors.
-    slurmctld -f "$CONF" -c -i
+    slurmctld -f "$CONF" -c -i 9>&-
+    date +%s > "$D/run/cluster.started" # stop-cluster.sh: job processes younger than this are ours
 fi
 if ! alive "$D/run/slurmd.pid"; then
     log "starting slurmd (log $D/log/slurmd.log)"
-    slurmd -f "$CONF"
+    slurmd -f "$CONF" 9>&-
 fi
 
 # --- 5. wait for the node -------------------------------------------------------------------

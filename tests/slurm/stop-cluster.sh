@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Stop the test cluster of tests/slurm/start-cluster.sh: cancel its jobs, stop slurmd and
-# slurmctld, munged when start-cluster.sh started it, and remove the /etc/slurm/{slurm,gres}.conf it
-# wrote. Safe to run when nothing is running.
-# Only processes recorded in the cluster's pid files (and the job steps SLURM itself tracks) are
-# signalled. Environment: PHYSFM_SLURM_DIR (default /tmp/physfm-slurm), as for start-cluster.sh.
+# slurmctld, kill job processes that outlived their job, stop munged when start-cluster.sh started
+# it, and remove the /etc/slurm/{slurm,gres}.conf it wrote. Safe to run when nothing is running.
+# Processes are found by pid only: the daemons' pid files, and job processes by the cluster name in
+# their environment.
+# Environment: PHYSFM_SLURM_DIR (default /tmp/physfm-slurm), as for start-cluster.sh.
 set -uo pipefail
 
 D=${PHYSFM_SLURM_DIR:-/tmp/physfm-slurm}
@@ -32,6 +33,16 @@ stop_pidfile() {
     log "stopped $name ($pid)"
 }
 
+# tests/test_slurm.py holds this lock while its cluster runs (and sets PHYSFM_SLURM_LOCKED=1 for the
+# scripts it calls): do not start or stop the cluster under a running test session.
+if [[ ${PHYSFM_SLURM_LOCKED:-0} != 1 ]]; then
+    exec 9>> /tmp/physfm-slurm.lock
+    if ! flock -n 9; then
+        log "a test session (tests/test_slurm.py) is using the cluster; wait for it to finish"
+        exit 4
+    fi
+fi
+
 if [[ -f $CONF ]] && alive "$D/run/slurmctld.pid"; then
     # Cancel every job of this cluster and wait (up to 30 s) until their steps are gone, so no
     # slurmstepd or job process outlives the daemons.
@@ -50,12 +61,28 @@ fi
 stop_pidfile "$D/run/slurmd.pid" 15
 stop_pidfile "$D/run/slurmctld.pid" 15
 
-# Job step daemons that survived (only possible if the wait above timed out): they are the
-# processes whose command line names one of this cluster's spool sockets' job ids.
-for sock in "$D"/spool/*_*.*; do
-    [[ -S $sock ]] || continue
-    log "warning: job step socket $sock left behind (a slurmstepd may still run)"
-done
+# Job processes that outlived their job: proctrack/linuxproc follows parent links, so a process whose
+# parent died escapes it. They carry this cluster's name in their environment; those started since
+# this cluster was started are its jobs' (found by pid, never by command name).
+if [[ -s $D/run/cluster.started ]]; then
+    since=$(cat "$D/run/cluster.started")
+    now=$(date +%s)
+    left=()
+    for f in $(grep -lzxs "SLURM_CLUSTER_NAME=physfm-test" /proc/[0-9]*/environ); do
+        pid=${f#/proc/}
+        pid=${pid%/environ}
+        [[ $pid == "$$" ]] && continue
+        age=$(ps -o etimes= -p "$pid") || continue
+        ((now - age >= since)) && left+=("$pid")
+    done
+    if ((${#left[@]})); then
+        log "killing job processes left behind: ${left[*]}"
+        kill -TERM "${left[@]}" 2> /dev/null
+        sleep 2
+        kill -KILL "${left[@]}" 2> /dev/null
+    fi
+    rm -f "$D/run/cluster.started"
+fi
 
 for f in "$CONF" /etc/slurm/gres.conf; do
     [[ -f $f ]] && grep -qF "$MARK" "$f" && rm -f "$f"
