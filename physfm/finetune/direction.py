@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from physfm.data.loader import load_arrays, open_split
 from physfm.data.shards import DataError, feature_names, load_manifest
-from physfm.io import atomic_dir, atomic_path, read_json, sha256_file, write_json
+from physfm.io import atomic_path
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 
 KIND = "physfm-direction"
@@ -338,14 +338,9 @@ def finetune_direction(
 # --------------------------------------------------------------------------- saving, loading, evaluating
 def save_direction(out_dir: str | Path, model: DirectionModel, meta: dict[str, Any]) -> dict[str, Any]:
     """Write a direction-model directory atomically (safetensors weights + JSON meta)."""
-    from safetensors.torch import save_file
+    from physfm.finetune.model import save_model_dir
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(out_dir) as tmp:
-        save_file(state, str(tmp / WEIGHTS))
-        meta = {**meta, "weights_sha256": sha256_file(tmp / WEIGHTS)}
-        write_json(tmp / META, meta)
-    return meta
+    return save_model_dir(out_dir, model, meta, WEIGHTS, META)
 
 
 def is_direction_model(path: str | Path) -> bool:
@@ -354,17 +349,11 @@ def is_direction_model(path: str | Path) -> bool:
 
 def load_direction(path: str | Path, map_location: str = "cpu") -> tuple[DirectionModel, dict[str, Any]]:
     """Load a direction-model directory (no pickle is ever read)."""
-    from safetensors.torch import load_file
+    from physfm.finetune.model import read_model_dir
 
-    path = Path(path)
-    if not (path / META).is_file():
-        raise FileNotFoundError(f"{path} is not a direction model (no {META}); create one with `physfm finetune`")
-    meta = read_json(path / META)
-    if sha256_file(path / WEIGHTS) != meta["weights_sha256"]:
-        raise ValueError(f"{path / WEIGHTS} does not match {META} (modified or truncated); re-run physfm finetune")
-    backbone = Backbone(BackboneConfig.from_dict(meta["backbone"]["config"]))
-    model = DirectionModel(backbone, **meta["head"])
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=map_location))
+    meta, state = read_model_dir(path, "direction model", WEIGHTS, META, map_location)
+    model = DirectionModel(Backbone(BackboneConfig.from_dict(meta["backbone"]["config"])), **meta["head"])
+    model.load_state_dict(state)
     return model.eval(), meta
 
 

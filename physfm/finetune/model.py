@@ -136,31 +136,48 @@ def param_groups(
 
 
 # --------------------------------------------------------------------------- saving / loading
-def save_classifier(out_dir: str | Path, model: Classifier, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write a classifier directory atomically (replaces an existing one only when complete)."""
+def save_model_dir(
+    out_dir: str | Path, model: nn.Module, meta: dict[str, Any], weights: str = WEIGHTS, meta_name: str = META
+) -> dict[str, Any]:
+    """Write a fine-tuned model directory atomically: safetensors ``weights`` + JSON ``meta_name``
+    (with the weights' sha256); return the meta as written."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(out_dir) as tmp:
-        save_file(state, str(tmp / WEIGHTS))
-        meta = {**meta, "weights_sha256": sha256_file(tmp / WEIGHTS)}
-        write_json(tmp / META, meta)
+        save_file(state, str(tmp / weights))
+        meta = {**meta, "weights_sha256": sha256_file(tmp / weights)}
+        write_json(tmp / meta_name, meta)
     return meta
+
+
+def read_model_dir(
+    path: str | Path, what: str, weights: str = WEIGHTS, meta_name: str = META, map_location: str = "cpu"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(meta, state_dict)`` of a directory written by :func:`save_model_dir`, after checking the
+    weights against the recorded sha256 (no pickle is ever read); ``what`` names it in errors."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / meta_name).is_file():
+        raise FileNotFoundError(f"{path} is not a {what} (no {meta_name}); create one with `physfm finetune`")
+    meta = read_json(path / meta_name)
+    if sha256_file(path / weights) != meta["weights_sha256"]:
+        raise ValueError(f"{path / weights} does not match {meta_name} (modified or truncated); re-run physfm finetune")
+    return meta, load_file(str(path / weights), device=map_location)
+
+
+def save_classifier(out_dir: str | Path, model: Classifier, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write a classifier directory atomically (safetensors weights + JSON meta)."""
+    return save_model_dir(out_dir, model, meta)
 
 
 def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[Classifier, dict[str, Any]]:
     """Load a classifier directory (safetensors weights + JSON; no pickle is ever read)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not (path / META).is_file():
-        raise FileNotFoundError(f"{path} is not a fine-tuned classifier (no {META}); create one with `physfm finetune`")
-    meta = read_json(path / META)
-    if sha256_file(path / WEIGHTS) != meta["weights_sha256"]:
-        raise ValueError(f"{path / WEIGHTS} does not match {META} (modified or truncated); re-run physfm finetune")
+    meta, state = read_model_dir(path, "fine-tuned classifier", map_location=map_location)
     backbone = Backbone(BackboneConfig.from_dict(meta["backbone"]["config"]))
     model = Classifier(backbone, len(meta["classes"]), HeadConfig.from_dict(meta["head"]))
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=map_location))
+    model.load_state_dict(state)
     return model.eval(), meta
 
 
