@@ -477,8 +477,8 @@ def test_angular_loss_perfect_and_random() -> None:
 def test_prometheus_flows_through_polarbert_pretraining_and_direction(tmp_path: Path) -> None:
     from physfm.finetune.direction import evaluate_direction, finetune_direction, load_direction
     from physfm.finetune.train import FinetuneConfig
-    from physfm.train.checkpoints import load_backbone
-    from physfm.train.pretrain import PretrainConfig, pretrain
+    from physfm.pretrain.checkpoints import load_backbone
+    from physfm.pretrain.train import PretrainConfig, pretrain
 
     data = tmp_path / "data"
     convert("prometheus", PROMETHEUS, data, shard_events=20, progress=False)

@@ -44,7 +44,7 @@ def save_tiny_backbone(data_dir: Path, out: Path, seed: int = 0, **config: Any) 
     from physfm.features import JET_DEFAULT
     from physfm.finetune.train import fit_norm
     from physfm.models.backbone import Backbone, BackboneConfig
-    from physfm.train.checkpoints import save_backbone
+    from physfm.pretrain.checkpoints import save_backbone
 
     features = list(JET_DEFAULT)
     cfg = {"n_features": len(features), "d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 48, **config}

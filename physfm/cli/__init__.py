@@ -19,7 +19,8 @@ FAMILIES = (
     "physfm.cli.data",
     "physfm.cli.icecube",
     "physfm.cli.tokenizer",
-    "physfm.cli.train",
+    "physfm.cli.pretrain",
+    "physfm.cli.sample",
     "physfm.cli.study",
     "physfm.cli.tracking_cmd",
 )
@@ -33,7 +34,12 @@ stages, in pipeline order:
   verify            re-hash a dataset's shards against its manifest
   tokenizer         fit k-means (faiss) / VQ-VAE / binning particle tokenizers; evaluate, encode, decode
   pretrain          self-supervised backbone pretraining (MPM, next-token, regression); GPU/DDP-ready
-  generate-from-model  sample jets from a next-token backbone, compare with real jets
+  sample            sample jets from a next-token backbone, compare with real jets
+  subsets           nested, class-balanced label subsets of the train split
+  finetune          fine-tune one grid cell: scratch / finetune / frozen x labels x seed
+  evaluate          test-split metrics of a fine-tuned model, with bootstrap errors
+  embed, search     faiss index of backbone embeddings; nearest events; k-NN probe
+  report            the study's HTML report
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """

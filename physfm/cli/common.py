@@ -46,3 +46,20 @@ def csv_list(text: str | None) -> list[str] | None:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def add_config_arg(p: argparse.ArgumentParser, section: str) -> None:
+    """``--config``: the stage's settings as one JSON document (what the Snakemake rule passes)."""
+    p.add_argument(
+        "--config",
+        metavar="JSON|FILE",
+        help=f"settings: the `{section}` config section as inline JSON or a YAML/JSON file; omitted keys take "
+        "their defaults (config/README.md)",
+    )
+
+
+def stage_config(cls: type, text: str | None) -> Any:
+    """Build a stage's settings dataclass from ``--config`` (see :mod:`physfm.stage`)."""
+    from physfm.stage import build, load_text
+
+    return build(cls, load_text(text))

@@ -19,7 +19,8 @@ def predict(
     model_dir: str | Path, data_dir: str | Path, split: str = "test", batch_size: int = 256, device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Class probabilities ``(N, C)``, labels and event keys of a split, and the classifier's meta."""
-    from physfm.finetune.model import batched, device_of, load_classifier
+    from physfm.finetune.model import batched, load_classifier
+    from physfm.runtime import device_of
 
     model, meta = load_classifier(model_dir)
     manifest = load_manifest(data_dir, verify=True)
@@ -79,7 +80,7 @@ def load_embedder(backbone_dir: str | Path, random_init_seed: int | None = None)
     """A backbone and its meta for embedding; ``random_init_seed``: same architecture, random weights
     (the baseline a pretrained representation should beat)."""
     from physfm.models.backbone import Backbone, BackboneConfig
-    from physfm.train.checkpoints import load_backbone
+    from physfm.pretrain.checkpoints import load_backbone
 
     model, bmeta = load_backbone(backbone_dir, map_location="cpu")
     if random_init_seed is not None:
@@ -100,8 +101,9 @@ def embed_split(
     max_events: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``) from ``model.embed``."""
-    from physfm.finetune.model import batched, device_of
+    from physfm.finetune.model import batched
     from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
+    from physfm.runtime import device_of
 
     dev = device_of(device)
     model.to(dev).eval()

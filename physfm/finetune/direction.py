@@ -180,9 +180,10 @@ def finetune_direction(
     ``dropout`` are used; ``kind`` is always an MLP). Without ``backbone_dir`` (scratch only), ``arch``
     gives the BackboneConfig and ``features`` (default :data:`physfm.features.ICECUBE_DEFAULT`).
     """
-    from physfm.finetune.model import device_of, param_groups
+    from physfm.finetune.model import param_groups
     from physfm.finetune.subsets import keys_digest, load_subset, make_subsets
-    from physfm.finetune.train import _backbone, _lr_lambda
+    from physfm.finetune.train import lr_lambda, prepare_backbone
+    from physfm.runtime import device_of
 
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
@@ -197,7 +198,7 @@ def finetune_direction(
         from physfm.features import ICECUBE_DEFAULT
 
         arch = {"features": list(ICECUBE_DEFAULT), **(arch or {})}
-    backbone, bmeta = _backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
+    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
     bmeta = dict(bmeta)
     train = _inputs(data_dir, "train", bmeta, train_idx)
     n_val = len(open_split(data_dir, "val"))
@@ -214,7 +215,7 @@ def finetune_direction(
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
     def tensors(inp: dict[str, np.ndarray]) -> dict[str, Tensor]:
         t = {"x": torch.from_numpy(normalize(inp["x"], inp["mask"], bmeta)), "mask": torch.from_numpy(inp["mask"])}
@@ -361,7 +362,7 @@ def predict_direction(
     model_dir: str | Path, data_dir: str | Path, split: str = "test", batch_size: int = 256, device: str = "auto"
 ) -> dict[str, Any]:
     """Predicted and true unit vectors, event keys and event features of a split, and the model's meta."""
-    from physfm.finetune.model import device_of
+    from physfm.runtime import device_of
 
     model, meta = load_direction(model_dir)
     dev = device_of(device)

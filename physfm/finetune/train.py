@@ -18,7 +18,6 @@ label-efficiency study; ``val_max_events`` caps the validation set).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,13 +35,13 @@ from physfm.finetune.model import (
     Classifier,
     HeadConfig,
     batched,
-    device_of,
     head_meta,
     param_groups,
     save_classifier,
 )
 from physfm.finetune.subsets import keys_digest, load_subset, make_subsets, spec_name
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
+from physfm.runtime import device_of, warmup_cosine
 
 MODES = ("scratch", "finetune", "frozen")
 
@@ -90,7 +89,7 @@ def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
     }
 
 
-def _backbone(
+def prepare_backbone(
     backbone_dir: str | Path | None, mode: str, data_dir: Path, arch: dict[str, Any] | None, seed: int
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone to train and its meta (features, norm, max_len, config, versions)."""
@@ -118,7 +117,8 @@ def _backbone(
         }
         torch.manual_seed(seed + 7919)
         return Backbone(cfg), meta
-    from physfm.train.checkpoints import load_backbone
+
+    from physfm.pretrain.checkpoints import load_backbone
 
     model, meta = load_backbone(backbone_dir, map_location="cpu")
     if model.config.vocab_size > 0 and model.config.n_features == 0:
@@ -133,14 +133,9 @@ def _backbone(
     return model, meta
 
 
-def _lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return f
+def lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
+    """Warm-up then cosine decay to 0.1 over ``max_steps`` (:func:`physfm.runtime.warmup_cosine`)."""
+    return lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, 0.1)
 
 
 def finetune(
@@ -173,7 +168,7 @@ def finetune(
         make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
     train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
 
-    backbone, bmeta = _backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
+    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
     if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
         print(
             f"note: backbone pretrained on data_version {bmeta['data_version']}, "
@@ -197,7 +192,7 @@ def finetune(
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
     x_tr = normalize(train["x"], train["mask"], bmeta)
     y_tr = torch.from_numpy(train["label"].astype(np.int64))
