@@ -65,7 +65,15 @@ def test_killed_tokenizer_fit_leaves_nothing_complete_and_rerun_matches(jet_data
     from physfm.tokenizers import load_tokenizer
 
     def fit(out: Path) -> list[str]:
-        args = ["--method", "kmeans", "-k", "16", "--seed", "3", "--eval-events", "200", "--no-progress"]
+        args = [
+            "--method",
+            "kmeans",
+            "-k",
+            "16",
+            "--config",
+            '{"seed": 3, "eval": {"max_events": 200}}',
+            "--no-progress",
+        ]
         return _physfm("tokenizer", "fit", "--data", str(jet_dataset), "--out", str(out), *args)
 
     out = tmp_path / "tok"
@@ -86,9 +94,10 @@ def test_killed_finetune_leaves_nothing_complete_and_rerun_matches(jet_dataset: 
     from physfm.finetune.model import load_classifier
 
     def run(out: Path) -> list[str]:
-        args = ["--mode", "scratch", "--labels", "200", "--seed", "3", "--max-steps", "400", "--eval-every", "20"]
+        config = '{"max_steps": 400, "eval_every": 20, "batch_size": 32, "lr": 0.001, "patience": 10}'
+        args = ["--mode", "scratch", "--labels", "200", "--seed", "3", "--config", config]
         arch = ",".join(f"{k}={v}" for k, v in TINY_ARCH.items())
-        opts = ["--batch-size", "32", "--arch", arch, "--device", "cpu", "--threads", "1", "--no-progress"]
+        opts = ["--arch", arch, "--device", "cpu", "--threads", "1", "--no-progress"]
         return _physfm("finetune", "--data", str(jet_dataset), "--out", str(out), *args, *opts)
 
     out = tmp_path / "ft"

@@ -21,7 +21,9 @@ FAMILIES = (
     "physfm.cli.tokenizer",
     "physfm.cli.pretrain",
     "physfm.cli.sample",
-    "physfm.cli.study",
+    "physfm.cli.finetune",
+    "physfm.cli.evaluate",
+    "physfm.cli.report",
     "physfm.cli.tracking_cmd",
 )
 

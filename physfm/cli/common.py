@@ -63,3 +63,41 @@ def stage_config(cls: type, text: str | None) -> Any:
     from physfm.stage import build, load_text
 
     return build(cls, load_text(text))
+
+
+def wrap(text: str) -> str:
+    """A description paragraph wrapped for ``--help``."""
+    import textwrap
+
+    return textwrap.fill(text, width=100)
+
+
+def set_threads(n: int | None) -> None:
+    """CPU threads for torch and faiss (``None``: their defaults)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+
+
+def parent_run_id(args: argparse.Namespace) -> str | None:
+    """The study's parent MLflow run: ``--parent-run-id``, or the id in ``--parent-run-file``."""
+    from pathlib import Path
+
+    if getattr(args, "parent_run_id", None):
+        return args.parent_run_id
+    path = getattr(args, "parent_run_file", None)
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text()).get("run_id")
+    return None
+
+
+def add_parent_args(p: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--parent-run-id", help="MLflow run to nest this run under (the study's parent run)")
+    g.add_argument("--parent-run-file", type=Path, help="JSON file with the parent run_id (written by study-run)")

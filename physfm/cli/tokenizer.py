@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, csv_list, parse_tags, print_json
+from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags, print_json, stage_config
 
 FIT_DESCRIPTION = """\
 Fit a particle tokenizer on the train split of a converted dataset and write one artefact directory:
@@ -53,13 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--data", required=True, type=Path, help="dataset directory (from `physfm convert`)")
     fit.add_argument("--out", required=True, type=Path, help="artefact directory to write (replaced if present)")
     fit.add_argument("--codebook-size", "-k", type=int, default=512, help="number of codes K (default 512)")
-    fit.add_argument("--features", help="comma list of physfm.features names (default for jets: log_pt,deta,dphi)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_config_arg(fit, "tokenizer (features, seed, eval, and the method's options under `options`)")
     fit.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="method option (see below), repeatable"
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option (see below), repeatable; overrides --config's `options`",
     )
-    fit.add_argument("--eval-split", default="val", help="split the quality metrics are measured on (default val)")
-    fit.add_argument("--eval-events", type=int, default=20_000, help="events used for the metrics (default 20000)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_tracking_args(fit)
     fit.set_defaults(func=run_fit)
@@ -138,18 +139,20 @@ def run_fit(args: argparse.Namespace) -> int:
     from physfm import tracking
     from physfm.data.shards import load_manifest
     from physfm.tokenizers import make_tokenizer
+    from physfm.tokenizers.fit import TokenizerFitConfig
     from physfm.tokenizers.metrics import flat_metrics
 
-    options = _options(args.option)
-    features = csv_list(args.features)
+    cfg = stage_config(TokenizerFitConfig, args.config)
+    options = {**cfg.options, **_options(args.option)}
+    features, seed = cfg.features, cfg.seed
     manifest = load_manifest(args.data)
     params = {
         "method": args.method,
         "codebook_size": args.codebook_size,
-        "features": features or "default",
-        "seed": args.seed,
-        "eval_split": args.eval_split,
-        "eval_events": args.eval_events,
+        "features": features,
+        "seed": seed,
+        "eval_split": cfg.eval.split,
+        "eval_events": cfg.eval.max_events,
         "options": options,
     }
     name = args.run_name or f"tokenizer {args.method}-{args.codebook_size}"
@@ -162,10 +165,10 @@ def run_fit(args: argparse.Namespace) -> int:
             args.method,
             args.codebook_size,
             features=features,
-            seed=args.seed,
+            seed=seed,
             options=options,
-            eval_split=args.eval_split,
-            eval_events=args.eval_events,
+            eval_split=cfg.eval.split,
+            eval_events=cfg.eval.max_events,
             progress=not args.no_progress,
             log=run.log_metrics,
         )

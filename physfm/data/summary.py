@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,14 @@ import numpy as np  # noqa: E402
 from physfm.data.loader import open_split  # noqa: E402
 from physfm.data.shards import feature_names, load_manifest  # noqa: E402
 from physfm.io import atomic_path, write_json  # noqa: E402
+
+
+@dataclass
+class SummaryConfig:
+    """Settings of ``physfm summarize`` (config section ``data.summary``)."""
+
+    split: str = "train"
+    max_events: int = 20000  # events sampled for the plots
 
 
 def _hist_grid(

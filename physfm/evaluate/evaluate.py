@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,26 @@ from physfm.data.loader import load_arrays
 from physfm.data.shards import DataError, load_manifest
 from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
 from physfm.io import atomic_path
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of the ``evaluate`` stage (config keys ``evaluate.split``, ``bootstrap``, ``pairs``, ``effs``)."""
+
+    split: str = "test"  # held-out split the models are scored on
+    bootstrap: int = 200  # test-set resamples per run
+    pairs: list[str] = field(default_factory=lambda: ["Tbqq:QCD"])  # signal:background for AUC and 1/eB
+    effs: list[float] = field(default_factory=lambda: [0.5, 0.3])  # signal efficiencies of 1/eB
+
+
+@dataclass
+class EmbedConfig:
+    """Settings of the ``embed`` stage (config section ``evaluate.knn``, less ``enabled``)."""
+
+    k: int = 10  # neighbours of the k-NN probe
+    index: str = "auto"  # faiss index: auto (by size), flat (exact), hnsw, ivf
+    max_events: int = 20000  # events embedded per split
+    normalize: bool = True  # L2-normalise the embeddings
 
 
 def predict(

@@ -46,24 +46,44 @@ from physfm.runtime import device_of, warmup_cosine
 MODES = ("scratch", "finetune", "frozen")
 
 
+#: Keys of the Snakemake ``finetune:`` section that define the grid, not one run's training settings.
+GRID_KEYS = (
+    "backbones",
+    "labels",
+    "reference_labels",
+    "modes",
+    "seeds",
+    "scratch_per_backbone",
+    "subset_seed",
+    "resources",
+)
+#: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
+CELL_KEYS = ("mode", "labels", "seed", "device")
+
+
 @dataclass
 class FinetuneConfig:
-    """Everything that defines one fine-tuning run (logged as MLflow params)."""
+    """Everything that defines one fine-tuning run (logged as MLflow params).
+
+    ``mode``, ``labels``, ``seed`` identify the grid cell and ``device`` where it runs (command-line
+    flags); every other field is a setting of the ``finetune:`` config section, whose schema defaults
+    equal these (tests/test_finetune.py).
+    """
 
     mode: str = "finetune"
     labels: str = "all"
     seed: int = 1
     head: HeadConfig = field(default_factory=HeadConfig)
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
+    lr: float = 5e-4  # head, and everything in scratch
+    backbone_lr_scale: float = 0.2  # finetune: backbone LR = lr x this x layer_decay^(layers above)
     layer_decay: float = 0.8
     weight_decay: float = 0.01
-    batch_size: int = 64
-    max_steps: int = 1000
+    batch_size: int = 32
+    max_steps: int = 800
     warmup_steps: int = 20
-    eval_every: int = 20
-    patience: int = 10
-    val_max_events: int | None = 2000
+    eval_every: int = 25  # steps between validation-loss evaluations
+    patience: int = 6  # evaluations without improvement before stopping
+    val_max_events: int = 1000  # cap on validation events (0 = all)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -77,6 +97,11 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def settings_slice(section: dict[str, Any]) -> dict[str, Any]:
+    """One run's settings from the workflow's ``finetune:`` section (the grid keys dropped)."""
+    return {k: v for k, v in section.items() if k not in GRID_KEYS}
 
 
 def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:

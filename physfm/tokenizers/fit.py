@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,26 @@ from physfm.tokenizers.metrics import Evaluation, evaluate
 from physfm.tokenizers.options import make_config
 
 DEFAULT_FEATURES = {"jets": JET_TOKEN_DEFAULT}
+
+
+@dataclass
+class EvalSettings:
+    split: str = "val"  # split the quality metrics are measured on
+    max_events: int = 20000  # events used for metrics and plots
+
+
+@dataclass
+class TokenizerFitConfig:
+    """Settings of one ``tokenizer fit`` job: the ``tokenizer:`` config section sliced to one method.
+
+    ``options`` is that method's section (``tokenizer.kmeans``, ...), checked by
+    :func:`physfm.tokenizers.options.make_config`; the list of tokenizers and resources stay in the workflow.
+    """
+
+    features: list[str] = field(default_factory=lambda: list(JET_TOKEN_DEFAULT))
+    seed: int = 0
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def fit_tokenizer(
