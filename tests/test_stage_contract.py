@@ -78,3 +78,24 @@ def test_data_stage_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -
     jets, icecube = to_dict(JetGenConfig()), to_dict(IceCubeGenConfig())
     assert {**jets, **icecube} == data["generate"], "data.generate holds the keys of both generators"
     assert jets["seed"] == icecube["seed"]
+
+
+def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """finetune() opens the dataset once: manifest.json is read and parsed once, not by every helper."""
+    import pathlib
+
+    from physfm.finetune.train import finetune
+
+    manifest, reads = jet_dataset / "manifest.json", []
+    original = pathlib.Path.read_text
+
+    def counting(self: pathlib.Path, *args: Any, **kwargs: Any) -> str:
+        if self.resolve() == manifest.resolve():
+            reads.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", counting)
+    cfg = build(FinetuneConfig, {"mode": "scratch", "labels": "40", "max_steps": 2, "eval_every": 1, "batch_size": 8})
+    arch = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 16}
+    finetune(jet_dataset, tmp_path / "model", cfg, arch=arch, progress=False)
+    assert len(reads) == 1, f"manifest.json of the dataset read {len(reads)} times"

@@ -192,16 +192,17 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_summarize(args: argparse.Namespace) -> int:
     from physfm import tracking
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
     from physfm.data.summary import SummaryConfig, summarize
     from physfm.stage import to_dict
 
     cfg = stage_config(SummaryConfig, args.config)
-    manifest = load_manifest(args.data)  # summarize() verifies the shards
+    ds = open_dataset(args.data, verify=True)  # once: summarize() takes the opened dataset
+    manifest = ds.manifest
     with tracking.stage_run(
         "summarize", run_name=args.run_name or "summarize", params=to_dict(cfg), tags=parse_tags(args.tag)
     ) as run:
-        summary = summarize(args.data, args.out, split=cfg.split, max_events=cfg.max_events)
+        summary = summarize(ds, args.out, split=cfg.split, max_events=cfg.max_events)
         run.set_tags({"data_version.in": manifest["data_version"]})
         run.log_dataset(args.data, manifest, context="input")
         run.log_metrics({"mean_particles": summary["mean_particles"], "max_particles": summary["max_particles"]})

@@ -128,7 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     from physfm import tracking
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
     from physfm.evaluate.evaluate import EmbedConfig, embed_split, load_embedder
     from physfm.evaluate.search import knn_accuracy, open_index, write_embeddings
     from physfm.io import write_json
@@ -136,7 +136,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     cfg = stage_config(EmbedConfig, args.config)
-    load_manifest(args.data, verify=True)  # once, before any split is embedded
+    ds = open_dataset(args.data, verify=True)  # once, before any split is embedded
     splits = csv_list(args.split) or []
     if len(splits) not in (1, 2):
         raise ValueError("--split takes one split, or two for the k-NN probe (reference, queries), e.g. train,test")
@@ -151,7 +151,7 @@ def run_embed(args: argparse.Namespace) -> int:
     ) as run:
         model, bmeta = load_embedder(args.backbone, args.random_init)
         for split in splits:
-            emb, labels, keys, meta = embed_split(model, bmeta, args.data, split, max_events=cfg.max_events)
+            emb, labels, keys, meta = embed_split(model, bmeta, ds, split, max_events=cfg.max_events)
             meta = write_embeddings(args.out / split, emb, labels, keys, meta, kind=cfg.index, normalize=cfg.normalize)
             run.log_metrics({f"events_{split}": len(labels), "dim": emb.shape[1]})
             print(f"embedded {len(labels)} {split} events ({emb.shape[1]} dims, {meta['index']['kind']} index)")

@@ -123,7 +123,7 @@ def _arch(text: str) -> dict[str, Any]:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from physfm import tracking
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
     from physfm.finetune.direction import finetune_direction
     from physfm.finetune.grid import cell_run_name
     from physfm.finetune.subsets import spec_name
@@ -143,7 +143,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     run_name = args.run_name or cell_run_name(
         args.backbone_name or "", spec, args.mode, args.seed, bool(args.backbone_name)
     )
-    manifest = load_manifest(args.data)
+    ds = open_dataset(args.data, verify=True)  # opened once, shards re-hashed once; the library takes it
+    manifest = ds.manifest
     tags = {
         "mode": args.mode,
         "labels": str(spec),
@@ -159,7 +160,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     ) as run:
         train_fn = finetune if manifest["classes"] else finetune_direction  # no classes: IceCube direction
         meta = train_fn(
-            args.data,
+            ds,
             args.out,
             cfg,
             backbone_dir=backbone,

@@ -137,7 +137,7 @@ def _headline(m: dict) -> str:
 
 def run_fit(args: argparse.Namespace) -> int:
     from physfm import tracking
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
     from physfm.tokenizers import make_tokenizer
     from physfm.tokenizers.fit import TokenizerFitConfig
     from physfm.tokenizers.metrics import flat_metrics
@@ -145,7 +145,8 @@ def run_fit(args: argparse.Namespace) -> int:
     cfg = stage_config(TokenizerFitConfig, args.config)
     options = {**cfg.options, **_options(args.option)}
     features, seed = cfg.features, cfg.seed
-    manifest = load_manifest(args.data)
+    ds = open_dataset(args.data, verify=True)  # opened once; the library takes it
+    manifest = ds.manifest
     params = {
         "method": args.method,
         "codebook_size": args.codebook_size,
@@ -160,7 +161,7 @@ def run_fit(args: argparse.Namespace) -> int:
         run.set_tags({"data_version.in": manifest["data_version"]})
         run.log_dataset(args.data, manifest, context="input")
         tok, ev = make_tokenizer(
-            args.data,
+            ds,
             args.out,
             args.method,
             args.codebook_size,

@@ -420,7 +420,3 @@ def check_artefact(directory: str | Path, remedy: str) -> dict[str, Any] | None:
 
 def feature_names(manifest: dict[str, Any], kind: str = "particle") -> list[str]:
     return [f["name"] for f in manifest[f"{kind}_features"]]
-
-
-def shard_paths(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
-    return [Path(data_dir) / s["path"] for s in manifest["shards"] if s["split"] == split]

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays, open_split
-from physfm.data.shards import DataError, load_manifest
+from physfm.data.shards import DataError
 from physfm.finetune.model import (
     Classifier,
     HeadConfig,
@@ -115,7 +116,7 @@ def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
 
 
 def prepare_backbone(
-    backbone_dir: str | Path | None, mode: str, data_dir: Path, arch: dict[str, Any] | None, seed: int
+    backbone_dir: str | Path | None, mode: str, data: Dataset, arch: dict[str, Any] | None, seed: int
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone to train and its meta (features, norm, max_len, config, versions)."""
     if backbone_dir is None or str(backbone_dir) == "none":
@@ -128,15 +129,15 @@ def prepare_backbone(
         arch = dict(arch or {})
         features = list(arch.pop("features", JET_DEFAULT))
         max_len = int(arch.get("max_len", 128))
-        n_fit = min(len(open_split(data_dir, "train")), 5000)
-        sample = load_arrays(data_dir, "train", features=features, max_len=max_len, indices=np.arange(n_fit))
+        n_fit = min(len(open_split(data, "train")), 5000)
+        sample = load_arrays(data, "train", features=features, max_len=max_len, indices=np.arange(n_fit))
         cfg = BackboneConfig.from_dict({"n_features": len(features), **arch})
         meta = {
             "features": features,
             "norm": fit_norm(sample["x"], sample["mask"]),
             "max_len": max_len,
             "config": cfg.to_dict(),
-            "data_version": load_manifest(data_dir)["data_version"],
+            "data_version": data.data_version,
             "tokenizer_version": None,
             "objective": "none",
         }
@@ -164,7 +165,7 @@ def lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
 
 
 def finetune(
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     out_dir: str | Path,
     cfg: FinetuneConfig,
     *,
@@ -181,29 +182,29 @@ def finetune(
     fly with subset seed 1 when None). ``run``: a :class:`physfm.tracking.StageRun` for metrics.
     """
     t_start = time.perf_counter()
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir, verify=True)
-    classes = list(manifest["classes"])
+    ds = open_dataset(data_dir, verify=True)  # the one read of manifest.json; shards re-hashed once
+    manifest, data_dir = ds.manifest, ds.path
+    classes = ds.classes
     if len(classes) < 2:
         raise DataError(f"{data_dir} has {len(classes)} class(es); classification needs at least two")
     device = device_of(cfg.device)
 
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
-    train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
+        make_subsets(ds, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
+    train_idx = load_subset(subsets_dir, cfg.labels, ds)
 
-    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
+    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
     if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
         print(
             f"note: backbone pretrained on data_version {bmeta['data_version']}, "
             f"fine-tuning on {manifest['data_version']}"
         )
     features, max_len = list(bmeta["features"]), int(bmeta["max_len"])
-    train = load_arrays(data_dir, "train", features=features, max_len=max_len, indices=train_idx)
-    n_val = len(open_split(data_dir, "val"))
+    train = load_arrays(ds, "train", features=features, max_len=max_len, indices=train_idx)
+    n_val = ds.n_events["val"]
     val_idx = np.arange(min(n_val, cfg.val_max_events or n_val))
-    val = load_arrays(data_dir, "val", features=features, max_len=max_len, indices=val_idx)
+    val = load_arrays(ds, "val", features=features, max_len=max_len, indices=val_idx)
     val_keep = val["label"] >= 0
     for name, arr in (("x", val["x"]), ("mask", val["mask"]), ("label", val["label"])):
         val[name] = arr[val_keep]

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from physfm.data.shards import load_manifest
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.features import JET_DEFAULT
 from physfm.io import atomic_dir, read_json, sha256_json, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
@@ -373,7 +373,7 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 def pretrain(
     cfg: PretrainConfig,
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     tokenizer_dir: str | Path | None,
     out_dir: str | Path,
     *,
@@ -400,7 +400,9 @@ def pretrain(
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(out_dir)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
-    manifest = load_manifest(data_dir, verify=True)  # every rank, once: refuse shards that changed since convert
+    # every rank, once: the one read of manifest.json, and shards that changed since convert refused
+    ds = open_dataset(data_dir, verify=True)
+    manifest = ds.manifest
     obj_cls = OBJECTIVES[cfg.objective]
     obj_opts = cfg.objectives.get(cfg.objective, {})
 
@@ -436,7 +438,7 @@ def pretrain(
     )
     raw_names = raw_feature_names(features, tok, objective)
     stats = fit_stats(
-        data_dir,
+        ds,
         features=features,
         raw_features=raw_names,
         global_names=objective.global_names,
@@ -520,8 +522,8 @@ def pretrain(
         world_size=info.world_size,
         quantized_inputs=bool(obj_opts.get("quantized_inputs", False)),
     )
-    train_ds = PretrainShards(data_dir, "train", shuffle=True, drop_last=True, **common)
-    val_ds = PretrainShards(data_dir, "val", shuffle=False, drop_last=False, **common)
+    train_ds = PretrainShards(ds, "train", shuffle=True, drop_last=True, **common)
+    val_ds = PretrainShards(ds, "val", shuffle=False, drop_last=False, **common)
 
     meta = {
         "features": features,
@@ -549,7 +551,7 @@ def pretrain(
                 "objective": cfg.objective,
             }
         )
-        run.log_dataset(data_dir, manifest, context="input")
+        run.log_dataset(ds.path, manifest, context="input")
 
     log_k = math.log(K) if K else None
     baseline = {"log_K": log_k, "unigram_entropy": stats.get("unigram_entropy")}
