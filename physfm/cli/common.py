@@ -101,3 +101,26 @@ def add_parent_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--parent-run-id", help="MLflow run to nest this run under (the study's parent run)")
     g.add_argument("--parent-run-file", type=Path, help="JSON file with the parent run_id (written by study-run)")
+
+
+def open_stage_run(
+    args: argparse.Namespace,
+    stage: str,
+    default_name: str,
+    params: dict[str, Any],
+    tags: dict[str, Any] | None = None,
+) -> Any:
+    """The stage's MLflow run (a context manager yielding a :class:`physfm.stage.StageLog`).
+
+    The one place a subcommand's ``--run-name``, ``--tag`` and ``--parent-run-*`` arguments become an
+    MLflow run: the library function receives the run as its ``log``/``run`` argument.
+    """
+    from physfm import tracking
+
+    return tracking.stage_run(
+        stage,
+        run_name=getattr(args, "run_name", None) or default_name,
+        params=params,
+        tags={**(tags or {}), **parse_tags(getattr(args, "tag", []))},
+        parent_run_id=parent_run_id(args),
+    )

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags, print_json, stage_config
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate_jets(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.generate_jets import JetGenConfig, generate_jets
     from physfm.io import sha256_file, sha256_json, write_json
 
@@ -95,9 +94,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
     cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
     cfg.seed = args.seed if args.seed is not None else cfg.seed
     params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
-    with tracking.stage_run(
-        "generate", run_name=args.run_name or "generate jets", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "generate", "generate jets", params) as run:
         t0 = time.perf_counter()
         paths = generate_jets(
             args.out,
@@ -124,7 +121,6 @@ def run_generate_jets(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.convert import ConvertConfig, convert
     from physfm.stage import load_text
 
@@ -147,9 +143,7 @@ def run_convert(args: argparse.Namespace) -> int:
         "labels": options.get("labels"),
         "on_error": cfg.on_error,
     }
-    with tracking.stage_run(
-        "convert", run_name=args.run_name or f"convert {args.format}", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "convert", f"convert {args.format}", params) as run:
         manifest, stats = convert(
             args.format,
             args.input,
@@ -191,7 +185,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_summarize(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.dataset import open_dataset
     from physfm.data.summary import SummaryConfig, summarize
     from physfm.stage import to_dict
@@ -199,9 +192,7 @@ def run_summarize(args: argparse.Namespace) -> int:
     cfg = stage_config(SummaryConfig, args.config)
     ds = open_dataset(args.data, verify=True)  # once: summarize() takes the opened dataset
     manifest = ds.manifest
-    with tracking.stage_run(
-        "summarize", run_name=args.run_name or "summarize", params=to_dict(cfg), tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "summarize", "summarize", to_dict(cfg)) as run:
         summary = summarize(ds, args.out, split=cfg.split, max_events=cfg.max_events)
         run.set_tags({"data_version.in": manifest["data_version"]})
         run.log_dataset(args.data, manifest, context="input")

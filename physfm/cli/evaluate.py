@@ -10,8 +10,7 @@ from physfm.cli.common import (
     add_parent_args,
     add_tracking_args,
     csv_list,
-    parent_run_id,
-    parse_tags,
+    open_stage_run,
     set_threads,
     stage_config,
 )
@@ -127,7 +126,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.dataset import open_dataset
     from physfm.evaluate.evaluate import EmbedConfig, embed_split, load_embedder
     from physfm.evaluate.search import knn_accuracy, open_index, write_embeddings
@@ -142,13 +140,8 @@ def run_embed(args: argparse.Namespace) -> int:
         raise ValueError("--split takes one split, or two for the k-NN probe (reference, queries), e.g. train,test")
     init = "random-init" if args.random_init is not None else "pretrained"
     name = args.name or f"{args.backbone.name} {init}"
-    with tracking.stage_run(
-        "embed",
-        run_name=args.run_name or f"embed {name}",
-        params={**to_dict(cfg), "splits": splits, "random_init": args.random_init, "backbone": str(args.backbone)},
-        tags=parse_tags(args.tag),
-        parent_run_id=parent_run_id(args),
-    ) as run:
+    params = {**to_dict(cfg), "splits": splits, "random_init": args.random_init, "backbone": str(args.backbone)}
+    with open_stage_run(args, "embed", f"embed {name}", params) as run:
         model, bmeta = load_embedder(args.backbone, args.random_init)
         for split in splits:
             emb, labels, keys, meta = embed_split(model, bmeta, ds, split, max_events=cfg.max_events)

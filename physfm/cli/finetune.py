@@ -12,7 +12,7 @@ from physfm.cli.common import (
     add_parent_args,
     add_tracking_args,
     csv_list,
-    parent_run_id,
+    open_stage_run,
     parse_tags,
     set_threads,
     wrap,
@@ -122,7 +122,6 @@ def _arch(text: str) -> dict[str, Any]:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.dataset import open_dataset
     from physfm.finetune.direction import finetune_direction
     from physfm.finetune.grid import cell_run_name
@@ -152,12 +151,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "backbone": args.backbone_name or ("none" if backbone is None else backbone.name),
         "data_version.in": manifest["data_version"],
-        **parse_tags(args.tag),
     }
     params = {**cfg.to_dict(), "backbone_dir": str(args.backbone), "data": str(args.data)}
-    with tracking.stage_run(
-        "finetune", run_name=run_name, params=params, tags=tags, parent_run_id=parent_run_id(args)
-    ) as run:
+    with open_stage_run(args, "finetune", run_name, params, tags) as run:
         train_fn = finetune if manifest["classes"] else finetune_direction  # no classes: IceCube direction
         meta = train_fn(
             ds,

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags, stage_config
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, stage_config
 
 DESCRIPTION = """\
 Simulate IceCube-86 events and write them in the Kaggle layout (train/batch_<k>.parquet,
@@ -59,7 +59,6 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from physfm import tracking
     from physfm.data.generate_icecube import IceCubeGenConfig, SimConfig, generate_icecube
     from physfm.io import sha256_file, sha256_json, write_json
 
@@ -78,9 +77,7 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
         "track_fraction": gen.track_fraction,
         "noise_rate_hz": gen.noise_rate_hz,
     }
-    with tracking.stage_run(
-        "generate", run_name=args.run_name or "generate icecube", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "generate", "generate icecube", params) as run:
         t0 = time.perf_counter()
         paths = generate_icecube(
             args.out,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from physfm.cli.common import add_tracking_args, parse_tags, print_json
+from physfm.cli.common import add_tracking_args, open_stage_run, print_json
 
 PRETRAIN_DESCRIPTION = """\
 Self-supervised pretraining of a transformer backbone on the train split of a dataset.
@@ -100,7 +100,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     run_ctx = (
         tracking.resume_run(info["mlflow_run_id"])
         if info and tracking.run_exists(info.get("mlflow_run_id"))
-        else tracking.stage_run("pretrain", run_name=name, params=params, tags=parse_tags(args.tag))
+        else open_stage_run(args, "pretrain", name, params)
     )
     try:
         with run_ctx as run:

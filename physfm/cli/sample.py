@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags, print_json, stage_config
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from physfm import tracking
     from physfm.evaluate.sample import SampleConfig, sample_from_model
     from physfm.stage import to_dict
 
@@ -40,9 +39,7 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     params = {**to_dict(cfg), "model": str(args.model)}
-    with tracking.stage_run(
-        "sample", run_name=args.run_name or "sample from model", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "sample", "sample from model", params) as run:
         summary = sample_from_model(
             cfg, args.model, args.out, data_dir=args.data, device=args.device, progress=not args.no_progress
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags, print_json, stage_config
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
 
 FIT_DESCRIPTION = """\
 Fit a particle tokenizer on the train split of a converted dataset and write one artefact directory:
@@ -136,7 +136,6 @@ def _headline(m: dict) -> str:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.dataset import open_dataset
     from physfm.tokenizers import make_tokenizer
     from physfm.tokenizers.fit import TokenizerFitConfig
@@ -157,7 +156,7 @@ def run_fit(args: argparse.Namespace) -> int:
         "options": options,
     }
     name = args.run_name or f"tokenizer {args.method}-{args.codebook_size}"
-    with tracking.stage_run("tokenizer", run_name=name, params=params, tags=parse_tags(args.tag)) as run:
+    with open_stage_run(args, "tokenizer", name, params) as run:
         run.set_tags({"data_version.in": manifest["data_version"]})
         run.log_dataset(args.data, manifest, context="input")
         tok, ev = make_tokenizer(
@@ -183,7 +182,6 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.shards import load_manifest
     from physfm.tokenizers import load_tokenizer, write_report
     from physfm.tokenizers.metrics import flat_metrics
@@ -191,12 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.tokenizer)
     manifest = load_manifest(args.data)
     params = {"split": args.split, "max_events": args.max_events, "tokenizer": str(args.tokenizer)}
-    with tracking.stage_run(
-        "tokenizer-evaluate",
-        run_name=args.run_name or f"evaluate {tok.method}-{tok.codebook_size}",
-        params=params,
-        tags=parse_tags(args.tag),
-    ) as run:
+    with open_stage_run(args, "tokenizer-evaluate", f"evaluate {tok.method}-{tok.codebook_size}", params) as run:
         run.set_tags({"data_version.in": manifest["data_version"], "tokenizer_version": tok.version})
         run.log_dataset(args.data, manifest, context="evaluation")
         ev = write_report(tok, args.data, args.out, args.split, args.max_events)
