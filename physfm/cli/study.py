@@ -58,17 +58,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "subsets",
         help="nested, class-balanced label subsets of the train split",
         description=_wrap(
-            "Define the labelled subsets of a label-efficiency study once: a seeded, class-interleaved "
-            "order of the labelled train events; the subset with N labels is its first N events, so every smaller "
-            "subset lies inside every larger one and every mode trains on the same events. Writes order.npy and "
-            "manifest.json (counts per class and a digest of the event keys, per subset)."
+            "Define the labelled subsets of a label-efficiency study once: per seed, a seeded, class-interleaved "
+            "order of the labelled train events; the subset with N labels is its first N events, so within a seed "
+            "every smaller subset lies inside every larger one and every mode trains on the same events, while "
+            "each seed draws its own. Budget protocol holdout: each subset is split, stratified by class, into a "
+            "train part and an in-budget validation part (n_train + n_val = N); fixed: no validation. Writes "
+            "seed<S>/n<N>.{train,val}.npy and manifest.json (protocol, counts per class, digests, sha256s)."
         ),
         epilog=STUDY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
     s.add_argument("--labels", required=True, help="comma list of label counts (300), fractions (0.01 or 1%%) or 'all'")
-    s.add_argument("--seed", type=int, default=1, help="seed of the subset order (default 1)")
+    s.add_argument("--seed", type=int, default=1, help="seed of the subset draw when --seeds is not given (default 1)")
+    s.add_argument("--seeds", help="comma list of the study's seeds; each draws its own subsets (default: --seed)")
+    s.add_argument("--protocol", default="holdout", choices=["holdout", "fixed"], help="label-budget protocol")
+    s.add_argument("--val-fraction", type=float, default=0.2, help="holdout: share of each subset kept for validation")
+    s.add_argument("--min-val-per-class", type=int, default=3, help="holdout: validation events per class, at least")
+    s.add_argument("--refit", action="store_true", help="holdout: declare a refit on all n labels after validation")
     s.add_argument("--out", required=True, type=Path, help="output directory")
     s.set_defaults(func=run_subsets)
 
@@ -233,10 +240,15 @@ def run_subsets(args: argparse.Namespace) -> int:
     specs = csv_list(args.labels) or []
     if not specs:
         raise ValueError("--labels needs at least one label count, fraction or 'all'")
-    manifest = make_subsets(args.data, specs, args.seed, args.out)
+    from physfm.finetune.subsets import BudgetProtocol
+
+    seeds = [int(x) for x in csv_list(args.seeds)] if args.seeds else [args.seed]
+    protocol = BudgetProtocol(args.protocol, args.val_fraction, args.min_val_per_class, args.refit)
+    manifest = make_subsets(args.data, specs, seeds, args.out, protocol=protocol)
     for spec, info in manifest["subsets"].items():
-        per = ", ".join(f"{c} {n}" for c, n in info["per_class"].items())
-        print(f"{spec:>8}: {info['n']:6d} events ({per}), digest {info['digest']}")
+        for seed, e in info["seeds"].items():
+            per = ", ".join(f"{c} {n}+{e['val']['per_class'][c]}" for c, n in e["train"]["per_class"].items())
+            print(f"{spec:>8} seed {seed}: {e['train']['n']} train + {e['val']['n']} val ({per}), digest {e['digest']}")
     print(f"wrote {args.out} (data_version {manifest['data_version']}, {manifest['n_labelled']} labelled)")
     return 0
 
