@@ -21,6 +21,7 @@ FAMILIES = (
     "physfm.cli.tokenizer",
     "physfm.cli.train",
     "physfm.cli.study",
+    "physfm.cli.linefit",
     "physfm.cli.tracking_cmd",
 )
 
@@ -34,6 +35,7 @@ stages, in pipeline order:
   tokenizer         fit k-means (faiss) / VQ-VAE / binning particle tokenizers; evaluate, encode, decode
   pretrain          self-supervised backbone pretraining (MPM, next-token, regression); GPU/DDP-ready
   generate-from-model  sample jets from a next-token backbone, compare with real jets
+  linefit           LineFit direction baselines for IceCube (zero-label, and refined within a label budget)
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """
