@@ -72,9 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--labels", required=True, help="comma list of label counts (300), fractions (0.01 or 1%%) or 'all'")
     s.add_argument("--seed", type=int, default=1, help="seed of the subset draw when --seeds is not given (default 1)")
     s.add_argument("--seeds", help="comma list of the study's seeds; each draws its own subsets (default: --seed)")
-    s.add_argument("--protocol", default="holdout", choices=["holdout", "fixed"], help="label-budget protocol")
-    s.add_argument("--val-fraction", type=float, default=0.2, help="holdout: share of each subset kept for validation")
-    s.add_argument("--min-val-per-class", type=int, default=3, help="holdout: validation events per class, at least")
+    s.add_argument("--protocol", choices=["holdout", "fixed"], help="label-budget protocol (default holdout)")
+    s.add_argument("--val-fraction", type=float, help="holdout: share of each subset kept for validation (0.2)")
+    s.add_argument("--min-val-per-class", type=int, help="holdout: validation events per class, at least (3)")
     s.add_argument("--refit", action="store_true", help="holdout: declare a refit on all n labels after validation")
     s.add_argument("--out", required=True, type=Path, help="output directory")
     s.set_defaults(func=run_subsets)
@@ -243,7 +243,8 @@ def run_subsets(args: argparse.Namespace) -> int:
     from physfm.finetune.subsets import BudgetProtocol
 
     seeds = [int(x) for x in csv_list(args.seeds)] if args.seeds else [args.seed]
-    protocol = BudgetProtocol(args.protocol, args.val_fraction, args.min_val_per_class, args.refit)
+    given = {"name": args.protocol, "val_fraction": args.val_fraction, "min_val_per_class": args.min_val_per_class}
+    protocol = BudgetProtocol(**{k: v for k, v in given.items() if v is not None}, refit=args.refit)
     manifest = make_subsets(args.data, specs, seeds, args.out, protocol=protocol)
     for spec, info in manifest["subsets"].items():
         for seed, e in info["seeds"].items():
