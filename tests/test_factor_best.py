@@ -10,6 +10,7 @@ from physfm.evaluate.efficiency import (
     fit_saturating,
     format_factor,
     labels_needed_best,
+    runs_from_records,
     saturating_curve,
 )
 
@@ -135,3 +136,14 @@ def test_few_seeds_are_flagged_and_bad_options_refused() -> None:
         best_method_factors(runs, ["scratch"], interval="jackknife")
     with pytest.raises(ValueError, match="model"):
         best_method_factors(runs, ["scratch"], model="spline")
+
+
+def test_records_become_runs_and_infinite_rejections_are_left_out() -> None:
+    rej = {n: float(np.log10(n)) for n in NS}
+    recs = [{"mode": "scratch", "n_labels": n, "seed": s, "metrics": {"rej30": rej[n]}} for n in NS for s in SEEDS]
+    recs += [{"mode": "finetune", "n_labels": 100, "seed": s, "metrics": {"rej30": 3.0}} for s in SEEDS[:4]]
+    recs += [{"mode": "finetune", "n_labels": 100, "seed": 5, "metrics": {"rej30": float("inf")}}]
+    runs = runs_from_records(recs, "rej30")
+    assert len(runs) == len(recs) - 1 and {"mode", "n", "seed", "value"} == set(runs[0])
+    r = row(best_method_factors(runs, ["scratch"]), "finetune", 100)
+    assert r["n_seeds"] == 4 and r["factor"] == pytest.approx(10.0)

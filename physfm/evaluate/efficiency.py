@@ -144,6 +144,18 @@ INTERVALS = ("t", "bootstrap")
 MIN_SEEDS = 5
 
 
+def runs_from_records(records: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """``{"mode", "n", "seed", "value"}`` of evaluation records (``physfm evaluate``, ``physfm linefit``, ...)
+    for :func:`best_method_factors`; records without a finite ``metric`` (e.g. an infinite rejection,
+    which is only a lower bound) are left out, so a cell's ``n_seeds`` shows how many remain."""
+    out = []
+    for r in records:
+        value = r["metrics"].get(metric)
+        if value is not None and np.isfinite(value):
+            out.append({"mode": r["mode"], "n": float(r["n_labels"]), "seed": r.get("seed"), "value": float(value)})
+    return out
+
+
 def saturating_curve(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     """The learning-curve model ``a - b * n**(-c)`` (``a``: the metric with unlimited labels)."""
     return a - b * np.power(np.asarray(n, dtype=np.float64), -c)
