@@ -20,6 +20,7 @@ percentiles.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,9 +165,11 @@ def saturating_curve(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
 def fit_saturating(n: Sequence[float], metric: Sequence[float]) -> tuple[float, float, float]:
     """Least-squares ``(a, b, c)`` of :func:`saturating_curve` with ``b >= 0`` and ``0 < c <= 3`` (monotone).
 
-    Needs at least three label counts; scipy's ``curve_fit`` (trust-region reflective, bounded).
+    Needs at least three label counts. For a fixed ``c`` the model is linear in ``(a, b)``, so the fit
+    profiles ``c``: exact linear least squares per ``c`` (``b`` clipped at 0), the best of a log grid
+    of ``c`` refined by scipy's bounded scalar minimiser.
     """
-    from scipy.optimize import curve_fit
+    from scipy.optimize import minimize_scalar
 
     x, y = np.asarray(n, dtype=np.float64), np.asarray(metric, dtype=np.float64)
     if len(np.unique(x)) < 3:
@@ -174,11 +177,30 @@ def fit_saturating(n: Sequence[float], metric: Sequence[float]) -> tuple[float, 
             f"a saturating learning curve needs at least 3 label counts, got {len(np.unique(x))}; "
             "add label counts or use the loglinear model"
         )
-    span = max(float(y.max() - y.min()), 1e-6)
-    p0 = (float(y.max()) + 0.1 * span, span * float(x.min()) ** 0.5, 0.5)
-    bounds = ([-np.inf, 0.0, 1e-3], [np.inf, np.inf, 3.0])
-    (a, b, c), _ = curve_fit(saturating_curve, x, y, p0=p0, bounds=bounds, maxfev=20000)
-    return float(a), float(b), float(c)
+
+    def linear(c: float) -> tuple[float, float, float]:
+        basis = -np.power(x, -c)
+        design = np.column_stack([np.ones_like(x), basis])
+        (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+        if b < 0:  # a falling curve: the best monotone fit is flat
+            a, b = float(y.mean()), 0.0
+        return float(a), float(b), float(np.sum((y - a - b * basis) ** 2))
+
+    grid = np.geomspace(1e-3, 3.0, 40)
+    sse = [linear(c)[2] for c in grid]
+    k = int(np.argmin(sse))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    c = float(minimize_scalar(lambda c: linear(c)[2], bounds=(lo, hi), method="bounded").x) if hi > lo else lo
+    if linear(c)[2] > sse[k]:
+        c = float(grid[k])
+    a, b, _ = linear(c)
+    return a, b, c
+
+
+@functools.lru_cache(maxsize=4096)
+def _fit_saturating_cached(n: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, float, float]:
+    """One fit per curve (a resampled curve serves every target of its replicate)."""
+    return fit_saturating(n, y)
 
 
 def _labels_needed_one(n: np.ndarray, y: np.ndarray, target: float, model: str) -> tuple[float, float]:
@@ -193,7 +215,7 @@ def _labels_needed_one(n: np.ndarray, y: np.ndarray, target: float, model: str) 
     keep = n > 0
     n, y = n[keep], y[keep]
     if model == "saturating":
-        a, b, c = fit_saturating(n, y)
+        a, b, c = _fit_saturating_cached(tuple(n.tolist()), tuple(y.tolist()))
         lo_y, hi_y = saturating_curve(n.min(), a, b, c), saturating_curve(n.max(), a, b, c)
         if target > hi_y:
             return float(n.max()), np.inf
