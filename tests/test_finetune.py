@@ -61,16 +61,18 @@ def test_subsets_are_nested_balanced_and_recorded(jet_dataset: Path, tmp_path: P
     assert [len(subsets[s]) for s in ("8", "40", "all")] == [8, 40, int((labels >= 0).sum())]
     assert set(subsets["8"]) <= set(subsets["40"]) <= set(subsets["0.5"]) <= set(subsets["all"])
     for spec in ("8", "40"):
-        per = manifest["subsets"][spec]["per_class"]
+        entry = manifest["subsets"][spec]["seeds"]["1"]
+        per = {c: entry["train"]["per_class"][c] + entry["val"]["per_class"][c] for c in entry["train"]["per_class"]}
         assert set(per.values()) == {int(spec) // 4}, per
-        assert manifest["subsets"][spec]["digest"] == keys_digest(keys[subsets[spec]])
+        assert entry["digest"] == keys_digest(keys[subsets[spec]])
     loaded = load_arrays(jet_dataset, "train", features=["log_pt"], max_len=4, indices=subsets["40"])
-    assert keys_digest(loaded["event_key"]) == manifest["subsets"]["40"]["digest"]
+    assert keys_digest(loaded["event_key"]) == manifest["subsets"]["40"]["seeds"]["1"]["digest"]
     again = make_subsets(jet_dataset, ["8", "40", "0.5", "all"], seed=1, out_dir=tmp_path / "again")
     other = make_subsets(jet_dataset, ["40"], seed=2, out_dir=tmp_path / "other")
-    assert again["order_sha256"] == manifest["order_sha256"]
-    assert other["subsets"]["40"]["digest"] != manifest["subsets"]["40"]["digest"]
-    (tmp_path / "s" / "order.npy").write_bytes((tmp_path / "other" / "order.npy").read_bytes())
+    assert again == manifest
+    assert other["subsets"]["40"]["seeds"]["2"]["digest"] != manifest["subsets"]["40"]["seeds"]["1"]["digest"]
+    f = "seed1/n8.train.npy"
+    (tmp_path / "s" / f).write_bytes((tmp_path / "s" / "seed1/n40.train.npy").read_bytes())
     with pytest.raises(Exception, match="does not match"):
         load_subset(tmp_path / "s", "8")
 

@@ -33,6 +33,14 @@ def test_finetune_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> 
     assert ours == settings_slice(schema_defaults["finetune"])
 
 
+def test_subsets_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
+    from physfm.finetune.subsets import SubsetsConfig
+
+    ft, cfg = schema_defaults["finetune"], to_dict(SubsetsConfig())
+    assert cfg["labels"] == ft["labels"] and cfg["seeds"] == ft["seeds"]
+    assert {k: v for k, v in cfg["budget"].items() if k != "refit"} == ft["budget"]
+
+
 def test_evaluate_embed_report_sample_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
     ev = schema_defaults["evaluate"]
     assert to_dict(EvaluateConfig()) == {k: ev[k] for k in ("split", "bootstrap", "pairs", "effs")}

@@ -22,7 +22,7 @@ _CACHE: dict[str, Path] = {}
 #: fine-tuning settings of the tiny grid (the pre-issue-12 CLI defaults where the grid did not set them)
 FT_CONFIG = json.dumps(
     {"max_steps": 24, "eval_every": 4, "patience": 3, "batch_size": 16, "head": {"hidden": 16}, "lr": 1e-3,
-     "backbone_lr_scale": 0.1, "val_max_events": 2000}
+     "backbone_lr_scale": 0.1}
 )  # fmt: skip
 
 
@@ -88,7 +88,17 @@ def run_tiny_study(root: Path, data_dir: Path) -> Path:
             assert main([str(a) for a in args]) == 0, args
 
         cli("study-run", "--out", root / "study_run.json", "--run-name", "study tiny", "--tag", "study=tiny")
-        cli("subsets", "--data", data_dir, "--labels", ",".join(LABELS), "--seed", 1, "--out", root / "subsets")
+        cli(
+            "subsets",
+            "--data",
+            data_dir,
+            "--labels",
+            ",".join(LABELS),
+            "--seeds",
+            ",".join(map(str, SEEDS)),
+            "--out",
+            root / "subsets",
+        )
         results = []
         for labels in LABELS:
             for mode in MODES:

@@ -24,6 +24,7 @@ FAMILIES = (
     "physfm.cli.finetune",
     "physfm.cli.evaluate",
     "physfm.cli.report",
+    "physfm.cli.linefit",
     "physfm.cli.tracking_cmd",
 )
 
@@ -42,6 +43,7 @@ stages, in pipeline order:
   evaluate          test-split metrics of a fine-tuned model, with bootstrap errors
   embed, search     faiss index of backbone embeddings; nearest events; k-NN probe
   report            the study's HTML report
+  linefit           LineFit direction baselines for IceCube (zero-label, and refined within a label budget)
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """

@@ -32,20 +32,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- subsets
     s = sub.add_parser(
         "subsets",
-        help="nested, class-balanced label subsets of the train split",
+        help="per-seed, nested, class-balanced label subsets, each split into train + in-budget validation",
         description=wrap(
-            "Define the labelled subsets of a label-efficiency study once: a seeded, class-interleaved "
-            "order of the labelled train events; the subset with N labels is its first N events, so every smaller "
-            "subset lies inside every larger one and every mode trains on the same events. Writes order.npy and "
-            "manifest.json (counts per class and a digest of the event keys, per subset)."
+            "Define the labelled subsets of a label-efficiency study once: per seed, a seeded, class-interleaved "
+            "order of the labelled train events; the subset with N labels is its first N events, so within a seed "
+            "every smaller subset lies inside every larger one and every mode and baseline trains on the same "
+            "events, while each seed draws its own. Budget protocol holdout: each subset is split, stratified by "
+            "class, into a train part and an in-budget validation part (n_train + n_val = N) that early stopping "
+            "uses; fixed: no validation. Settings (--config): labels, seeds, budget {name, val_fraction, "
+            "min_val_per_class}. Writes seed<S>/n<N>.{train,val}.npy and manifest.json (protocol, counts per "
+            "class, digests, sha256s)."
         ),
         epilog=STUDY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
-    s.add_argument("--labels", required=True, help="comma list of label counts (300), fractions (0.01 or 1%%) or 'all'")
-    s.add_argument("--seed", type=int, default=1, help="seed of the subset order (default 1)")
     s.add_argument("--out", required=True, type=Path, help="output directory")
+    add_config_arg(s, "subsets (labels, seeds, budget)")
+    s.add_argument("--labels", help="comma list of label counts (300), fractions (0.01 or 1%%) or 'all' (overrides)")
+    s.add_argument("--seeds", help="comma list of seeds, each drawing its own subsets (overrides --config)")
     s.set_defaults(func=run_subsets)
 
     # ---------------------------------------------------------------- finetune
@@ -95,15 +100,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_subsets(args: argparse.Namespace) -> int:
-    from physfm.finetune.subsets import make_subsets
+    from physfm.finetune.subsets import SubsetsConfig, make_subsets
 
-    specs = csv_list(args.labels) or []
+    cfg = stage_config(SubsetsConfig, args.config)
+    specs = csv_list(args.labels) if args.labels else [str(x) for x in cfg.labels]
+    seeds = [int(x) for x in csv_list(args.seeds) or []] if args.seeds else list(cfg.seeds)
     if not specs:
-        raise ValueError("--labels needs at least one label count, fraction or 'all'")
-    manifest = make_subsets(args.data, specs, args.seed, args.out)
+        raise ValueError("subsets need at least one label count, fraction or 'all'")
+    manifest = make_subsets(args.data, specs, seeds, args.out, protocol=cfg.budget)
     for spec, info in manifest["subsets"].items():
-        per = ", ".join(f"{c} {n}" for c, n in info["per_class"].items())
-        print(f"{spec:>8}: {info['n']:6d} events ({per}), digest {info['digest']}")
+        for seed, e in info["seeds"].items():
+            per = ", ".join(f"{c} {n}+{e['val']['per_class'][c]}" for c, n in e["train"]["per_class"].items())
+            print(f"{spec:>8} seed {seed}: {e['train']['n']} train + {e['val']['n']} val ({per}), digest {e['digest']}")
     print(f"wrote {args.out} (data_version {manifest['data_version']}, {manifest['n_labelled']} labelled)")
     return 0
 
@@ -174,8 +182,15 @@ def run_finetune(args: argparse.Namespace) -> int:
                 "tokenizer_version": meta["backbone"].get("tokenizer_version"),
             }
         )
+        budget = meta["budget"]
         run.log_params(
-            {"n_labels": meta["n_labels"], **{f"subset.{c}": n for c, n in meta["subset"]["per_class"].items()}}
+            {
+                "n_labels": meta["n_labels"],  # the whole budget: train part + in-budget validation part
+                "n_train": budget["n_train"],
+                "n_val": budget["n_val"],
+                **{f"protocol.{k}": v for k, v in (budget.get("protocol") or {}).items()},
+                **{f"subset.{c}": n for c, n in meta["subset"]["per_class"].items()},
+            }
         )
         tr = meta["train"]
         run.log_metrics(

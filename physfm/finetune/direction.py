@@ -182,7 +182,7 @@ def finetune_direction(
     gives the BackboneConfig and ``features`` (default :data:`physfm.features.ICECUBE_DEFAULT`).
     """
     from physfm.finetune.model import param_groups
-    from physfm.finetune.subsets import keys_digest, load_subset, make_subsets
+    from physfm.finetune.subsets import keys_digest, load_split, make_subsets, subset_info
     from physfm.finetune.train import lr_lambda, prepare_backbone
     from physfm.runtime import device_of
 
@@ -192,8 +192,9 @@ def finetune_direction(
     device = device_of(cfg.device)
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(ds, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
-    train_idx = load_subset(subsets_dir, cfg.labels, ds)
+        make_subsets(ds, [cfg.labels], seed=cfg.seed, out_dir=subsets_dir, verify=False)
+    train_idx, val_idx = load_split(subsets_dir, cfg.labels, cfg.seed, ds)  # both parts count in the budget
+    budget = subset_info(subsets_dir, cfg.labels, cfg.seed)
 
     if backbone_dir is None or str(backbone_dir) == "none":
         from physfm.features import ICECUBE_DEFAULT
@@ -202,8 +203,8 @@ def finetune_direction(
     backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
     bmeta = dict(bmeta)
     train = _inputs(ds, "train", bmeta, train_idx)
-    n_val = ds.n_events["val"]
-    val = _inputs(ds, "val", bmeta, np.arange(min(n_val, cfg.val_max_events or n_val)))
+    has_val = len(val_idx) > 0  # protocol fixed: no validation part (one train event stands in, never scored)
+    val = _inputs(ds, "train", bmeta, val_idx if has_val else train_idx[:1])  # the in-budget validation part
     digest = keys_digest(train["event_key"])
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
@@ -281,7 +282,7 @@ def finetune_direction(
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+        if has_val and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             val_loss, val_med = validate()
             rec = {"step": step, "train_loss": loss_sum / loss_n, "val_loss": val_loss, "val_median_deg": val_med}
             rec["val_mean_deg"] = math.degrees(val_loss)
@@ -300,14 +301,18 @@ def finetune_direction(
                 if bad >= cfg.patience:
                     break
     bar.close()
-    model.load_state_dict(best_state)
+    if has_val:
+        model.load_state_dict(best_state)
+    else:  # protocol fixed: no labels to choose a checkpoint with; the last model is kept
+        best = {"val_loss": float("nan"), "step": step, "val_median_deg": float("nan")}
     meta = {
         "kind": KIND,
         "task": "direction",
         "mode": cfg.mode,
         "labels": str(cfg.labels),
-        "n_labels": int(n),
+        "n_labels": int(n + len(val_idx)),  # the budget: train part + in-budget validation part
         "seed": cfg.seed,
+        "budget": budget,
         "classes": [],
         "head": {"pool": head.pool, "hidden": head.hidden, "dropout": head.dropout},
         "config": cfg.to_dict(),

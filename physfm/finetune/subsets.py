@@ -1,18 +1,37 @@
-"""Nested, class-balanced label subsets of the training split.
+"""Label subsets of the training split, one draw per seed, and how each subset's labels are spent.
 
-A label-efficiency study trains on 100, 300, 1000, ... labelled events. Every smaller subset must be
-contained in every larger one and every mode (scratch / finetune / frozen) must see exactly the same
-events, otherwise the curves compare different data. Here that is built once from one seeded order:
+A label-efficiency study trains on 100, 300, 1000, ... labelled events. Two things vary between
+repetitions of a cell and both are sampled (issue 18): the initialisation *and the labelled events*.
+So every seed draws its own subset:
 
 * each class's labelled train events are permuted with the seed;
 * the classes are interleaved round by round (the class order within each round is shuffled too),
   so any prefix of the order is class-balanced to within one event per class, until a rare class is
-  exhausted and the others fill the rest;
-* the subset with ``n`` labels is the first ``n`` events of that order.
+  exhausted and the others fill the rest (:func:`balanced_order`);
+* the subset with ``n`` labels of seed ``s`` is the first ``n`` events of seed ``s``'s order: nested
+  across label counts within a seed, different between seeds.
 
-The order is written once (``order.npy``, indices into the train split's stored order) beside a
-``manifest.json`` recording, per requested label count, the count per class and a digest of the
-selected events' keys; fine-tuning jobs read their subset from there and log the digest.
+**Budget accounting** (:class:`BudgetProtocol`). Every labelled event a run touches counts in its
+``n``: training, early stopping, checkpoint and hyperparameter choice. Under the default protocol
+``holdout`` (issue 18, protocol (a)), each subset is split, stratified by class and deterministically
+from the seed, into a *train part* and an in-budget *validation part*; no fine-tuning run or baseline
+reads the labelled val split of the dataset. The rule, per class with ``c`` events in the subset::
+
+    n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2))
+
+(``round`` half up): the declared fraction, at least ``min_val_per_class`` events when ``c`` allows,
+never more than half, so a class with a single event keeps it for training. Which events are
+validation is fixed by their position in the seed's order (the ``j``-th event of a class is
+validation when ``n_val(j) > n_val(j - 1)``), so the train and validation parts are nested across
+label counts too, and ``n_train + n_val = n`` exactly. Protocol ``fixed`` (protocol (c): a declared
+recipe per ``n``, no validation) puts all ``n`` events in the train part. ``refit`` is a declaration
+for the training loop: after choosing the step count on the validation part, retrain on all ``n``.
+
+The artefact (:func:`make_subsets`) is a directory with, per seed and label count,
+``seed<S>/n<N>.train.npy`` and ``seed<S>/n<N>.val.npy`` (sorted indices into the train split's stored
+order) and a ``manifest.json`` recording the data_version, the protocol's name and parameters, and
+per (spec, seed) each part's size, counts per class, a digest of its event keys and its file's sha256.
+Fine-tuning jobs and baselines read their parts with :func:`load_split` and log :func:`subset_info`.
 
 Label specs: an integer (``"300"``) is a number of events, a number with a point or a percent sign
 (``"0.01"``, ``"1%"``) is a fraction of the labelled train split, ``"all"`` is the whole split.
@@ -21,18 +40,74 @@ Label specs: an integer (``"300"``) is a number of events, a number with a point
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from physfm.data.dataset import open_dataset
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import DataError
-from physfm.io import atomic_path, read_json, sha256_file, write_json
+from physfm.io import atomic_dir, read_json, sha256_file, write_json
 
-ORDER = "order.npy"
 MANIFEST = "manifest.json"
+PARTS = ("train", "val")
+PROTOCOLS = ("holdout", "fixed")
+RULE = "n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2)) per class with c events"
+
+
+@dataclass(frozen=True)
+class BudgetProtocol:
+    """How the ``n`` labels of a subset are spent (see the module docstring for the rule).
+
+    ``name``: ``holdout`` (validation carved out of the ``n`` labels, stratified) or ``fixed`` (no
+    validation: a declared recipe per ``n``). ``val_fraction`` in (0, 0.5], ``min_val_per_class`` >= 0.
+    ``refit``: the training loop retrains on all ``n`` labels for the chosen number of steps.
+    """
+
+    name: str = "holdout"
+    val_fraction: float = 0.2
+    min_val_per_class: int = 3
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ValueError(f"budget protocol must be one of {PROTOCOLS}, got '{self.name}'")
+        if not 0 < self.val_fraction <= 0.5:
+            raise ValueError(f"val_fraction must lie in (0, 0.5], got {self.val_fraction}")
+        if self.min_val_per_class < 0:
+            raise ValueError(f"min_val_per_class must be >= 0, got {self.min_val_per_class}")
+
+    def n_val(self, count: np.ndarray | int) -> np.ndarray:
+        """Validation events of a class with ``count`` events in the subset (vectorised)."""
+        c = np.asarray(count, dtype=np.int64)
+        if self.name == "fixed":
+            return np.zeros_like(c)
+        want = np.maximum(np.floor(self.val_fraction * c + 0.5).astype(np.int64), self.min_val_per_class)
+        return np.minimum(want, c // 2)
+
+    def params(self) -> dict[str, Any]:
+        """Name, parameters and the rule in words: what the manifest, MLflow and the report record."""
+        return {**asdict(self), "rule": RULE if self.name == "holdout" else "no validation: all n labels train"}
+
+    @staticmethod
+    def from_params(params: dict[str, Any]) -> BudgetProtocol:
+        return BudgetProtocol(**{k: params[k] for k in ("name", "val_fraction", "min_val_per_class", "refit")})
+
+
+@dataclass
+class SubsetsConfig:
+    """Settings of the ``subsets`` stage: the label counts, the study's seeds and the budget protocol.
+
+    The rule passes ``finetune.labels`` + ``finetune.reference_labels``, ``finetune.seeds`` and
+    ``finetune.budget`` (``refit`` is not offered by the workflow: no loop implements it yet).
+    """
+
+    labels: list[str | int | float] = field(default_factory=lambda: [100, 300, 1000])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    budget: BudgetProtocol = field(default_factory=BudgetProtocol)
 
 
 def parse_spec(spec: str | int | float) -> tuple[str, float | None]:
@@ -81,7 +156,7 @@ def spec_name(spec: str | int | float) -> str:
     return f"n={int(value)}" if kind == "count" else f"frac={value:g}"
 
 
-def read_labels(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def read_labels(data_dir: Dataset | str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """``(label, event_key)`` of a split in stored order, without reading particles."""
     labels, keys = [], []
     for path, _ in open_dataset(data_dir).shards(split):
@@ -111,59 +186,104 @@ def balanced_order(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
     return idx_all[np.argsort(key_all, kind="stable")].astype(np.int64)
 
 
+def validation_mask(ordered_labels: np.ndarray, protocol: BudgetProtocol) -> np.ndarray:
+    """Which positions of a seed's order are validation events (True) under ``protocol``.
+
+    The ``j``-th event of a class (1-based, counted along the order) is validation when
+    ``protocol.n_val(j) > protocol.n_val(j - 1)``; so every prefix of ``n`` events holds exactly
+    ``n_val(c)`` validation events of a class with ``c`` events in it.
+    """
+    lab = np.asarray(ordered_labels, dtype=np.int64)
+    mask = np.zeros(len(lab), dtype=bool)
+    for c in np.unique(lab):
+        pos = np.flatnonzero(lab == c)
+        j = np.arange(1, len(pos) + 1)
+        mask[pos] = protocol.n_val(j) > protocol.n_val(j - 1)
+    return mask
+
+
 def keys_digest(keys: np.ndarray) -> str:
     """Order-independent digest of a set of event keys (sha256 of the sorted uint64 keys, 16 hex)."""
     return hashlib.sha256(np.sort(keys.astype("<u8")).tobytes()).hexdigest()[:16]
 
 
-def make_subsets(
-    data_dir: str | Path, specs: list[str | int | float], seed: int, out_dir: str | Path, *, verify: bool = True
-) -> dict[str, Any]:
-    """Write ``order.npy`` and ``manifest.json`` for the requested label specs; return the manifest.
+def part_file(seed: int, n: int, part: str) -> str:
+    """Path of one part's index file inside the subsets directory: ``seed1/n300.train.npy``."""
+    return f"seed{int(seed)}/n{int(n)}.{part}.npy"
 
-    The dataset is verified against its manifest first (``verify=False`` when the caller already did).
+
+def make_subsets(
+    data_dir: Dataset | str | Path,
+    specs: Sequence[str | int | float],
+    seed: int | Sequence[int],
+    out_dir: str | Path,
+    *,
+    protocol: BudgetProtocol | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Draw every seed's subsets, split each into train and validation parts, write them; return the manifest.
+
+    ``seed``: one seed or the list of the study's seeds (each draws its own subsets). The directory is
+    built under a temporary name and swapped in complete. The dataset is verified against its manifest
+    first (``verify=False`` when the caller already did).
     """
-    data_dir = open_dataset(data_dir, verify=verify)
+    protocol = protocol or BudgetProtocol()
+    seeds = [int(seed)] if isinstance(seed, int | np.integer) else [int(s) for s in seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"subsets need at least one seed and no seed twice, got {seeds}")
+    data_dir = open_dataset(data_dir, verify=verify)  # opened once; the helpers below take the object
     data_manifest = data_dir.manifest
     classes = list(data_manifest["classes"])
     labels, keys = read_labels(data_dir, "train")
     if not classes:  # a regression dataset (IceCube direction): every event is labelled, one pseudo-class
         labels = np.zeros_like(labels)
-    order = balanced_order(labels, max(len(classes), 1), seed)
-    if len(order) == 0:
+    n_classes = max(len(classes), 1)
+    names = classes or ["all"]
+    n_labelled = int((labels >= 0).sum())
+    if n_labelled == 0:
         raise DataError(f"{data_dir}: the train split has no labelled events; fine-tuning needs labels")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / ORDER) as tmp, open(tmp, "wb") as f:
-        np.save(f, order, allow_pickle=False)
-    subsets: dict[str, Any] = {}
-    for spec in specs:
-        n = resolve_count(spec, len(order))
-        sel = order[:n]
-        subsets[str(spec)] = {
-            "n": n,
-            "name": spec_name(spec),
-            "per_class": {c: int((labels[sel] == i).sum()) for i, c in enumerate(classes)},
-            "digest": keys_digest(keys[sel]),
+    counts = {str(spec): resolve_count(spec, n_labelled) for spec in specs}
+    subsets: dict[str, Any] = {str(s): {"n": n, "name": spec_name(s), "seeds": {}} for s, n in counts.items()}
+    with atomic_dir(out_dir) as tmp:
+        for s in seeds:
+            order = balanced_order(labels, n_classes, s)
+            is_val = validation_mask(labels[order], protocol)
+            (tmp / f"seed{s}").mkdir()
+            for spec, n in counts.items():
+                entry: dict[str, Any] = {}
+                for part, sel in (("train", ~is_val[:n]), ("val", is_val[:n])):
+                    idx = np.sort(order[:n][sel])
+                    path = tmp / part_file(s, n, part)
+                    if not path.exists():
+                        np.save(path, idx, allow_pickle=False)
+                    entry[part] = {
+                        "file": part_file(s, n, part),
+                        "sha256": sha256_file(path),
+                        "n": int(len(idx)),
+                        "per_class": {c: int((labels[idx] == i).sum()) for i, c in enumerate(names)},
+                        "digest": keys_digest(keys[idx]),
+                    }
+                entry["digest"] = keys_digest(keys[order[:n]])
+                subsets[spec]["seeds"][str(s)] = entry
+        manifest = {
+            "data_version": data_manifest["data_version"],
+            "classes": classes,
+            "n_labelled": n_labelled,
+            "seeds": seeds,
+            "protocol": protocol.params(),
+            "subsets": subsets,
         }
-    manifest = {
-        "data_version": data_manifest["data_version"],
-        "seed": seed,
-        "classes": classes,
-        "n_labelled": int(len(order)),
-        "order_sha256": sha256_file(out_dir / ORDER),
-        "subsets": subsets,
-    }
-    write_json(out_dir / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest)
     return manifest
 
 
-def load_subset(subsets_dir: str | Path, spec: str | int | float, data_dir: str | Path | None = None) -> np.ndarray:
-    """Sorted train-split indices of a subset; checks the order file and (optionally) the data_version."""
-    subsets_dir = Path(subsets_dir)
-    manifest = read_json(subsets_dir / MANIFEST)
-    if sha256_file(subsets_dir / ORDER) != manifest["order_sha256"]:
-        raise DataError(f"{subsets_dir / ORDER} does not match its manifest; re-run the label_subsets step")
+def _manifest(subsets_dir: Path, data_dir: Dataset | str | Path | None) -> dict[str, Any]:
+    path = subsets_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{subsets_dir} holds no {MANIFEST}; run `physfm subsets` (the label_subsets step) first")
+    manifest = read_json(path)
+    if "protocol" not in manifest:
+        raise DataError(f"{subsets_dir} was written by an older physfm (no budget protocol); re-run `physfm subsets`")
     if data_dir is not None:
         version = open_dataset(data_dir).data_version
         if version != manifest["data_version"]:
@@ -171,15 +291,81 @@ def load_subset(subsets_dir: str | Path, spec: str | int | float, data_dir: str 
                 f"subsets in {subsets_dir} were made for data_version {manifest['data_version']}, "
                 f"but {data_dir} is {version}; re-run the label_subsets step"
             )
-    order = np.load(subsets_dir / ORDER, allow_pickle=False)
-    n = resolve_count(spec, len(order))
-    return np.sort(order[:n])
+    return manifest
 
 
-def subset_info(subsets_dir: str | Path, spec: str | int | float) -> dict[str, Any]:
-    """The manifest entry of one spec (computed on the fly when the spec was not pre-registered)."""
-    manifest = read_json(Path(subsets_dir) / MANIFEST)
-    if str(spec) in manifest["subsets"]:
-        return manifest["subsets"][str(spec)]
-    n = resolve_count(spec, manifest["n_labelled"])
-    return {"n": n, "name": spec_name(spec)}
+def _entry(manifest: dict[str, Any], subsets_dir: Path, spec: str | int | float, seed: int | None) -> dict[str, Any]:
+    spec = str(spec)
+    if spec not in manifest["subsets"]:
+        raise DataError(
+            f"label spec '{spec}' is not in {subsets_dir} (it holds {', '.join(manifest['subsets'])}); "
+            "add it to finetune.labels and re-run the label_subsets step"
+        )
+    seed = manifest["seeds"][0] if seed is None else int(seed)
+    entry = manifest["subsets"][spec]["seeds"].get(str(seed))
+    if entry is None:
+        raise DataError(
+            f"seed {seed} has no subsets in {subsets_dir} (seeds {', '.join(map(str, manifest['seeds']))}); "
+            "add it to the subsets' seeds (finetune.seeds) and re-run the label_subsets step"
+        )
+    return entry
+
+
+def load_split(
+    subsets_dir: str | Path, spec: str | int | float, seed: int, data_dir: Dataset | str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_part, val_part)``: sorted train-split indices of seed ``seed``'s subset ``spec``.
+
+    Checks each file against its sha256 in the manifest and (with ``data_dir``) the data_version.
+    """
+    subsets_dir = Path(subsets_dir)
+    manifest = _manifest(subsets_dir, data_dir)
+    entry = _entry(manifest, subsets_dir, spec, seed)
+    parts = []
+    for part in PARTS:
+        path = subsets_dir / entry[part]["file"]
+        if not path.is_file() or sha256_file(path) != entry[part]["sha256"]:
+            raise DataError(f"{path} is missing or does not match its manifest; re-run the label_subsets step")
+        parts.append(np.load(path, allow_pickle=False).astype(np.int64))
+    return parts[0], parts[1]
+
+
+def load_subset(
+    subsets_dir: str | Path,
+    spec: str | int | float,
+    data_dir: Dataset | str | Path | None = None,
+    seed: int | None = None,
+) -> np.ndarray:
+    """Sorted train-split indices of the whole subset (train part + validation part) of ``seed``.
+
+    ``seed=None`` takes the artefact's first seed. Runs that early-stop must use :func:`load_split`
+    and validate on the validation part only.
+    """
+    train, val = load_split(subsets_dir, spec, _first_seed(subsets_dir) if seed is None else seed, data_dir)
+    return np.sort(np.concatenate([train, val]))
+
+
+def _first_seed(subsets_dir: str | Path) -> int:
+    return int(_manifest(Path(subsets_dir), None)["seeds"][0])
+
+
+def subset_info(subsets_dir: str | Path, spec: str | int | float, seed: int | None = None) -> dict[str, Any]:
+    """What a run logs about its labels: spec, seed, budget ``n`` = ``n_train + n_val``, digests, protocol."""
+    subsets_dir = Path(subsets_dir)
+    manifest = _manifest(subsets_dir, None)
+    entry = _entry(manifest, subsets_dir, spec, seed)
+    sub = manifest["subsets"][str(spec)]
+    return {
+        "spec": str(spec),
+        "name": sub["name"],
+        "seed": manifest["seeds"][0] if seed is None else int(seed),
+        "n": sub["n"],
+        "n_train": entry["train"]["n"],
+        "n_val": entry["val"]["n"],
+        "per_class_train": entry["train"]["per_class"],
+        "per_class_val": entry["val"]["per_class"],
+        "digest": entry["digest"],
+        "digest_train": entry["train"]["digest"],
+        "digest_val": entry["val"]["digest"],
+        "protocol": manifest["protocol"],
+    }

@@ -12,7 +12,10 @@ Training: AdamW, linear warm-up then cosine decay over ``max_steps``; every ``ev
 validation loss is measured and the best model kept; training stops after ``patience`` evaluations
 without improvement. Budgets are steps, not seconds, so results do not depend on the machine.
 The labelled subset and the validation events are held in memory (fine for the label counts of a
-label-efficiency study; ``val_max_events`` caps the validation set).
+label-efficiency study). Every labelled event a run reads is in its budget: the subset of ``n`` labels
+is split (:mod:`physfm.finetune.subsets`, protocol ``holdout``) into a train part and a validation part
+that early stopping and the choice of checkpoint use; the dataset's labelled val split is never read.
+Under protocol ``fixed`` there is no validation part: the run trains ``max_steps`` and keeps the last model.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from physfm.finetune.model import (
     param_groups,
     save_classifier,
 )
-from physfm.finetune.subsets import keys_digest, load_subset, make_subsets, spec_name
+from physfm.finetune.subsets import keys_digest, load_split, make_subsets, spec_name, subset_info
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 from physfm.runtime import device_of, warmup_cosine
 
@@ -55,7 +58,7 @@ GRID_KEYS = (
     "modes",
     "seeds",
     "scratch_per_backbone",
-    "subset_seed",
+    "budget",
     "resources",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
@@ -84,7 +87,6 @@ class FinetuneConfig:
     warmup_steps: int = 20
     eval_every: int = 25  # steps between validation-loss evaluations
     patience: int = 6  # evaluations without improvement before stopping
-    val_max_events: int = 1000  # cap on validation events (0 = all)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -178,8 +180,8 @@ def finetune(
 ) -> dict[str, Any]:
     """Train one classifier and write it to ``out_dir``; return its meta (with the training record).
 
-    ``subsets_dir``: nested label subsets from :func:`physfm.finetune.subsets.make_subsets` (made on the
-    fly with subset seed 1 when None). ``run``: a :class:`physfm.tracking.StageRun` for metrics.
+    ``subsets_dir``: label subsets from :func:`physfm.finetune.subsets.make_subsets` holding this run's
+    seed (made on the fly, default protocol, when None). ``run``: a :class:`physfm.tracking.StageRun` for metrics.
     """
     t_start = time.perf_counter()
     ds = open_dataset(data_dir, verify=True)  # the one read of manifest.json; shards re-hashed once
@@ -191,8 +193,9 @@ def finetune(
 
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(ds, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
-    train_idx = load_subset(subsets_dir, cfg.labels, ds)
+        make_subsets(ds, [cfg.labels], seed=cfg.seed, out_dir=subsets_dir, verify=False)
+    train_idx, val_idx = load_split(subsets_dir, cfg.labels, cfg.seed, ds)  # both parts count in the budget
+    budget = subset_info(subsets_dir, cfg.labels, cfg.seed)
 
     backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
     if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
@@ -202,12 +205,8 @@ def finetune(
         )
     features, max_len = list(bmeta["features"]), int(bmeta["max_len"])
     train = load_arrays(ds, "train", features=features, max_len=max_len, indices=train_idx)
-    n_val = ds.n_events["val"]
-    val_idx = np.arange(min(n_val, cfg.val_max_events or n_val))
-    val = load_arrays(ds, "val", features=features, max_len=max_len, indices=val_idx)
-    val_keep = val["label"] >= 0
-    for name, arr in (("x", val["x"]), ("mask", val["mask"]), ("label", val["label"])):
-        val[name] = arr[val_keep]
+    has_val = len(val_idx) > 0  # protocol fixed: no validation part (one train event stands in, never scored)
+    val = load_arrays(ds, "train", features=features, max_len=max_len, indices=val_idx if has_val else train_idx[:1])
     digest = keys_digest(train["event_key"])
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
@@ -278,7 +277,7 @@ def finetune(
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+        if has_val and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             val_loss, val_acc = validate()
             rec = {"step": step, "train_loss": loss_sum / loss_n, "val_loss": val_loss, "val_accuracy": val_acc}
             rec["lr"] = opt.param_groups[0]["lr"]
@@ -296,14 +295,18 @@ def finetune(
                 if bad_evals >= cfg.patience:
                     break
     bar.close()
-    model.load_state_dict(best_state)
+    if has_val:
+        model.load_state_dict(best_state)
+    else:  # protocol fixed: no labels to choose a checkpoint with; the last model is kept
+        best = {"val_loss": float("nan"), "step": step, "val_accuracy": float("nan")}
     wall = time.perf_counter() - t_start
     meta = {
         "kind": "physfm-classifier",
         "mode": cfg.mode,
         "labels": str(cfg.labels),
-        "n_labels": int(n),
+        "n_labels": int(n + len(val_idx)),  # the budget: train part + in-budget validation part
         "seed": cfg.seed,
+        "budget": budget,
         "classes": classes,
         "head": head_meta(cfg.head),
         "config": cfg.to_dict(),

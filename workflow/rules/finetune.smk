@@ -48,14 +48,16 @@ rule label_subsets:
     output:
         directory(f"{FT_DIR}/subsets"),
     params:
-        labels=",".join(LABEL_SPECS.values()),
-        seed=FT["subset_seed"],
+        # every seed draws its own subsets (nested across label counts within a seed)
+        config=json.dumps(
+            {"labels": list(LABEL_SPECS.values()), "seeds": FT["seeds"], "budget": FT["budget"]}, sort_keys=True
+        ),
     log:
         f"{R}/logs/finetune/subsets.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "physfm subsets --data {input} --labels {params.labels} --seed {params.seed} --out {output} > {log} 2>&1"
+        "physfm subsets --data {input} --config {params.config:q} --out {output} > {log} 2>&1"
 
 
 rule study_run:

@@ -1,0 +1,1 @@
+"""Supervised and zero-label baselines of the label-efficiency study (no pretraining)."""
