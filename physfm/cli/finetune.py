@@ -15,6 +15,7 @@ from physfm.cli.common import (
     open_stage_run,
     parse_tags,
     set_threads,
+    stage_config,
     wrap,
 )
 
