@@ -118,9 +118,10 @@ def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
 
 
 def prepare_backbone(
-    backbone_dir: str | Path | None, mode: str, data: Dataset, arch: dict[str, Any] | None, seed: int
+    backbone_dir: str | Path | None, mode: str, data: Dataset | str | Path, arch: dict[str, Any] | None, seed: int
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone to train and its meta (features, norm, max_len, config, versions)."""
+    data = open_dataset(data)
     if backbone_dir is None or str(backbone_dir) == "none":
         if mode != "scratch":
             raise ValueError(
