@@ -63,7 +63,7 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
     from physfm.io import sha256_file, sha256_json, write_json
 
     gen = stage_config(IceCubeGenConfig, args.config)
-    gen.n_events = gen.n_events if gen.n_events is not None else gen.n_events
+    gen.n_events = args.n_events if args.n_events is not None else gen.n_events
     gen.seed = args.seed if args.seed is not None else gen.seed
     if not 0.0 <= gen.track_fraction <= 1.0:
         raise ValueError(f"track_fraction must be in [0, 1], got {gen.track_fraction}")
