@@ -16,6 +16,7 @@ from physfm.finetune.model import load_classifier, param_groups
 from physfm.finetune.subsets import (
     balanced_order,
     keys_digest,
+    load_split,
     load_subset,
     make_subsets,
     parse_spec,
@@ -149,9 +150,11 @@ def test_best_checkpoint_is_kept_and_training_is_deterministic(
     hist = meta["history"]
     best = min(hist, key=lambda h: h["val_loss"])
     assert meta["train"]["best_step"] == best["step"] and meta["train"]["best_val_loss"] == best["val_loss"]
-    # the saved model is the best one, not the last: recompute its validation loss
+    # the saved model is the best one, not the last: recompute its loss on the budget's validation part
     model, saved = load_classifier(tmp_path / "a")
-    val = load_arrays(jet_dataset, "val", features=saved["backbone"]["features"], max_len=saved["backbone"]["max_len"])
+    _, val_part = load_split(tmp_path / "subsets", "40", cfg.seed, jet_dataset)
+    feats, max_len = saved["backbone"]["features"], saved["backbone"]["max_len"]
+    val = load_arrays(jet_dataset, "train", features=feats, max_len=max_len, indices=val_part)
     from physfm.models.backbone import normalize
 
     with torch.no_grad():

@@ -182,7 +182,7 @@ def finetune_direction(
     gives the BackboneConfig and ``features`` (default :data:`physfm.features.ICECUBE_DEFAULT`).
     """
     from physfm.finetune.model import param_groups
-    from physfm.finetune.subsets import keys_digest, load_split, make_subsets, subset_info
+    from physfm.finetune.subsets import load_split, make_subsets, subset_info
     from physfm.finetune.train import lr_lambda, prepare_backbone
     from physfm.runtime import device_of
 
@@ -205,7 +205,6 @@ def finetune_direction(
     train = _inputs(ds, "train", bmeta, train_idx)
     has_val = len(val_idx) > 0  # protocol fixed: no validation part (one train event stands in, never scored)
     val = _inputs(ds, "train", bmeta, val_idx if has_val else train_idx[:1])  # the in-budget validation part
-    digest = keys_digest(train["event_key"])
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
     head = cfg.head
@@ -322,7 +321,7 @@ def finetune_direction(
             for k in ("features", "norm", "max_len", "config", "data_version", "tokenizer_version", "objective")
         },
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
-        "subset": {"digest": digest, "per_class": {}},
+        "subset": {"digest": budget["digest"], "per_class": {}},  # the whole budget: train + validation part
         "train": {
             "best_step": best["step"],
             "best_val_loss": best["val_loss"],

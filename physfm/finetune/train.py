@@ -43,7 +43,7 @@ from physfm.finetune.model import (
     param_groups,
     save_classifier,
 )
-from physfm.finetune.subsets import keys_digest, load_split, make_subsets, spec_name, subset_info
+from physfm.finetune.subsets import load_split, make_subsets, spec_name, subset_info
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 from physfm.runtime import device_of, warmup_cosine
 
@@ -208,7 +208,6 @@ def finetune(
     train = load_arrays(ds, "train", features=features, max_len=max_len, indices=train_idx)
     has_val = len(val_idx) > 0  # protocol fixed: no validation part (one train event stands in, never scored)
     val = load_arrays(ds, "train", features=features, max_len=max_len, indices=val_idx if has_val else train_idx[:1])
-    digest = keys_digest(train["event_key"])
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
     model = Classifier(backbone, len(classes), cfg.head)
@@ -317,9 +316,9 @@ def finetune(
             for k in ("features", "norm", "max_len", "config", "data_version", "tokenizer_version", "objective")
         },
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
-        "subset": {
-            "digest": digest,
-            "per_class": {c: int((train["label"] == i).sum()) for i, c in enumerate(classes)},
+        "subset": {  # the whole budget: train part + validation part
+            "digest": budget["digest"],
+            "per_class": {c: budget["per_class_train"][c] + budget["per_class_val"][c] for c in classes},
         },
         "train": {
             "best_step": best["step"],
