@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     jets.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_tracking_args(jets)
     jets.set_defaults(func=run_generate_jets)
+    from physfm.cli.lartpc import add_generate_parser as add_generate_lartpc
+
+    add_generate_lartpc(gsub)
 
     # ---------------------------------------------------------------- convert
     from physfm.data.readers import READERS
