@@ -87,9 +87,10 @@ class LArConfig:
     blip_radius_cm: float = 80.0
     step_cm: float = 0.05  # track steps (a sixth of a voxel: voxel energies follow the chords)
     electron_step_cm: float = 0.1
+    electron_substeps: int = 4  # an electron step's energy is deposited in this many pieces
     mcs_step_cm: float = 0.3  # tracks scatter once per this path length
     delta_cut_mev: float = 1.0  # explicit delta rays above this kinetic energy
-    delta_min_voxels: int = 15  # smaller delta rays are merged into their track
+    delta_min_voxels: int = 25  # smaller delta rays are merged into their track
     compton_min_voxels: int = 10  # larger Compton electrons are shower, smaller low-energy
     mu_minus_decay: float = 0.26  # stopping mu- that decay (the rest are captured)
     hadron_lambda_cm: float = 85.7  # nuclear interaction length of argon
@@ -290,6 +291,18 @@ def scattered_path(
     """One path of :func:`scattered_paths`: midpoints and directions ``(n, 3)``."""
     mid, dirs = scattered_paths(rng, start[None], d0[None], theta0[None], np.array([ds]))
     return mid[0], dirs[0]
+
+
+def split_steps(mid: np.ndarray, dirs: np.ndarray, ds: Any, m: int) -> np.ndarray:
+    """Midpoints of ``m`` equal pieces of each straight step: ``(..., n, 3)`` -> ``(..., n * m, 3)``.
+
+    ``ds``: the step length, a number or one per path (``mid.shape[:-2]``). Depositing a step's
+    energy in pieces makes voxel energies follow the path length in each voxel.
+    """
+    frac = (np.arange(m) + 0.5) / m - 0.5
+    ds = np.asarray(ds, dtype=np.float64).reshape(*mid.shape[:-2], 1, 1, 1) if np.ndim(ds) else ds
+    out = mid[..., None, :] + frac[:, None] * ds * dirs[..., None, :]
+    return out.reshape(*mid.shape[:-2], mid.shape[-2] * m, 3)
 
 
 # --------------------------------------------------------------------------- deposits
@@ -519,7 +532,9 @@ class Simulator:
             mid, dirs = scattered_path(rng, pos, d, highland(tk[:cut], ME, ds), ds)
             keep = _truncate_at_exit(mid)
             times = t0 + s[:keep] / C_CM_NS
-            parts.append((mid[:keep], np.minimum(dedx_electron(tk[:keep]) * ds, tk[:keep]), times))
+            m = cfg.electron_substeps
+            de = np.repeat(np.minimum(dedx_electron(tk[:keep]) * ds, tk[:keep]) / m, m)
+            parts.append((split_steps(mid[:keep], dirs[:keep], ds, m), de, np.repeat(times, m)))
             if keep < cut or cut == n:  # left the cube or stopped
                 break
             # a bremsstrahlung photon at the end of step ``cut``
@@ -556,7 +571,7 @@ class Simulator:
             ids = (lartpc.MICHEL, frag, frag, inter, 11)
         else:
             ids = (lartpc.SHOWER, frag, group, inter, 11)
-        self.dep.add(walk.pos, walk.energy, self.cfg.electron_step_cm, walk.time, ids)
+        self.dep.add(walk.pos, walk.energy, self.cfg.electron_step_cm / self.cfg.electron_substeps, walk.time, ids)
         shower_group = group if kind != lartpc.MICHEL else None
         for p_pos, p_dir, k, pt in photons:
             self.photon(p_pos, p_dir, k, inter, shower_group, pt)
@@ -648,9 +663,12 @@ class Simulator:
         s = (np.arange(n_max)[None, :] + 0.5) * ds[:, None]
         valid = np.arange(n_max)[None, :] < n_steps[:, None]
         tk = np.maximum(table.energy_at(np.maximum(r0[:, None] - s, 0.0)), 1e-3)
-        mid, _ = scattered_paths(rng, rows[:, 0:3], rows[:, 3:6], highland(tk, ME, ds[:, None]), ds)
+        mid, dirs = scattered_paths(rng, rows[:, 0:3], rows[:, 3:6], highland(tk, ME, ds[:, None]), ds)
+        m = cfg.electron_substeps
+        mid = split_steps(mid, dirs, ds, m)
+        valid, tk, s = (np.repeat(a, m, axis=1) for a in (valid, tk, s))
         valid &= inside(mid)
-        de = np.minimum(dedx_electron(tk) * ds[:, None], tk)
+        de = np.minimum(dedx_electron(tk) * ds[:, None], tk) / m
         which = np.broadcast_to(np.arange(len(rows))[:, None], valid.shape)[valid]
         pos, de, times = mid[valid], de[valid], (rows[:, 9:10] + s / C_CM_NS)[valid]
         vox = np.floor(pos / lartpc.VOXEL_CM).astype(np.int64)
@@ -672,7 +690,7 @@ class Simulator:
                 np.where(merged, rows[:, 12].astype(np.int64), 11),
             ]
         )
-        self.dep.add_rows(pos, de, ds[which], times, labels[which])
+        self.dep.add_rows(pos, de, ds[which] / m, times, labels[which])
 
     def michel(self, pos: np.ndarray, inter: int, t: float) -> None:
         self.electron(pos, isotropic(self.rng), michel_energy(self.rng) - ME, inter, lartpc.MICHEL, None, t)
