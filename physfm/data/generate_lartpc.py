@@ -90,7 +90,7 @@ class LArConfig:
     electron_substeps: int = 4  # an electron step's energy is deposited in this many pieces
     mcs_step_cm: float = 0.3  # tracks scatter once per this path length
     delta_cut_mev: float = 1.0  # explicit delta rays above this kinetic energy
-    delta_min_voxels: int = 25  # smaller delta rays are merged into their track
+    delta_min_voxels: int = 20  # smaller delta rays are merged into their track
     compton_min_voxels: int = 10  # larger Compton electrons are shower, smaller low-energy
     mu_minus_decay: float = 0.26  # stopping mu- that decay (the rest are captured)
     hadron_lambda_cm: float = 85.7  # nuclear interaction length of argon
@@ -510,42 +510,58 @@ class Simulator:
     def electron_walk(self, pos: np.ndarray, d: np.ndarray, t: float, t0: float, photons: list) -> Walk:
         """An electron's ionisation path; its bremsstrahlung photons (``(pos, dir, E, time)``) go to ``photons``.
 
-        The path is walked up to the next photon emission (hazard from the complete-screening
-        spectrum above ``brems_min_mev``), then on from there with the photon's energy taken off.
+        Emissions are found first, in residual-range coordinates: the next one is where the
+        cumulative hazard (complete-screening spectrum above ``brems_min_mev``, per X0) since the
+        last reaches an exponential draw; an emission of energy k makes the residual range jump
+        from R(T) to R(T - k). The spatial path is then walked once with the resulting energies.
         """
         cfg, rng = self.cfg, self.rng
         table = range_table(11)
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        kmin = cfg.brems_min_mev
-        while t > 1e-3:
-            r0 = float(table.range_of(t))
-            n = max(1, int(np.ceil(r0 / cfg.electron_step_cm)))
-            ds = r0 / n
-            s = (np.arange(n) + 0.5) * ds
-            tk = np.maximum(table.energy_at(r0 - s), 1e-3)
-            cut = n
-            if t > kmin:
-                y = kmin / np.maximum(tk, kmin)
-                rate = np.where(tk > kmin, 4 / 3 * np.log(1 / y) - 4 / 3 * (1 - y) + (1 - y**2) / 2, 0.0) * ds / X0
-                over = np.flatnonzero(np.cumsum(rate) > rng.exponential())
-                cut = int(over[0]) + 1 if len(over) else n
-            mid, dirs = scattered_path(rng, pos, d, highland(tk[:cut], ME, ds), ds)
-            keep = _truncate_at_exit(mid)
-            times = t0 + s[:keep] / C_CM_NS
-            m = cfg.electron_substeps
-            de = np.repeat(np.minimum(dedx_electron(tk[:keep]) * ds, tk[:keep]) / m, m)
-            parts.append((split_steps(mid[:keep], dirs[:keep], ds, m), de, np.repeat(times, m)))
-            if keep < cut or cut == n:  # left the cube or stopped
+        hazard = self._brems_hazard()
+        r = float(table.range_of(t))
+        s_done, seg_s, seg_r, emissions = 0.0, [0.0], [r], []
+        while r > 0:
+            h_left = float(np.interp(r, table.r, hazard)) - rng.exponential()
+            if h_left <= 0:
                 break
-            # a bremsstrahlung photon at the end of step ``cut``
-            t_here = float(tk[cut - 1])
-            k = self._brems_energy(t_here)
-            pos, d, t0 = mid[cut - 1] + 0.5 * ds * dirs[cut - 1], dirs[cut - 1], float(times[-1])
-            photons.append((pos, rotate(d, np.cos(min(ME / max(t_here, ME), 1.0)), rng.uniform(0, 2 * np.pi)), k, t0))
-            t = t_here - k
-        if not parts:
-            return Walk(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
-        return Walk(*(np.concatenate(a) for a in zip(*parts, strict=True)))
+            r_e = float(np.interp(h_left, hazard, table.r))
+            s_done += r - r_e
+            t_e = float(table.energy_at(r_e))
+            k = self._brems_energy(t_e)
+            emissions.append((s_done, t_e, k))
+            r = float(table.range_of(t_e - k)) if t_e - k > 1e-3 else 0.0
+            seg_s.append(s_done)
+            seg_r.append(r)
+        length = s_done + r
+        n = max(1, int(np.ceil(length / cfg.electron_step_cm)))
+        ds = length / n
+        s = (np.arange(n) + 0.5) * ds
+        seg = np.searchsorted(np.array(seg_s), s, side="right") - 1
+        tk = np.maximum(table.energy_at(np.maximum(np.array(seg_r)[seg] - (s - np.array(seg_s)[seg]), 0.0)), 1e-3)
+        mid, dirs = scattered_path(rng, pos, d, highland(tk, ME, ds), ds)
+        keep = _truncate_at_exit(mid)
+        times = t0 + s[:keep] / C_CM_NS
+        m = cfg.electron_substeps
+        de = np.repeat(np.minimum(dedx_electron(tk[:keep]) * ds, tk[:keep]) / m, m)
+        for s_e, t_e, k in emissions:
+            step = min(int(s_e / ds), n - 1)
+            if step >= keep:
+                break  # the electron has left the cube
+            p_e, d_e = mid[step] + (s_e - s[step]) * dirs[step], dirs[step]
+            cos_t = np.cos(min(ME / max(t_e, ME), 1.0))
+            photons.append((p_e, rotate(d_e, cos_t, rng.uniform(0, 2 * np.pi)), k, t0 + s_e / C_CM_NS))
+        return Walk(split_steps(mid[:keep], dirs[:keep], ds, m), de, np.repeat(times, m))
+
+    def _brems_hazard(self) -> np.ndarray:
+        """Cumulative bremsstrahlung hazard of an electron at each residual range of its table."""
+        key = self.cfg.brems_min_mev
+        if getattr(self, "_hazard_key", None) != key:
+            table = range_table(11)
+            y = key / np.maximum(table.t, key)
+            rate = np.where(table.t > key, 4 / 3 * np.log(1 / y) - 4 / 3 * (1 - y) + (1 - y**2) / 2, 0.0) / X0
+            self._hazard = np.concatenate([[0.0], np.cumsum(np.diff(table.r) * 0.5 * (rate[1:] + rate[:-1]))])
+            self._hazard_key = key
+        return self._hazard
 
     def _brems_energy(self, t: float) -> float:
         """Photon energy from the complete-screening Bethe-Heitler spectrum on [kmin, t]."""
