@@ -151,3 +151,15 @@ def test_deterministic_from_the_seed(tmp_path: Path) -> None:
     assert m1["data_version"] == m2["data_version"]
     n_points = sum(int(np.load(p.with_name(p.stem + "_points.npy")).sum()) for p in one)
     assert sum(s["n_rows"] for s in m1["shards"]) == n_points
+
+
+def test_cli_generate_then_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from physfm.cli import main
+
+    raw = tmp_path / "raw"
+    assert main(["generate", "lartpc", "--out", str(raw), "--n-events", "3", "--seed", "2", "--no-progress"]) == 0
+    assert (raw / "lartpc_000.h5").is_file() and (raw / "generation.json").is_file()
+    assert "points/event" in capsys.readouterr().out
+    args = ["convert", "--format", "pilarnet", "--input", str(raw), "--out", str(tmp_path / "data"), "--no-progress"]
+    assert main(args) == 0
+    assert main(["generate", "lartpc", "--out", str(raw), "--n-events", "0", "--no-progress"]) == 2  # a clear error
