@@ -228,3 +228,14 @@ def test_cluster_width_option(tmp_path: Path) -> None:
         convert("pilarnet", src, tmp_path / "out", progress=False, reader_options={"cluster_columns": 6})
     with pytest.raises(ValueError, match="cluster_columns"):
         convert("pilarnet", src, tmp_path / "out", progress=False, reader_options={"cluster_columns": 7})
+
+
+def test_parallel_conversion_is_identical(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    for k in range(2):
+        _write(tmp_path / "raw" / f"f{k}.h5", [EVENTS_V1[(i + k) % 3] for i in range(5)])
+    one, _ = convert("pilarnet", tmp_path / "raw", tmp_path / "one", progress=False)
+    two, _ = convert("pilarnet", tmp_path / "raw", tmp_path / "two", progress=False, workers=2, step=2)
+    assert sum(one["n_events"].values()) == 10
+    assert one["data_version"] == two["data_version"]
+    assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]

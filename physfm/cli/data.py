@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes that read and prepare chunks in parallel (jetclass; other formats read "
+        help="processes that read and prepare chunks in parallel (jetclass, pilarnet; other formats read "
         "sequentially); the output is identical whatever the number (default 1)",
     )
     conv.add_argument("--no-progress", action="store_true")

@@ -138,6 +138,17 @@ class PILArNetReader(Reader):
         )
 
     # ------------------------------------------------------------------ reading
+    #: entry ranges of a file can be read on their own: ``physfm convert --workers N`` reads in parallel
+    splittable = True
+
+    def read_range(self, path: Path, start: int, stop: int) -> RawBlock:
+        path = Path(path)
+        index = self._index(path)
+        with self._open(path) as f:
+            point, cluster = self._datasets(path, f)
+            width = self._widths.get(path) or self._width(path, point, cluster)
+            return self._block(path, point[start:stop], cluster[start:stop], width, start, index)
+
     def read(self, path: Path, step: int) -> Iterator[RawBlock]:
         path = Path(path)
         index = self._index(path)
