@@ -46,3 +46,19 @@ def test_mip_peak() -> None:
     rng = np.random.default_rng(0)
     e = np.concatenate([rng.normal(0.8, 0.05, 5000), rng.uniform(0.1, 3, 2000)])
     assert mip_peak(e) == pytest.approx(0.8, abs=0.05)
+
+
+def test_log_energy_feature(tmp_path: Path) -> None:
+    from physfm.data.loader import open_split
+    from physfm.features import available, compute
+
+    events = [_event(i) for i in range(3)]
+    lartpc.write_pilarnet(tmp_path / "raw" / "a.h5", [p for p, _ in events], [c for _, c in events])
+    manifest, _ = convert(
+        "pilarnet", tmp_path / "raw", tmp_path / "data", split_fractions={"train": 1.0}, progress=False
+    )
+    assert "log_energy" in available(manifest)
+    block = open_split(tmp_path / "data", "train").read()
+    got = compute(block, manifest, ["x", "log_energy", "semantic"])
+    assert np.allclose(got[:, 1], np.log10(block.particles[:, 3]))
+    assert set(got[:, 2].astype(int)) == {1, 2, 4}

@@ -593,10 +593,11 @@ class Simulator:
             self.photon(p_pos, p_dir, k, inter, shower_group, pt)
 
     def photon(self, pos: np.ndarray, d: np.ndarray, e: float, inter: int, group: int | None, t0: float) -> None:
-        """A photon: pair conversion, Compton scattering or absorption, until it leaves or is absorbed.
+        """A photon: above ``pair_min_mev`` it converts to e+e- after an exponential 9/7 X0 (if it is
+        still inside); below, it is queued for :meth:`soft_photons` (Compton scattering).
 
         ``group`` is the shower it belongs to (None: an isolated photon, which starts its own group
-        when it converts).
+        when it converts or gives a shower-sized Compton electron).
         """
         cfg, rng = self.cfg, self.rng
         if e <= cfg.pair_min_mev:  # Compton regime: transported with all others at the end of the event
