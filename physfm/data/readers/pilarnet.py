@@ -43,6 +43,7 @@ class PILArNetReader(Reader):
 
     modality = lartpc.MODALITY
     file_glob = "**/*.h5"
+    max_step = 2000  # ~0.5 GB of points per chunk at PILArNet-M's 4.4k points per event
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
