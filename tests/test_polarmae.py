@@ -143,3 +143,16 @@ def test_encoder_sees_visible_patches_only_and_loss_trains() -> None:
     assert float(loss.detach()) < 0.5 * first
     h, patches = model.encode(pts, mask)
     assert h.shape == (2, 16, 32)
+
+
+def test_zero_label_floor_on_hand_made_geometry() -> None:
+    from physfm.models.segmentation_floor import floor_segmentation
+
+    line = np.column_stack([np.arange(30), np.arange(30) // 10, np.full(30, 5)]) + 100
+    blob = np.stack(np.meshgrid(*[np.arange(4)] * 3), -1).reshape(-1, 3) + 300
+    lonely = np.array([[10, 10, 10], [600, 20, 40], [20, 600, 700]])
+    pred = floor_segmentation(np.concatenate([line, blob, lonely]))
+    assert (pred[:30] == 1).all()  # track
+    assert (pred[30:94] == 0).all()  # shower
+    assert (pred[94:] == 4).all()  # low-energy deposit
+    assert len(floor_segmentation(np.zeros((0, 3)))) == 0
