@@ -239,3 +239,18 @@ def test_parallel_conversion_is_identical(tmp_path: Path) -> None:
     assert sum(one["n_events"].values()) == 10
     assert one["data_version"] == two["data_version"]
     assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+
+
+def test_integer_cluster_table_is_read_losslessly(tmp_path: Path) -> None:
+    src = tmp_path / "int.h5"
+    points = [_points(int(t[:, 0].sum()), seed=i) for i, t in enumerate(EVENTS_V1)]
+    with h5py.File(src, "w") as f:
+        f.create_dataset("point", shape=(3,), dtype=h5py.vlen_dtype(np.float32))
+        f.create_dataset("cluster", shape=(3,), dtype=h5py.vlen_dtype(np.int32))
+        for i, (p, t) in enumerate(zip(points, EVENTS_V1, strict=True)):
+            f["point"][i], f["cluster"][i] = p.ravel(), t.astype(np.int32).ravel()
+    convert("pilarnet", src, tmp_path / "out", progress=False)
+    got, _ = _read_all(tmp_path / "out")
+    assert all(g.dtype == np.float64 for g in got)  # float32 points and int32 ids, both exact in float64
+    want = [w.astype(np.float64) for w in _expected(points, EVENTS_V1)]
+    assert sorted(g.tobytes() for g in got) == sorted(w.tobytes() for w in want)

@@ -80,9 +80,9 @@ class PILArNetReader(Reader):
         if missing:
             raise DataError(f"{path}: not a PILArNet-M file; missing dataset(s) {', '.join(missing)}")
         point, cluster = f["point"], f["cluster"]
-        for ds in (point, cluster):
+        for ds, kinds in ((point, "f"), (cluster, "fiu")):  # a table of integers would do as well
             base = h5py.check_vlen_dtype(ds.dtype)
-            if ds.ndim != 1 or base is None or np.dtype(base).kind != "f":
+            if ds.ndim != 1 or base is None or np.dtype(base).kind not in kinds:
                 raise DataError(
                     f"{path}: dataset '{ds.name.lstrip('/')}' is {ds.dtype} of shape {ds.shape}; the PILArNet-M "
                     "layout has one variable-length float array per event"
