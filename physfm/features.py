@@ -7,6 +7,9 @@ are computed from stored columns. Units: GeV for momenta/energies before the log
 IceCube (modality ``icecube``; see :func:`_icecube`): ``dom``, ``t_rel``, ``log_charge``, ``aux``,
 ``event_log10_qtot``; the stored ``sensor_id, time, charge, auxiliary, x, y, z`` pass through.
 
+LArTPC (modality ``lartpc``; see :func:`_lartpc`): ``log_energy``; the stored point columns
+(``x, y, z, voxel_energy, ...``, labels ``semantic``, ``group_id``, ...) pass through.
+
 Jets (modality ``jets``):
 
 ==================  ======================================================
@@ -142,10 +145,17 @@ def _icecube(block: EventBlock, p: list[str], e: list[str]) -> dict[str, Callabl
     }
 
 
+def _lartpc(block: EventBlock, p: list[str], e: list[str]) -> dict[str, Callable[[], np.ndarray]]:
+    """LArTPC points (modality ``lartpc``; see physfm.data.lartpc): ``log_energy`` log10(voxel
+    energy / MeV), floored at 1 keV (PoLAr-MAE's energy input, before its scaling)."""
+    return {"log_energy": lambda: np.log10(np.maximum(_col(block, p, "voxel_energy"), 1e-3))}
+
+
 #: Derived-feature tables per modality; other modalities register theirs here.
 DERIVED: dict[str, Callable[[EventBlock, list[str], list[str]], dict[str, Callable[[], np.ndarray]]]] = {
     "jets": _jets,
     "icecube": _icecube,
+    "lartpc": _lartpc,
 }
 
 

@@ -32,6 +32,7 @@ EPILOG = """\
 stages, in pipeline order:
   generate jets     simulate jets with Pythia 8 + FastJet into JetClass-schema ROOT files
   generate icecube  simulate IceCube-86 events (tracks, cascades) into the Kaggle parquet layout
+  generate lartpc   simulate LArTPC events (tracks, showers, Michels) into the PILArNet-M HDF5 layout
   convert           raw events (ROOT / parquet) -> sharded HDF5 + manifest with a data_version
   summarize         per-feature plots and counts of a converted dataset
   verify            re-hash a dataset's shards against its manifest

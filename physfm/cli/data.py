@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     jets.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_tracking_args(jets)
     jets.set_defaults(func=run_generate_jets)
+    from physfm.cli.lartpc import add_generate_parser as add_generate_lartpc
+
+    add_generate_lartpc(gsub)
 
     # ---------------------------------------------------------------- convert
     from physfm.data.readers import READERS
@@ -55,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes that read and prepare chunks in parallel (jetclass; other formats read "
+        help="processes that read and prepare chunks in parallel (jetclass, pilarnet; other formats read "
         "sequentially); the output is identical whatever the number (default 1)",
     )
     conv.add_argument("--no-progress", action="store_true")

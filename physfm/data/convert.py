@@ -454,6 +454,7 @@ def convert(
     split_fractions = split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
     assign_splits(np.zeros(0, dtype=np.uint64), split_fractions)  # checks the fractions up front
     reader: Reader = READERS[fmt](reader_options)
+    step = min(step, reader.max_step or step)  # the output does not depend on the step
     files = resolve_inputs(inputs, reader.file_glob)
     stats = ConvertStats()
     t0 = time.perf_counter()

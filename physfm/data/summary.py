@@ -82,6 +82,10 @@ def summarize(
     out_dir.mkdir(parents=True, exist_ok=True)
     s = open_split(ds, split)
     n = min(len(s), max_events)
+    if manifest["modality"] == "lartpc":  # thousands of points per event
+        from physfm.data.summary_lartpc import MAX_EVENTS
+
+        n = min(n, MAX_EVENTS)
     block = s.read(np.arange(n))
     classes = manifest["classes"]
     counts = np.diff(block.offsets)
@@ -121,5 +125,10 @@ def summarize(
         "n_skipped": len(manifest.get("skipped", [])),
         "plots": ["particle_features.png", "event_features.png"],
     }
+    if manifest["modality"] == "lartpc":
+        from physfm.data.summary_lartpc import lartpc_summary
+
+        summary["lartpc"] = lartpc_summary(block, manifest, out_dir)
+        summary["plots"] += summary["lartpc"].pop("plots")
     write_json(out_dir / "summary.json", summary)
     return summary

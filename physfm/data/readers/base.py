@@ -64,6 +64,10 @@ class Reader:
     #: in parallel worker processes. Readers without it are read sequentially with :meth:`read`.
     splittable: ClassVar[bool] = False
 
+    #: Most events per chunk (``None``: as many as ``step`` asks), for formats whose events are
+    #: large (thousands of points each): bounds the converter's memory whatever ``--step`` says.
+    max_step: ClassVar[int | None] = None
+
     def read_range(self, path: Path, start: int, stop: int) -> RawBlock:
         """Entries ``[start, stop)`` of the file as one block (only where ``splittable``)."""
         raise NotImplementedError(f"{type(self).__name__} reads files sequentially only")
