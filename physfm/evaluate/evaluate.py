@@ -124,6 +124,7 @@ def embed_split(
         "random_init": bool(bmeta.get("random_init")),
         "objective": bmeta.get("objective"),
         "backbone_data_version": bmeta.get("data_version"),
+        "backbone_version": bmeta.get("backbone_version"),
         "tokenizer_version": bmeta.get("tokenizer_version"),
         "data_version": manifest["data_version"],
         "split": split,

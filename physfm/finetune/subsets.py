@@ -27,11 +27,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from physfm.artifacts import open_artifact, write_artifact
 from physfm.data.shards import DataError, load_manifest, shard_paths
-from physfm.io import atomic_path, read_json, sha256_file, write_json
+from physfm.io import atomic_path
 
 ORDER = "order.npy"
-MANIFEST = "manifest.json"
 
 
 def parse_spec(spec: str | int | float) -> tuple[str, float | None]:
@@ -145,40 +145,31 @@ def make_subsets(
             "per_class": {c: int((labels[sel] == i).sum()) for i, c in enumerate(classes)},
             "digest": keys_digest(keys[sel]),
         }
-    manifest = {
-        "data_version": data_manifest["data_version"],
-        "seed": seed,
-        "classes": classes,
-        "n_labelled": int(len(order)),
-        "order_sha256": sha256_file(out_dir / ORDER),
-        "subsets": subsets,
-    }
-    write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    info = {"seed": seed, "classes": classes, "n_labelled": int(len(order)), "subsets": subsets}
+    data_version = data_manifest["data_version"]
+    artifact = write_artifact(out_dir, "subsets", [ORDER], {"data_version": data_version}, info=info)
+    return {**info, "data_version": data_version, "subsets_version": artifact.version}
 
 
 def load_subset(subsets_dir: str | Path, spec: str | int | float, data_dir: str | Path | None = None) -> np.ndarray:
-    """Sorted train-split indices of a subset; checks the order file and (optionally) the data_version."""
-    subsets_dir = Path(subsets_dir)
-    manifest = read_json(subsets_dir / MANIFEST)
-    if sha256_file(subsets_dir / ORDER) != manifest["order_sha256"]:
-        raise DataError(f"{subsets_dir / ORDER} does not match its manifest; re-run the label_subsets step")
+    """Sorted train-split indices of a subset; verifies the subsets and (optionally) their data_version."""
+    artifact = open_artifact(subsets_dir, "subsets")
     if data_dir is not None:
         version = load_manifest(data_dir)["data_version"]
-        if version != manifest["data_version"]:
+        if version != artifact.inputs["data_version"]:
             raise DataError(
-                f"subsets in {subsets_dir} were made for data_version {manifest['data_version']}, "
+                f"subsets in {subsets_dir} were made for data_version {artifact.inputs['data_version']}, "
                 f"but {data_dir} is {version}; re-run the label_subsets step"
             )
-    order = np.load(subsets_dir / ORDER, allow_pickle=False)
+    order = np.load(artifact.path / ORDER, allow_pickle=False)
     n = resolve_count(spec, len(order))
     return np.sort(order[:n])
 
 
 def subset_info(subsets_dir: str | Path, spec: str | int | float) -> dict[str, Any]:
     """The manifest entry of one spec (computed on the fly when the spec was not pre-registered)."""
-    manifest = read_json(Path(subsets_dir) / MANIFEST)
-    if str(spec) in manifest["subsets"]:
-        return manifest["subsets"][str(spec)]
-    n = resolve_count(spec, manifest["n_labelled"])
+    info = open_artifact(subsets_dir, "subsets").info
+    if str(spec) in info["subsets"]:
+        return info["subsets"][str(spec)]
+    n = resolve_count(spec, info["n_labelled"])
     return {"n": n, "name": spec_name(spec)}
