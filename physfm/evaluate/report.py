@@ -701,11 +701,12 @@ def build_report(
 
 
 def _write_manifest(out_html: Path, out_json: Path, figs: Path, results: Sequence[dict[str, Any]]) -> None:
-    """The report's artefact manifest in its directory: the page (a record: it shows the time), the
-    numbers and the figures when they lie in that directory; inputs are the results' versions."""
+    """The report's artefact manifest in its directory: the page, the numbers and the figures when
+    they lie in that directory; inputs are the results' versions. The page (it shows the time) and
+    the numbers (they name the MLflow runs) are records, so the version hashes inputs and figures."""
     home = out_html.parent.resolve()
     files = [out_html.name, out_json.name]
     if figs.resolve().is_relative_to(home):
         files += [(figs.resolve() / name).relative_to(home).as_posix() for name in FIGURES]
     inputs = {k: ",".join(sorted({str(r[k]) for r in results if r.get(k)})) for k in VERSION_KEYS}
-    write_artifact(out_html.parent, "report", files, inputs, records=[out_html.name])
+    write_artifact(out_html.parent, "report", files, inputs, records=[out_html.name, out_json.name])
