@@ -128,7 +128,9 @@ def test_every_kind_verifies_and_loads(built: dict[str, Path], capsys: pytest.Ca
     classifier = open_artifact(built["finetuned"], "finetuned")
     assert classifier.inputs["backbone_version"] == backbone.version
     assert open_artifact(built["embeddings"], "embeddings").inputs["backbone_version"] == backbone.version
-    assert open_artifact(built["report"], "report").inputs["data_version"] == classifier.inputs["data_version"]
+    report = open_artifact(built["report"], "report")
+    assert report.inputs["data_version"] == classifier.inputs["data_version"]
+    assert report.inputs["backbone_version"] == backbone.version
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))

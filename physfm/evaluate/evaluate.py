@@ -70,6 +70,7 @@ def evaluate_classifier(
         "subset_digest": meta["subset"]["digest"],
         "backbone_objective": meta["backbone"].get("objective"),
         "tokenizer_version": meta["backbone"].get("tokenizer_version"),
+        "backbone_version": meta["backbone"].get("backbone_version"),
         "train": meta["train"],
         "history": meta.get("history", []),
         **result,
