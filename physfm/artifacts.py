@@ -173,8 +173,8 @@ def _artifact(directory: Path, manifest: dict[str, Any]) -> Artifact:
 
 
 def manifest_kind(manifest: Mapping[str, Any]) -> str:
-    """``dataset`` for a shard manifest, else the artefact's kind (``?`` when it has none)."""
-    return "dataset" if "shards" in manifest else str(manifest.get("kind", "?"))
+    """``dataset`` for a shard manifest, else the artefact's kind (``unknown`` when it has none)."""
+    return "dataset" if "shards" in manifest else str(manifest.get("kind", "unknown"))
 
 
 #: Kinds whose version their own code computes (checked by their loader, not recomputed here).
@@ -214,7 +214,7 @@ def verify_directory(directory: str | Path) -> tuple[str, dict[str, Any], list[s
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
-        return "?", {}, [f"{MANIFEST}: missing (not a physfm dataset or artefact, or its writing was interrupted)"]
+        return "unknown", {}, [f"{MANIFEST}: missing (not a physfm dataset or artefact, or its writing stopped)"]
     manifest = read_json(path)
     kind = manifest_kind(manifest)
     if kind == "dataset":
