@@ -22,6 +22,8 @@ Downstream stages know an artefact's version as ``<kind>_version`` (``tokenizer_
 ``physfm verify`` refuse a directory where a listed file is missing or changed, or where a file is
 not listed, naming each file and the stage to rerun. A subdirectory with its own ``manifest.json``
 (the tokenizer a backbone carries) is a nested artefact: listed by its manifest and checked by it.
+Hidden names (``.snakemake_timestamp``, which Snakemake puts in every directory output, and the
+temporaries of :mod:`physfm.io`) are not part of an artefact.
 
 The **version**, unless the kind computes its own (a tokenizer's content hash, see
 :attr:`physfm.tokenizers.base.Tokenizer.version`), is the first 16 hex digits of the sha256 of the
@@ -95,7 +97,8 @@ def content_version(kind: str, inputs: Mapping[str, str], files: Mapping[str, st
 
 
 def _walk(directory: Path, excluded: Sequence[str]) -> list[str]:
-    """Every file below ``directory`` but its manifest, relative, sorted; a nested artefact by its manifest."""
+    """Every file below ``directory`` but its manifest and hidden names, relative, sorted; a nested
+    artefact by its manifest."""
     out = []
     for root, dirs, names in os.walk(directory):
         here = Path(root)
@@ -103,14 +106,14 @@ def _walk(directory: Path, excluded: Sequence[str]) -> list[str]:
         descend = []
         for d in sorted(dirs):
             sub = (rel / d).as_posix()
-            if sub in excluded:
+            if sub in excluded or d.startswith("."):
                 continue
             if (here / d / MANIFEST).is_file():
                 out.append(f"{sub}/{MANIFEST}")
             else:
                 descend.append(d)
         dirs[:] = descend
-        out += [(rel / n).as_posix() for n in names if (rel / n).as_posix() != MANIFEST]
+        out += [(rel / n).as_posix() for n in names if not n.startswith(".") and (rel / n).as_posix() != MANIFEST]
     return sorted(out)
 
 

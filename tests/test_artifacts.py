@@ -173,9 +173,10 @@ def test_missing_unlisted_and_edited_are_refused_naming_the_file_and_the_stage(
     (extra / "tokenizer" / "plots" / "mine.png").write_bytes(b"png")
     (extra / "checkpoints").mkdir(exist_ok=True)
     (extra / "checkpoints" / "last.json").write_text("{}")  # excluded: checkpoints are not part of a backbone
+    (extra / ".snakemake_timestamp").touch()  # what Snakemake adds to every directory output
     rc, out = _verify(extra, capsys)
     assert rc == 1 and "notes.txt: not listed" in out and "tokenizer/plots/mine.png: not listed" in out, out
-    assert "checkpoints" not in out
+    assert "checkpoints" not in out and "snakemake" not in out
 
     edited = _copy(built["subsets"], tmp_path / "edited")
     manifest = json.loads((edited / "manifest.json").read_text())
