@@ -269,13 +269,21 @@ def register_backbone(run: StageRun, directory: str | Path, name: str, skip: tup
         if item.name in skip or item.name.startswith("."):
             continue
         run.log_artifact(item, artifact_path=f"backbone/{item.name}" if item.is_dir() else "backbone")
-    manifest = json.loads((directory / "manifest.json").read_text())
+    from physfm.artifacts import open_artifact
+
+    artifact = open_artifact(directory, "backbone")
     client = run._mlflow.MlflowClient()
     try:
         client.get_registered_model(name)
     except Exception:
         with contextlib.suppress(Exception):  # created meanwhile by a parallel job
             client.create_registered_model(name, description="physfm pretrained backbones")
-    tags = {k: str(manifest.get(k)) for k in ("data_version", "tokenizer_version", "objective", "backbone_version")}
+    tags = {
+        "data_version": artifact.inputs.get("data_version"),
+        "tokenizer_version": artifact.inputs.get("tokenizer_version"),
+        "objective": artifact.info.get("objective"),
+        "backbone_version": artifact.version,
+    }
+    tags = {k: str(v) for k, v in tags.items()}
     artifact_uri = client.get_run(run.run_id).info.artifact_uri
     return client.create_model_version(name, source=f"{artifact_uri}/backbone", run_id=run.run_id, tags=tags)

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from physfm.data.shards import DataError
-from physfm.io import sha256_file, write_json
 from physfm.pretrain.checkpoints import Preempted, load_backbone, load_checkpoint
 from physfm.pretrain.train import PretrainConfig, pretrain, resolve_config
 
@@ -72,7 +71,10 @@ def test_mpm_learns_and_writes_a_loadable_backbone(jet_dataset, tokenizer16, tmp
     e = model.embed(x, torch.from_numpy(arr["mask"][:5]))
     assert e.shape == (5, model.config.d_model) and torch.isfinite(e).all()
     manifest = json.loads((tmp_path / "mpm" / "manifest.json").read_text())
-    assert {"backbone.safetensors", "backbone.json", "metrics.json"} <= set(manifest["files"])
+    files = set(manifest["files"])
+    assert {"backbone.safetensors", "backbone.json", "metrics.json", "tokenizer/manifest.json"} <= files
+    assert manifest["kind"] == "backbone" and manifest["version"] == summary["backbone_version"]
+    assert manifest["excluded"] == ["checkpoints"] and manifest["records"] == ["metrics.json"]
     assert (tmp_path / "mpm" / "loss.png").stat().st_size > 0
 
 
@@ -182,8 +184,9 @@ def test_safe_loading_refuses_pickled_objects(tmp_path):
     with pytest.raises(DataError, match="not a complete backbone: manifest.json is missing.*rerun `physfm pretrain`"):
         load_backbone(bb)  # no manifest: refused before any file is read
     # a crafted manifest that matches the pickle: the files verify, the weights are still refused
-    files = {f: sha256_file(bb / f) for f in ("backbone.json", "backbone.safetensors")}
-    write_json(bb / "manifest.json", {"kind": "physfm-backbone", "files": files})
+    from physfm.artifacts import write_artifact
+
+    write_artifact(bb, "backbone", ["backbone.json", "backbone.safetensors"], {})
     with pytest.raises(ValueError, match="refusing to load"):
         load_backbone(bb)
     assert not marker.exists()
@@ -240,11 +243,12 @@ def test_cli_next_token_pretrain_and_generation(jet_dataset, tokenizer16, tmp_pa
     (run,) = client.search_runs([client.get_experiment_by_name("pretrain-test").experiment_id])
     manifest = json.loads((out / "manifest.json").read_text())
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 8, 12, 16, 20, 24, 28, 30]
-    assert run.data.tags["data_version.in"] == manifest["data_version"]
+    assert run.data.tags["data_version.in"] == manifest["inputs"]["data_version"]
     (version,) = client.search_model_versions("name='pretrain-test.next_token'")
     assert version.run_id == run.info.run_id
-    assert version.tags["tokenizer_version"] == manifest["tokenizer_version"]
-    assert version.tags["data_version"] == manifest["data_version"]
+    assert version.tags["tokenizer_version"] == manifest["inputs"]["tokenizer_version"]
+    assert version.tags["data_version"] == manifest["inputs"]["data_version"]
+    assert version.tags["backbone_version"] == manifest["version"] == run.data.tags["backbone_version"]
     monkeypatch.setenv("PHYSFM_TRACKING", "0")
     metrics = json.loads((out / "metrics.json").read_text())
     hist = json.loads((out / "history.json").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from physfm.data.shards import DataError
 from physfm.evaluate.efficiency import efficiency_factor, efficiency_table, format_factor, scratch_labels_needed
 from physfm.evaluate.metrics import classification_metrics, evaluate_scores, rejection_at, roc_auc
 from physfm.evaluate.report import SECTIONS, build_report
@@ -147,7 +148,7 @@ def test_index_refuses_modified_files(tmp_path: Path) -> None:
     arr = np.load(tmp_path / "e" / "labels.npy")
     arr[0] = 2 - arr[0]
     np.save(tmp_path / "e" / "labels.npy", arr)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(DataError, match=r"does not verify(.|\n)*labels.npy: sha256 .* does not match(.|\n)*embed"):
         open_index(tmp_path / "e")
 
 

@@ -151,8 +151,8 @@ def test_saved_tokenizers_reload_to_identical_codes(tmp_path: Path, jet_dataset:
     for tok in (kmeans64, vqvae64, binning):
         out = tok.save(tmp_path / tok.method)
         manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["tokenizer_version"] == tok.version
-        assert manifest["data_version"] == load_manifest(jet_dataset)["data_version"]
+        assert manifest["kind"] == "tokenizer" and manifest["version"] == tok.version
+        assert manifest["inputs"]["data_version"] == load_manifest(jet_dataset)["data_version"]
         back = load_tokenizer(out)
         assert (back.method, back.codebook_size, back.features, back.version) == (
             tok.method,

@@ -81,11 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- verify
     ver = sub.add_parser(
         "verify",
-        help="re-hash shards/artefacts against their manifest",
-        description="Exit 0 if every file listed in DIR/manifest.json (a dataset's shards, or a tokenizer's "
-        "or backbone's files) has the recorded sha256, 1 and a list of problems otherwise.",
+        help="re-hash a dataset or artefact against its manifest",
+        description="Check DIR against DIR/manifest.json: a dataset (every shard's sha256 and the data_version) "
+        "or an artefact (tokenizer, backbone, subsets, fine-tuned model, embeddings, report: every file's "
+        "sha256, no file missing or unlisted, the version). Prints the kind and OK with its versions (exit 0), "
+        "or each problem (exit 1); rerun the stage that made DIR to re-create it.",
     )
-    ver.add_argument("dir", type=Path, help="dataset (or artefact) directory holding manifest.json")
+    ver.add_argument("dir", type=Path, help="dataset or artefact directory holding manifest.json")
     ver.set_defaults(func=run_verify)
 
 
@@ -206,17 +208,17 @@ def run_summarize(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from physfm.data.shards import verify_directory
+    from physfm.artifacts import verify_directory
 
-    manifest, problems = verify_directory(args.dir)
+    kind, manifest, problems = verify_directory(args.dir)
     if problems:
-        print(f"{args.dir}: {len(problems)} problem(s):")
+        print(f"{args.dir}: {kind}: {len(problems)} problem(s):")
         for p in problems:
             print(f"  {p}")
         return 1
-    version = next(
-        (f"{k} {manifest[k]}" for k in ("data_version", "tokenizer_version", "backbone_version") if k in manifest),
-        "no version",
-    )
-    print(f"{args.dir}: OK ({version})")
+    if kind == "dataset":
+        versions = {"data_version": manifest["data_version"]}
+    else:
+        versions = {f"{kind}_version": manifest["version"], **manifest["inputs"]}
+    print(f"{args.dir}: {kind} OK ({', '.join(f'{k} {v}' for k, v in versions.items())})")
     return 0

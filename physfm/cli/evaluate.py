@@ -175,7 +175,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     index = open_index(args.index)
     if args.queries is not None:
-        queries = open_index(args.queries, verify=True)
+        queries = open_index(args.queries)
         acc = knn_accuracy(index, queries.embeddings, queries.labels, k=args.k)
         result = {
             "name": args.name or ("random-init" if index.meta.get("random_init") else str(index.meta.get("objective"))),

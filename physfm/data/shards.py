@@ -376,47 +376,5 @@ def verify_dataset(data_dir: str | Path, manifest: dict[str, Any] | None = None)
     return problems
 
 
-def verify_artefact(directory: str | Path, manifest: dict[str, Any]) -> list[str]:
-    """Re-hash every file an artefact manifest lists under ``files`` (tokenizers, backbones)."""
-    directory = Path(directory)
-    problems = []
-    for rel, expected in sorted(manifest.get("files", {}).items()):
-        p = directory / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
-        elif (got := sha256_file(p)) != expected:
-            problems.append(f"{rel}: sha256 {got[:12]}… does not match manifest {expected[:12]}…")
-    if "backbone_version" in manifest and sha256_json(manifest.get("files", {}))[:16] != manifest["backbone_version"]:
-        problems.append(f"{MANIFEST}: backbone_version does not match its file list (manifest edited?)")
-    return problems
-
-
-def verify_directory(directory: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """``(manifest, problems)`` for a dataset (``shards``) or an artefact directory (``files``)."""
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        return {}, [f"{MANIFEST}: missing (not a physfm dataset or artefact, or its writing was interrupted)"]
-    manifest = read_json(path)
-    if "shards" in manifest:
-        return manifest, verify_dataset(directory, manifest)
-    if "files" in manifest:
-        return manifest, verify_artefact(directory, manifest)
-    return manifest, [f"{MANIFEST}: lists neither shards nor files; nothing to verify against"]
-
-
-def check_artefact(directory: str | Path, remedy: str) -> dict[str, Any] | None:
-    """Verify an artefact directory that has a manifest; raise :class:`DataError` naming the fix.
-
-    Returns the manifest, or None when the directory has none (written before manifests existed).
-    """
-    directory = Path(directory)
-    if not (directory / MANIFEST).is_file():
-        return None
-    manifest = read_json(directory / MANIFEST)
-    _raise_on_problems(directory, verify_artefact(directory, manifest), remedy)
-    return manifest
-
-
 def feature_names(manifest: dict[str, Any], kind: str = "particle") -> list[str]:
     return [f["name"] for f in manifest[f"{kind}_features"]]

@@ -4,7 +4,9 @@ Sections: study and provenance, data summary, tokenizer quality, pretraining cur
 data-efficiency plot (metric vs number of labelled events, one line per mode, mean ± std over
 seeds), ROC curves (background rejection vs signal efficiency), fine-tuning curves, the results
 table, the label-efficiency factor, and the k-NN accuracy of the embeddings. Sections whose inputs
-are missing say so instead of disappearing. ``report.json`` holds every number shown.
+are missing say so instead of disappearing. ``report.json`` holds every number shown, and
+``manifest.json`` (:mod:`physfm.artifacts`, kind ``report``) the sha256 of the page, the numbers and
+the figures, so the report's directory (the page's parent) is its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from physfm import __version__  # noqa: E402
+from physfm.artifacts import VERSION_KEYS, write_artifact  # noqa: E402
 from physfm.evaluate.efficiency import efficiency_table, format_factor  # noqa: E402
 from physfm.io import atomic_path, read_json, write_json  # noqa: E402
 
@@ -302,6 +305,9 @@ def plot_pretraining(curves: dict[str, dict[str, Any]], path: Path) -> Path | No
     fig.tight_layout()
     return _save(fig, path)
 
+
+#: The figure files every report writes (a placeholder where the inputs are missing).
+FIGURES = ("label_efficiency.png", "roc.png", "finetune_curves.png", "efficiency_factor.png", "pretraining.png")
 
 # --------------------------------------------------------------------------- inputs from other stages
 BASELINES = {"log_K": "uniform (log K)", "unigram_entropy": "unigram entropy"}
@@ -698,5 +704,19 @@ def build_report(
         "figures": {k: str(v) for k, v in fig_paths.items() if v is not None},
         "headline": lines,
     }
-    write_json(out_html.with_name(out_html.stem + ".json"), data)
+    out_json = out_html.with_name(out_html.stem + ".json")
+    write_json(out_json, data)
+    _write_manifest(out_html, out_json, figs, results)
     return data
+
+
+def _write_manifest(out_html: Path, out_json: Path, figs: Path, results: Sequence[dict[str, Any]]) -> None:
+    """The report's artefact manifest in its directory: the page, the numbers and the figures when
+    they lie in that directory; inputs are the results' versions. The page (it shows the time) and
+    the numbers (they name the MLflow runs) are records, so the version hashes inputs and figures."""
+    home = out_html.parent.resolve()
+    files = [out_html.name, out_json.name]
+    if figs.resolve().is_relative_to(home):
+        files += [(figs.resolve() / name).relative_to(home).as_posix() for name in FIGURES]
+    inputs = {k: ",".join(sorted({str(r[k]) for r in results if r.get(k)})) for k in VERSION_KEYS}
+    write_artifact(out_html.parent, "report", files, inputs, records=[out_html.name, out_json.name])

@@ -5,7 +5,9 @@ An embedding directory (written by :func:`write_embeddings`, ``physfm embed``) h
 * ``embeddings.npy`` (N, d) float32 (L2-normalised unless ``normalize=False``, so L2 distance ranks
   like cosine similarity), ``labels.npy`` (N,) int64, ``event_keys.npy`` (N,) uint64;
 * ``index.faiss``: a faiss index over the embeddings (faiss's own binary format, no pickle);
-* ``meta.json``: backbone, data_version, split, classes, index kind and parameters, sha256s.
+* ``manifest.json`` (:mod:`physfm.artifacts`, kind ``embeddings``): input data, backbone and
+  tokenizer versions, every file's sha256, and in ``info`` the meta: backbone, split, classes,
+  index kind and parameters.
 
 Index kinds: ``flat`` (exact; best below ~100k events), ``hnsw`` (graph, approximate, no training),
 ``ivf`` (inverted lists over k-means cells, approximate, trained; for many millions), ``auto``
@@ -20,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from physfm.io import atomic_path, read_json, sha256_file, write_json
+from physfm.artifacts import input_versions, open_artifact, write_artifact
+from physfm.io import atomic_dir
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
+EMBEDDINGS, LABELS, EVENT_KEYS, INDEX = "embeddings.npy", "labels.npy", "event_keys.npy", "index.faiss"
 
 
 def _faiss() -> Any:
@@ -91,29 +95,22 @@ def write_embeddings(
     seed: int = 0,
     **index_options: Any,
 ) -> dict[str, Any]:
-    """Write an embedding directory (see module doc) and return its meta."""
+    """Write an embedding directory (see module doc) atomically and return its meta."""
     faiss = _faiss()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     emb = l2_normalize(emb) if normalize else np.ascontiguousarray(emb, dtype=np.float32)
     index, params = build_index(emb, kind, seed=seed, **index_options)
     arrays = {
-        "embeddings.npy": emb,
-        "labels.npy": np.asarray(labels, dtype=np.int64),
-        "event_keys.npy": np.asarray(event_keys, dtype=np.uint64),
+        EMBEDDINGS: emb,
+        LABELS: np.asarray(labels, dtype=np.int64),
+        EVENT_KEYS: np.asarray(event_keys, dtype=np.uint64),
     }
-    for name, arr in arrays.items():
-        with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-    with atomic_path(out_dir / "index.faiss") as tmp:
-        faiss.write_index(index, str(tmp))
-    meta = {
-        **meta,
-        "normalize": normalize,
-        "index": params,
-        "sha256": {name: sha256_file(out_dir / name) for name in [*arrays, "index.faiss"]},
-    }
-    write_json(out_dir / "meta.json", meta)
+    meta = {**meta, "normalize": normalize, "index": params}
+    with atomic_dir(out_dir) as tmp:
+        for name, arr in arrays.items():
+            with open(tmp / name, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+        faiss.write_index(index, str(tmp / INDEX))
+        write_artifact(tmp, "embeddings", [*arrays, INDEX], input_versions(meta), info=meta)
     return meta
 
 
@@ -171,20 +168,12 @@ class EmbeddingIndex:
         return out
 
 
-def open_index(path: str | Path, verify: bool = True) -> EmbeddingIndex:
-    """Open an embedding directory; with ``verify`` its files are checked against meta.json."""
-    path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not an embedding directory (no meta.json); create one with `physfm embed`")
-    meta = read_json(meta_path)
-    if verify:
-        for name, digest in meta["sha256"].items():
-            if sha256_file(path / name) != digest:
-                raise ValueError(f"{path / name} does not match meta.json (modified or truncated); re-run physfm embed")
-    load = lambda name: np.load(path / name, allow_pickle=False)  # noqa: E731
-    index = _faiss().read_index(str(path / "index.faiss"))
-    return EmbeddingIndex(path, load("embeddings.npy"), load("labels.npy"), load("event_keys.npy"), index, meta)
+def open_index(path: str | Path) -> EmbeddingIndex:
+    """Open an embedding directory after verifying it (:func:`physfm.artifacts.open_artifact`)."""
+    artifact = open_artifact(path, "embeddings")
+    load = lambda name: np.load(artifact.path / name, allow_pickle=False)  # noqa: E731
+    index = _faiss().read_index(str(artifact.path / INDEX))
+    return EmbeddingIndex(artifact.path, load(EMBEDDINGS), load(LABELS), load(EVENT_KEYS), index, artifact.info)
 
 
 def knn_predict(

@@ -319,6 +319,7 @@ def finetune_direction(
         "backbone": {
             k: bmeta.get(k)
             for k in ("features", "norm", "max_len", "config", "data_version", "tokenizer_version", "objective")
+            + ("backbone_version",)
         },
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
         "subset": {"digest": budget["digest"], "per_class": {}},  # the whole budget: train + validation part
@@ -414,6 +415,7 @@ def evaluate_direction(
         "subset_digest": meta["subset"]["digest"],
         "backbone_objective": meta["backbone"].get("objective"),
         "tokenizer_version": meta["backbone"].get("tokenizer_version"),
+        "backbone_version": meta["backbone"].get("backbone_version"),
         "train": meta["train"],
         "history": meta.get("history", []),
         "lower_is_better": True,

@@ -10,7 +10,8 @@ Heads (``HeadConfig``):
 followed by ``kind="linear"`` (a linear probe) or ``kind="mlp"`` (one hidden layer, GELU, dropout).
 
 A saved classifier is a directory with ``classifier.safetensors`` (backbone + head weights, no
-pickle) and ``classifier.json`` (backbone meta, head config, classes, subset, training record).
+pickle), ``classifier.json`` (backbone meta, head config, classes, subset, training record) and
+``manifest.json`` (:mod:`physfm.artifacts`, kind ``finetuned``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from physfm.io import atomic_dir, read_json, sha256_file, write_json
+from physfm.artifacts import ArtifactError, input_versions, open_artifact, write_artifact
+from physfm.io import atomic_dir, read_json, write_json
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 
 POOLS = ("cls", "mean", "sum")
@@ -139,32 +141,33 @@ def param_groups(
 def save_model_dir(
     out_dir: str | Path, model: nn.Module, meta: dict[str, Any], weights: str = WEIGHTS, meta_name: str = META
 ) -> dict[str, Any]:
-    """Write a fine-tuned model directory atomically: safetensors ``weights`` + JSON ``meta_name``
-    (with the weights' sha256); return the meta as written."""
+    """Write a fine-tuned model directory atomically: safetensors ``weights``, JSON ``meta_name`` and
+    the artefact manifest (kind ``finetuned``; its version hashes the weights and the input data,
+    backbone and tokenizer versions; the meta, with its timings, is a record). Return the meta."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(out_dir) as tmp:
         save_file(state, str(tmp / weights))
-        meta = {**meta, "weights_sha256": sha256_file(tmp / weights)}
         write_json(tmp / meta_name, meta)
+        inputs = input_versions(meta, meta.get("backbone") or {})
+        write_artifact(tmp, "finetuned", [weights, meta_name], inputs, info={"meta": meta_name}, records=[meta_name])
     return meta
 
 
 def read_model_dir(
     path: str | Path, what: str, weights: str = WEIGHTS, meta_name: str = META, map_location: str = "cpu"
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(meta, state_dict)`` of a directory written by :func:`save_model_dir`, after checking the
-    weights against the recorded sha256 (no pickle is ever read); ``what`` names it in errors."""
+    """``(meta, state_dict)`` of a directory written by :func:`save_model_dir`, after verifying it
+    (:func:`physfm.artifacts.open_artifact`; no pickle is ever read); ``what`` names it in errors."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not (path / meta_name).is_file():
-        raise FileNotFoundError(f"{path} is not a {what} (no {meta_name}); create one with `physfm finetune`")
-    meta = read_json(path / meta_name)
-    if sha256_file(path / weights) != meta["weights_sha256"]:
-        raise ValueError(f"{path / weights} does not match {meta_name} (modified or truncated); re-run physfm finetune")
-    return meta, load_file(str(path / weights), device=map_location)
+    artifact = open_artifact(path, "finetuned")
+    if artifact.info.get("meta") != meta_name:
+        raise ArtifactError(
+            f"{path} is a fine-tuned model, but not a {what} (its meta is {artifact.info.get('meta')}, not {meta_name})"
+        )
+    return read_json(artifact.path / meta_name), load_file(str(artifact.path / weights), device=map_location)
 
 
 def save_classifier(out_dir: str | Path, model: Classifier, meta: dict[str, Any]) -> dict[str, Any]:

@@ -48,11 +48,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from physfm.artifacts import open_artifact, write_artifact
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import DataError
-from physfm.io import atomic_dir, read_json, sha256_file, write_json
+from physfm.io import atomic_dir
 
-MANIFEST = "manifest.json"
 PARTS = ("train", "val")
 PROTOCOLS = ("holdout", "fixed")
 RULE = "n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2)) per class with c events"
@@ -257,41 +257,29 @@ def make_subsets(
                     if not path.exists():
                         np.save(path, idx, allow_pickle=False)
                     entry[part] = {
-                        "file": part_file(s, n, part),
-                        "sha256": sha256_file(path),
+                        "file": part_file(s, n, part),  # its sha256 is in the artefact's file list
                         "n": int(len(idx)),
                         "per_class": {c: int((labels[idx] == i).sum()) for i, c in enumerate(names)},
                         "digest": keys_digest(keys[idx]),
                     }
                 entry["digest"] = keys_digest(keys[order[:n]])
                 subsets[spec]["seeds"][str(s)] = entry
-        manifest = {
-            "data_version": data_manifest["data_version"],
-            "classes": classes,
-            "n_labelled": n_labelled,
-            "seeds": seeds,
-            "protocol": protocol.params(),
-            "subsets": subsets,
-        }
-        write_json(tmp / MANIFEST, manifest)
-    return manifest
+        info = {"classes": classes, "n_labelled": n_labelled, "seeds": seeds, "protocol": protocol.params()}
+        info["subsets"] = subsets
+        artifact = write_artifact(tmp, "subsets", None, {"data_version": data_manifest["data_version"]}, info=info)
+    return {**info, "data_version": data_manifest["data_version"], "subsets_version": artifact.version}
 
 
 def _manifest(subsets_dir: Path, data_dir: Dataset | str | Path | None) -> dict[str, Any]:
-    path = subsets_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{subsets_dir} holds no {MANIFEST}; run `physfm subsets` (the label_subsets step) first")
-    manifest = read_json(path)
-    if "protocol" not in manifest:
-        raise DataError(f"{subsets_dir} was written by an older physfm (no budget protocol); re-run `physfm subsets`")
-    if data_dir is not None:
-        version = open_dataset(data_dir).data_version
-        if version != manifest["data_version"]:
-            raise DataError(
-                f"subsets in {subsets_dir} were made for data_version {manifest['data_version']}, "
-                f"but {data_dir} is {version}; re-run the label_subsets step"
-            )
-    return manifest
+    """The subsets' record (verified: every part file against its sha256), checked against ``data_dir``."""
+    artifact = open_artifact(subsets_dir, "subsets")
+    made_for = artifact.inputs["data_version"]
+    if data_dir is not None and (version := open_dataset(data_dir).data_version) != made_for:
+        raise DataError(
+            f"subsets in {subsets_dir} were made for data_version {made_for}, "
+            f"but {data_dir} is {version}; re-run the label_subsets step"
+        )
+    return {**artifact.info, "data_version": made_for, "subsets_version": artifact.version}
 
 
 def _entry(manifest: dict[str, Any], subsets_dir: Path, spec: str | int | float, seed: int | None) -> dict[str, Any]:
@@ -316,18 +304,13 @@ def load_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(train_part, val_part)``: sorted train-split indices of seed ``seed``'s subset ``spec``.
 
-    Checks each file against its sha256 in the manifest and (with ``data_dir``) the data_version.
+    The artefact is verified on open (every file against its sha256) and, with ``data_dir``, its data_version.
     """
     subsets_dir = Path(subsets_dir)
     manifest = _manifest(subsets_dir, data_dir)
     entry = _entry(manifest, subsets_dir, spec, seed)
-    parts = []
-    for part in PARTS:
-        path = subsets_dir / entry[part]["file"]
-        if not path.is_file() or sha256_file(path) != entry[part]["sha256"]:
-            raise DataError(f"{path} is missing or does not match its manifest; re-run the label_subsets step")
-        parts.append(np.load(path, allow_pickle=False).astype(np.int64))
-    return parts[0], parts[1]
+    train, val = (np.load(subsets_dir / entry[part]["file"], allow_pickle=False).astype(np.int64) for part in PARTS)
+    return train, val
 
 
 def load_subset(

@@ -314,6 +314,7 @@ def finetune(
         "backbone": {
             k: bmeta.get(k)
             for k in ("features", "norm", "max_len", "config", "data_version", "tokenizer_version", "objective")
+            + ("backbone_version",)
         },
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
         "subset": {  # the whole budget: train part + validation part

@@ -6,9 +6,10 @@
   ``torch.load(weights_only=True)``, which refuses pickled code.
 * A **backbone** directory is the product of pretraining: ``backbone.safetensors`` (weights),
   ``backbone.json`` (config, features, normalisation, provenance), ``objective.safetensors`` (the
-  pretraining heads, for generation), ``metrics.json`` and ``manifest.json`` (data and tokenizer
-  versions, every file's sha256). :func:`load_backbone` reads only safetensors and JSON, and
-  refuses a directory without ``manifest.json``.
+  pretraining heads, for generation), ``history.json``, ``metrics.json``, ``loss.png``, a copy of the
+  tokenizer when there is one (``tokenizer/``), and ``manifest.json`` (:mod:`physfm.artifacts`: kind
+  ``backbone``, ``backbone_version``, input data and tokenizer versions, every file's sha256).
+  :func:`load_backbone` reads only safetensors and JSON, and refuses a directory that does not verify.
 
 Both appear atomically even under SIGKILL: pretraining builds the backbone directory under a
 temporary name with :func:`physfm.io.atomic_dir` and renames it into place when complete. Temporary
@@ -29,8 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from physfm.data.shards import MANIFEST, DataError, check_artefact
-from physfm.io import atomic_path, read_json, remove_stale_partials, sha256_file, sha256_json, write_json
+from physfm.artifacts import Artifact, input_versions, open_artifact, write_artifact
+from physfm.io import atomic_path, read_json, remove_stale_partials, sha256_file, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
 
 CHECKPOINT = "last.pt"
@@ -38,6 +39,7 @@ CHECKPOINT_INFO = "last.json"
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_META = "backbone.json"
 HEAD_WEIGHTS = "objective.safetensors"
+METRICS = "metrics.json"
 FORMAT_VERSION = 1
 
 #: Exit status of a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint (EX_TEMPFAIL:
@@ -116,15 +118,18 @@ def save_backbone(
     out_dir: str | Path,
     *,
     heads: nn.Module | None = None,
-    extra_files: list[str] | None = None,
-) -> dict[str, Any]:
-    """Write a backbone directory (see the module docstring); return its manifest.
+    excluded: tuple[str, ...] = (),
+) -> Artifact:
+    """Write a backbone directory (see the module docstring); return its artefact.
 
-    ``manifest.json`` is written last. The files go straight into ``out_dir``: to make the whole
-    directory appear atomically, pass the directory of :func:`physfm.io.atomic_dir` (as pretraining
-    does). ``meta`` must hold ``features``, ``norm``, ``max_len``, ``data_version``, ``tokenizer_version``
-    and ``objective``; ``config`` is added from the model. ``extra_files`` (already written in
-    ``out_dir``) are hashed into the manifest too.
+    ``manifest.json`` (:func:`physfm.artifacts.write_artifact`, kind ``backbone``) is written last and
+    lists every file in ``out_dir`` (a copied tokenizer directory as a nested artefact), so write
+    what belongs with the backbone (history, metrics, plots) first; ``metrics.json`` is a record
+    (timings), not part of the ``backbone_version``. ``excluded``: subdirectories that are not part of
+    the backbone (its ``checkpoints``). To make the whole directory appear atomically, pass the
+    directory of :func:`physfm.io.atomic_dir` (as pretraining does). ``meta`` must hold ``features``,
+    ``norm``, ``max_len``, ``data_version``, ``tokenizer_version`` and ``objective``; ``config`` is
+    added from the model.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,24 +141,13 @@ def save_backbone(
     meta = {**meta, "config": model.config.to_dict(), "format_version": FORMAT_VERSION}
     with atomic_path(out / BACKBONE_WEIGHTS) as tmp:
         save_file(_state(model), str(tmp), metadata={"format": "physfm-backbone"})
-    files = [BACKBONE_WEIGHTS]
     if heads is not None:
         with atomic_path(out / HEAD_WEIGHTS) as tmp:
             save_file(_state(heads), str(tmp), metadata={"format": "physfm-objective"})
-        files.append(HEAD_WEIGHTS)
     write_json(out / BACKBONE_META, meta)
-    files += [BACKBONE_META, *(extra_files or [])]
-    hashes = {f: sha256_file(out / f) for f in files}
-    manifest = {
-        "kind": "physfm-backbone",
-        "data_version": meta["data_version"],
-        "tokenizer_version": meta["tokenizer_version"],
-        "objective": meta["objective"],
-        "files": hashes,
-        "backbone_version": sha256_json(hashes)[:16],
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+    records = [name for name in (METRICS,) if (out / name).is_file()]
+    info = {"objective": meta["objective"]}
+    return write_artifact(out, "backbone", None, input_versions(meta), info=info, records=records, excluded=excluded)
 
 
 def _safe_load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -169,25 +163,17 @@ def load_backbone(directory: str | Path, map_location: str | torch.device = "cpu
     """``(model, meta)`` from a backbone directory; reads only safetensors + JSON, never pickles.
 
     The model is in eval mode on ``map_location``; ``meta`` is ``backbone.json`` (features, norm,
-    max_len, data_version, tokenizer_version, objective, config, ...). Every file listed in
-    ``manifest.json`` is re-hashed first; a mismatch, or a directory without ``manifest.json`` (an
-    interrupted run, or a backbone written by a physfm older than manifests), raises
-    :class:`~physfm.data.shards.DataError`.
+    max_len, data_version, tokenizer_version, objective, config, ...) plus the manifest's
+    ``backbone_version``. The directory is opened with :func:`physfm.artifacts.open_artifact` first:
+    a changed, missing or unlisted file, or a directory without ``manifest.json`` (an interrupted run,
+    or a backbone written by an older physfm), raises :class:`~physfm.artifacts.ArtifactError`.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such backbone directory; create it with `physfm pretrain`")
-    if not (directory / MANIFEST).is_file():
-        raise DataError(
-            f"{directory} is not a complete backbone: {MANIFEST} is missing (it is written last, so the "
-            f"directory is from an interrupted run or an older physfm); rerun `physfm pretrain` with "
-            f"--out {directory} to re-create it (it resumes from its checkpoint when there is one)"
-        )
-    check_artefact(directory, "`physfm pretrain`")
+    artifact = open_artifact(directory, "backbone")
+    directory = artifact.path
     meta_path = directory / BACKBONE_META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: is {directory} a backbone written by `physfm pretrain`?")
-    meta = json.loads(meta_path.read_text())
+    meta = {**json.loads(meta_path.read_text()), "backbone_version": artifact.version}
     model = Backbone(BackboneConfig.from_dict(meta["config"]))
     model.load_state_dict(_safe_load_weights(directory / BACKBONE_WEIGHTS))
     return model.to(map_location).eval(), meta

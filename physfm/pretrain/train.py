@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.features import JET_DEFAULT
-from physfm.io import atomic_dir, read_json, sha256_json, write_json
+from physfm.io import atomic_dir, sha256_json, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
 from physfm.models.objectives import OBJECTIVES, Objective
 from physfm.pretrain.checkpoints import (
@@ -413,11 +413,10 @@ def pretrain(
         from physfm.tokenizers import load_tokenizer
 
         tok = load_tokenizer(tokenizer_dir)
-        tok_manifest = read_json(Path(tokenizer_dir) / "manifest.json")
-        if tok_manifest.get("data_version") not in (None, manifest["data_version"]):
+        if tok.data_version not in ("", manifest["data_version"]):
             print(
                 f"physfm pretrain: warning: tokenizer {tokenizer_dir} was fitted on data_version "
-                f"{tok_manifest.get('data_version')}, training data is {manifest['data_version']}",
+                f"{tok.data_version}, training data is {manifest['data_version']}",
                 file=sys.stderr,
             )
     K = tok.codebook_size if tok is not None else 0
@@ -699,22 +698,20 @@ def pretrain(
         # built under a temporary name and renamed into place when complete: a SIGKILL at any
         # moment leaves no backbone directory (or the previous one), never a half-written one
         with atomic_dir(out_dir) as tmp:
-            extra = []
             if tok is not None:
                 shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-                extra.append("tokenizer/manifest.json")
             write_json(tmp / "history.json", history)
             write_json(tmp / "metrics.json", summary)
-            extra += ["history.json", "metrics.json"]
-            if _plot_history(history, baseline, tmp / "loss.png", title=f"{cfg.objective} pretraining"):
-                extra.append("loss.png")
-            manifest_out = save_backbone(backbone, meta, tmp, heads=objective, extra_files=extra)
-            if ckpt_dir.resolve().is_relative_to(out_dir.resolve()):  # OUT/checkpoints (the default) stays
-                copy_checkpoint(ckpt_dir, tmp / ckpt_dir.resolve().relative_to(out_dir.resolve()))
-        summary["backbone_version"] = manifest_out["backbone_version"]
+            _plot_history(history, baseline, tmp / "loss.png", title=f"{cfg.objective} pretraining")
+            inside = ckpt_dir.resolve().is_relative_to(out_dir.resolve())  # OUT/checkpoints (the default) stays
+            rel_ckpt = ckpt_dir.resolve().relative_to(out_dir.resolve()).as_posix() if inside else None
+            artifact = save_backbone(backbone, meta, tmp, heads=objective, excluded=(rel_ckpt,) if inside else ())
+            if rel_ckpt is not None:
+                copy_checkpoint(ckpt_dir, tmp / rel_ckpt)
+        summary["backbone_version"] = artifact.version
         if run is not None:
             run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
-            run.set_tags({"backbone_version": manifest_out["backbone_version"]})
+            run.set_tags({"backbone_version": artifact.version})
             run.log_artifact(out_dir / "loss.png", artifact_path="plots")
     if info.enabled:
         dist.barrier()

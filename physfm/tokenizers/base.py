@@ -7,7 +7,8 @@ that normalised space.
 
 Artefact directory (written by :meth:`Tokenizer.save`, read by :func:`load_tokenizer`)::
 
-    manifest.json         data_version of the input dataset, tokenizer_version, sha256 of each file
+    manifest.json         the artefact manifest (physfm.artifacts): kind ``tokenizer``, version (the
+                          tokenizer_version), input data_version, method, sha256 of every file
     tokenizer.json        method, features, codebook size, normalisation per feature, method config
     weights.safetensors   the codebook (k-means), bin edges/centres (binning) or network weights (VQ-VAE)
     metrics.json, plots/  quality on the validation split (written by physfm.tokenizers.fit.make_tokenizer)
@@ -28,10 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from physfm import __version__
+from physfm.artifacts import open_artifact, write_artifact
 from physfm.data.dataset import Dataset
 from physfm.data.shards import DataError
-from physfm.io import atomic_path, read_json, sha256_file, sha256_json, write_json
+from physfm.io import atomic_path, read_json, sha256_json, write_json
 from physfm.tokenizers.normalization import Normalizer
 from physfm.tokenizers.options import make_config
 
@@ -39,7 +40,6 @@ FORMAT_VERSION = 1
 LogFn = Callable[[dict[str, float], int], None]
 WEIGHTS = "weights.safetensors"
 SPEC = "tokenizer.json"
-MANIFEST = "manifest.json"
 
 #: method name -> "module:Class", imported on first use (so ``import physfm.tokenizers`` stays light).
 METHODS: dict[str, str] = {
@@ -205,7 +205,11 @@ class Tokenizer:
         }
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``tokenizer.json``, ``weights.safetensors`` and ``manifest.json`` into ``out_dir``."""
+        """Write ``tokenizer.json`` and ``weights.safetensors`` into ``out_dir``, then its ``manifest.json``.
+
+        The manifest lists every file in ``out_dir`` (:func:`physfm.artifacts.write_artifact`), so write
+        what belongs with the tokenizer (metrics, plots) first.
+        """
         from safetensors.numpy import save_file
 
         out_dir = Path(out_dir)
@@ -214,58 +218,37 @@ class Tokenizer:
         with atomic_path(out_dir / WEIGHTS) as tmp:
             save_file(arrays, str(tmp))
         write_json(out_dir / SPEC, self.spec())
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "kind": "tokenizer",
-            "method": self.method,
-            "codebook_size": self.codebook_size,
-            "features": self.features,
-            "data_version": self.data_version,
-            "tokenizer_version": self.version,
-            "physfm_version": __version__,
-            "files": {name: sha256_file(out_dir / name) for name in (SPEC, WEIGHTS)},
-        }
-        write_json(out_dir / MANIFEST, manifest)
+        info = {"method": self.method, "codebook_size": self.codebook_size, "features": self.features}
+        write_artifact(out_dir, "tokenizer", None, {"data_version": self.data_version}, version=self.version, info=info)
         return out_dir
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer artefact directory safely (JSON + safetensors; never unpickles).
 
-    Checks every file against the sha256 in ``manifest.json`` and the recomputed content hash
-    against ``tokenizer_version``; raises :class:`~physfm.data.shards.DataError` on any mismatch.
+    Opens it with :func:`physfm.artifacts.open_artifact` (every file against its sha256, no file missing
+    or unlisted) and checks the recomputed content hash against the manifest's version; raises
+    :class:`~physfm.data.shards.DataError` on any mismatch.
     """
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not (path / MANIFEST).is_file():
-        raise DataError(f"{path} is not a tokenizer directory: {MANIFEST} is missing (run `physfm tokenizer fit`)")
-    manifest = read_json(path / MANIFEST)
-    if manifest.get("kind") != "tokenizer":
-        raise DataError(f"{path}/{MANIFEST} does not describe a tokenizer (kind={manifest.get('kind')!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(
-            f"{path}: tokenizer format {manifest.get('format_version')} unsupported (expects {FORMAT_VERSION})"
-        )
-    for name, expected in manifest["files"].items():
-        p = path / name
-        if not p.is_file():
-            raise DataError(f"{path}: {name} is missing")
-        if sha256_file(p) != expected:
-            raise DataError(
-                f"{path}: {name} does not match the sha256 in {MANIFEST} (file modified or corrupt); "
-                f"run `physfm verify {path}` and re-fit it with `physfm tokenizer fit`"
-            )
+    artifact = open_artifact(path, "tokenizer")
     spec = read_json(path / SPEC)
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: tokenizer format {spec.get('format_version')} unsupported (expects {FORMAT_VERSION}); "
+            "re-fit it with `physfm tokenizer fit`"
+        )
     cls = tokenizer_class(spec["method"])
     config = make_config(spec["method"], spec["config"])
     norm = Normalizer.from_json(spec["features"], spec["normalisation"])
     tok = cls.from_arrays(spec, norm, config, load_file(str(path / WEIGHTS)))
     tok.data_version, tok.fit_info = spec["data_version"], spec.get("fit_info", {})
-    if tok.version != manifest["tokenizer_version"]:
+    if tok.version != artifact.version:
         raise DataError(
-            f"{path}: content hash {tok.version} differs from tokenizer_version {manifest['tokenizer_version']} "
-            "(written by an incompatible physfm version?)"
+            f"{path}: content hash {tok.version} differs from the version {artifact.version} in its manifest "
+            "(written by an incompatible physfm version?); re-fit it with `physfm tokenizer fit`"
         )
     return tok
 

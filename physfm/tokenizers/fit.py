@@ -109,8 +109,8 @@ def make_tokenizer(
         data_dir, method, codebook_size, features=features, seed=seed, options=options, progress=progress, log=log
     )
     with atomic_dir(out_dir) as tmp:
-        tok.save(tmp)
         ev = write_report(tok, data_dir, tmp, eval_split, eval_events)
+        tok.save(tmp)  # last: its manifest lists the report too
     return tok, ev
 
 
