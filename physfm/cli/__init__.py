@@ -21,6 +21,7 @@ FAMILIES = (
     "physfm.cli.tokenizer",
     "physfm.cli.train",
     "physfm.cli.study",
+    "physfm.cli.baseline",
     "physfm.cli.tracking_cmd",
 )
 
@@ -34,6 +35,8 @@ stages, in pipeline order:
   tokenizer         fit k-means (faiss) / VQ-VAE / binning particle tokenizers; evaluate, encode, decode
   pretrain          self-supervised backbone pretraining (MPM, next-token, regression); GPU/DDP-ready
   generate-from-model  sample jets from a next-token backbone, compare with real jets
+  observables       jet observables (m, m_SD, N-subjettiness, ...) of a dataset, cached for the baselines
+  baseline          supervised (bdt, pfn) and zero-label (cut) baselines on the same label subsets
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """

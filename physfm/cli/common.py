@@ -46,3 +46,14 @@ def csv_list(text: str | None) -> list[str] | None:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def parse_pairs(text: str | None) -> list[tuple[str, str]]:
+    """``Tbqq:QCD,Wqq:QCD`` -> ``[("Tbqq", "QCD"), ("Wqq", "QCD")]`` (signal:background class pairs)."""
+    out = []
+    for item in csv_list(text) or []:
+        s, sep, b = item.partition(":")
+        if not sep:
+            raise ValueError(f"--pairs expects SIGNAL:BACKGROUND items, got '{item}'")
+        out.append((s, b))
+    return out
