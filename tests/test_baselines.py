@@ -259,11 +259,17 @@ def test_baseline_runs_land_in_mlflow_with_fine_tuning_tags(baseline_study: dict
     assert len(obs) == 1 and obs[0].data.metrics["jets_per_second"] > 0
 
 
-def test_observables_cache_is_checked_against_the_dataset(jet_dataset: Path, tmp_path: Path) -> None:
+def test_observables_cache_is_deterministic_and_checked_against_the_dataset(
+    jet_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from physfm.baselines import observables
     from physfm.baselines.observables import FILE, compute_split, load_observables, write_observables
     from physfm.data.shards import DataError
 
     manifest = write_observables(jet_dataset, tmp_path / "obs", splits=["test"], progress=False)
+    monkeypatch.setattr(observables, "UNIT_EVENTS", 10)  # several work units over two processes
+    again = write_observables(jet_dataset, tmp_path / "obs2", splits=["test"], progress=False, workers=2)
+    assert again == manifest, "same files whatever the number of workers"
     values, keys = load_observables(tmp_path / "obs", jet_dataset, "test")
     direct, direct_keys = compute_split(jet_dataset, "test")
     assert np.array_equal(keys, direct_keys) and np.array_equal(values, direct)
