@@ -25,9 +25,10 @@ import torch
 
 from physfm.data.shards import load_manifest
 from physfm.models import OBJECTIVES, Backbone
+from physfm.pretrain.data import PretrainShards, fit_stats, make_loader, raw_feature_names
+from physfm.pretrain.train import PretrainConfig, Pretrainer, build_backbone_config, make_optimizer
+from physfm.runtime import autocast
 from physfm.tokenizers import load_tokenizer
-from physfm.train.data import PretrainShards, fit_stats, make_loader, raw_feature_names
-from physfm.train.pretrain import PretrainConfig, Pretrainer, _autocast, build_backbone_config, make_optimizer
 
 SIZES = {
     "cpu": {"model": {"d_model": 128, "n_layers": 4, "n_heads": 8}, "max_len": 64, "batch_size": 64},
@@ -166,7 +167,7 @@ def main() -> None:
     batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]
 
     def step(b: dict) -> None:
-        with _autocast(dev):
+        with autocast(dev):
             loss, _ = model(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,6 +25,7 @@ Jets (modality ``jets``):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -173,3 +174,68 @@ def compute(block: EventBlock, manifest: dict[str, Any], names: Sequence[str]) -
                 + ", ".join(available(manifest))
             )
     return out
+
+
+# --------------------------------------------------------------------------- label-free event targets
+#: A batch of padded raw columns by name: ``(B, L)`` arrays (what pretraining objectives prepare from).
+NpBatch = dict[str, np.ndarray]
+
+
+def _log_mass(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
+    w = mask.astype(np.float64)
+    e, px, py, pz = (
+        np.sum(raw[k].astype(np.float64) * w, axis=1) for k in ("part_energy", "part_px", "part_py", "part_pz")
+    )
+    m2 = e**2 - px**2 - py**2 - pz**2
+    return np.log(np.sqrt(np.maximum(m2, 0.0)) + 1.0)
+
+
+def _log_pt(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
+    w = mask.astype(np.float64)
+    px, py = (np.sum(raw[k].astype(np.float64) * w, axis=1) for k in ("part_px", "part_py"))
+    return np.log(np.hypot(px, py) + 1.0)
+
+
+def _log_multiplicity(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
+    return np.log(mask.sum(axis=1).astype(np.float64) + 1.0)
+
+
+@dataclass(frozen=True)
+class GlobalTarget:
+    """An event quantity computed from the (padded) particles; ``features`` are what it reads."""
+
+    features: tuple[str, ...]
+    fn: Callable[[NpBatch, np.ndarray], np.ndarray]
+    doc: str
+
+
+def _log10_qtot(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
+    """The event's log10 total charge (over all its pulses, from ``event_log10_qtot``)."""
+    v = np.where(mask, raw["event_log10_qtot"].astype(np.float64), -np.inf).max(axis=1)
+    return np.where(np.isfinite(v), v, 0.0)
+
+
+_ICECUBE_TARGETS = dict(
+    log10_qtot=GlobalTarget(
+        ("event_log10_qtot",), _log10_qtot, "log10 of the event's total charge / pe, over all its pulses (PolarBERT)"
+    )
+)
+
+
+#: Label-free event targets for the class token, by name; other modalities add theirs here.
+GLOBAL_TARGETS: dict[str, GlobalTarget] = {
+    "log_mass": GlobalTarget(
+        ("part_energy", "part_px", "part_py", "part_pz"), _log_mass, "log(1 + invariant mass / GeV) of the particles"
+    ),
+    "log_pt": GlobalTarget(("part_px", "part_py"), _log_pt, "log(1 + summed pT / GeV)"),
+    "log_multiplicity": GlobalTarget((), _log_multiplicity, "log(1 + number of particles)"),
+    **_ICECUBE_TARGETS,
+}
+
+
+def global_targets(names: list[str], raw: NpBatch, mask: np.ndarray) -> np.ndarray:
+    """``(B, len(names))`` float64 raw (unstandardised) global targets."""
+    for n in names:
+        if n not in GLOBAL_TARGETS:
+            raise KeyError(f"unknown global target '{n}'; choose from {sorted(GLOBAL_TARGETS)}")
+    return np.stack([GLOBAL_TARGETS[n].fn(raw, mask) for n in names], axis=1) if names else np.zeros((len(mask), 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -255,12 +256,10 @@ def test_killed_conversion_leaves_nothing_that_looks_complete(tmp_path: Path) ->
         str(tmp_path / "in_*.root"),
         "--out",
         str(out),
-        "--shard-events",
-        "200",
+        "--config",
+        json.dumps({"shard_events": 200, "labels": list(LABELS)}),
         "--step",
         "300",
-        "--labels",
-        ",".join(LABELS),
         "--no-progress",
     ]
     env = {**os.environ, "PHYSFM_TRACKING": "0"}

@@ -23,7 +23,7 @@ from physfm.finetune.subsets import (
     resolve_count,
 )
 from physfm.finetune.train import FinetuneConfig, finetune
-from physfm.train.checkpoints import load_backbone
+from physfm.pretrain.checkpoints import load_backbone
 
 
 # --------------------------------------------------------------------------- subsets

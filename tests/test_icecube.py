@@ -206,8 +206,8 @@ def test_jet_labels_are_refused_for_icecube_formats(tmp_path: Path, capsys: pyte
     raw = tmp_path / "kaggle"
     _write_kaggle(raw, n_per_batch=(5,))
     args = ["convert", "--format", "kaggle", "--input", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]
-    assert main([*args, "--labels", "label_QCD,label_Tbqq"]) != 0
-    assert "drop --labels" in capsys.readouterr().err
+    assert main([*args, "--config", '{"labels": ["label_QCD", "label_Tbqq"]}']) != 0
+    assert "drop labels" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -306,8 +306,8 @@ def test_generate_writes_valid_kaggle_layout(tmp_path: Path) -> None:
             "250",
             "--seed",
             "4",
-            "--events-per-batch",
-            "100",
+            "--config",
+            '{"events_per_batch": 100}',
             "--workers",
             "1",
             "--no-progress",
@@ -477,8 +477,8 @@ def test_angular_loss_perfect_and_random() -> None:
 def test_prometheus_flows_through_polarbert_pretraining_and_direction(tmp_path: Path) -> None:
     from physfm.finetune.direction import evaluate_direction, finetune_direction, load_direction
     from physfm.finetune.train import FinetuneConfig
-    from physfm.train.checkpoints import load_backbone
-    from physfm.train.pretrain import PretrainConfig, pretrain
+    from physfm.pretrain.checkpoints import load_backbone
+    from physfm.pretrain.train import PretrainConfig, pretrain
 
     data = tmp_path / "data"
     convert("prometheus", PROMETHEUS, data, shard_events=20, progress=False)

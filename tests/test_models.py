@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from physfm.features import GLOBAL_TARGETS, global_targets
 from physfm.models import Backbone, BackboneConfig, choose_masked, hash_uniform, normalize
 from physfm.models.objectives import (
-    GLOBAL_TARGETS,
     MaskedParticleModelling,
     MaskedRegression,
     NextTokenPrediction,
-    global_targets,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -241,7 +240,7 @@ def test_flops_estimate_counts_parameters():
 
 
 def test_wasserstein_and_jet_observables():
-    from physfm.models.generate import jet_observables, wasserstein_1d
+    from physfm.evaluate.sample import jet_observables, wasserstein_1d
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=500)

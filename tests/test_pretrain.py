@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from physfm.data.shards import DataError
 from physfm.io import sha256_file, write_json
-from physfm.train.checkpoints import Preempted, load_backbone, load_checkpoint
-from physfm.train.pretrain import PretrainConfig, pretrain, resolve_config
+from physfm.pretrain.checkpoints import Preempted, load_backbone, load_checkpoint
+from physfm.pretrain.train import PretrainConfig, pretrain, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -109,7 +109,7 @@ def test_resume_after_signal_matches_uninterrupted_run(jet_dataset, tokenizer16,
 
 def test_cheap_skipping_reproduces_the_batch_order_with_workers(jet_dataset):
     from physfm.models.objectives import MaskedRegression
-    from physfm.train.data import PretrainShards, fit_stats, make_loader
+    from physfm.pretrain.data import PretrainShards, fit_stats, make_loader
 
     obj = MaskedRegression(8, {}, n_features=3)
     feats = ["log_pt", "deta", "dphi"]
@@ -252,8 +252,9 @@ def test_cli_next_token_pretrain_and_generation(jet_dataset, tokenizer16, tmp_pa
     meta = json.loads((out / "backbone.json").read_text())
     assert meta["config"]["causal"] and meta["features"] == ["log_pt", "deta", "dphi"]
     gen = tmp_path / "gen"
-    args = f"generate-from-model --model {out} --n 40 --out {gen} --data {jet_dataset} --split val --no-progress"
-    assert main(args.split()) == 0
+    args = f"sample --model {out} --out {gen} --data {jet_dataset} --no-progress"
+    args = [*args.split(), "--config", '{"n": 40, "split": "val"}']
+    assert main(args) == 0
     comp = json.loads((gen / "comparison.json").read_text())
     assert set(comp["observables"]) == {"jet_mass", "jet_pt", "multiplicity"}
     g = np.load(gen / "generated.npz")
@@ -261,8 +262,8 @@ def test_cli_next_token_pretrain_and_generation(jet_dataset, tokenizer16, tmp_pa
     assert ((g["codes"] >= 0) == g["mask"]).all() and g["codes"].max() < 16
     assert (gen / "generation.png").stat().st_size > 0
     # an MPM backbone cannot generate
-    from physfm.models.generate import generate_from_model
+    from physfm.evaluate.sample import SampleConfig, sample_from_model
 
     pretrain(tiny(steps=1, val_every=1), jet_dataset, tokenizer16, tmp_path / "mpm", progress=False)
     with pytest.raises(ValueError, match="needs a next_token backbone"):
-        generate_from_model(tmp_path / "mpm", tmp_path / "g2", 2, progress=False)
+        sample_from_model(SampleConfig(n=2), tmp_path / "mpm", tmp_path / "g2", progress=False)

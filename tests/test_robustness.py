@@ -65,7 +65,15 @@ def test_killed_tokenizer_fit_leaves_nothing_complete_and_rerun_matches(jet_data
     from physfm.tokenizers import load_tokenizer
 
     def fit(out: Path) -> list[str]:
-        args = ["--method", "kmeans", "-k", "16", "--seed", "3", "--eval-events", "200", "--no-progress"]
+        args = [
+            "--method",
+            "kmeans",
+            "-k",
+            "16",
+            "--config",
+            '{"seed": 3, "eval": {"max_events": 200}}',
+            "--no-progress",
+        ]
         return _physfm("tokenizer", "fit", "--data", str(jet_dataset), "--out", str(out), *args)
 
     out = tmp_path / "tok"
@@ -86,9 +94,10 @@ def test_killed_finetune_leaves_nothing_complete_and_rerun_matches(jet_dataset: 
     from physfm.finetune.model import load_classifier
 
     def run(out: Path) -> list[str]:
-        args = ["--mode", "scratch", "--labels", "200", "--seed", "3", "--max-steps", "400", "--eval-every", "20"]
+        config = '{"max_steps": 400, "eval_every": 20, "batch_size": 32, "lr": 0.001, "patience": 10}'
+        args = ["--mode", "scratch", "--labels", "200", "--seed", "3", "--config", config]
         arch = ",".join(f"{k}={v}" for k, v in TINY_ARCH.items())
-        opts = ["--batch-size", "32", "--arch", arch, "--device", "cpu", "--threads", "1", "--no-progress"]
+        opts = ["--arch", arch, "--device", "cpu", "--threads", "1", "--no-progress"]
         return _physfm("finetune", "--data", str(jet_dataset), "--out", str(out), *args, *opts)
 
     out = tmp_path / "ft"
@@ -140,7 +149,7 @@ def test_killed_pretrain_leaves_nothing_complete_and_rerun_matches(
 ) -> None:
     """SIGKILL while training (checkpoints in OUT/checkpoints, the CLI default) or while the backbone
     directory is being written (checkpoints elsewhere, as in the workflow); the rerun resumes."""
-    from physfm.train.checkpoints import checkpoint_info, load_backbone
+    from physfm.pretrain.checkpoints import checkpoint_info, load_backbone
 
     out = tmp_path / "bb"
     ckpt = out / "checkpoints" if when == "training" else tmp_path / "ckpt"
@@ -329,10 +338,10 @@ def tokenizer8(jet_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="module")
 def backbone(jet_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny backbone directory, written like `physfm pretrain` writes one."""
-    from physfm.finetune.train import _backbone
-    from physfm.train.checkpoints import save_backbone
+    from physfm.finetune.train import prepare_backbone
+    from physfm.pretrain.checkpoints import save_backbone
 
-    model, meta = _backbone(None, "scratch", jet_dataset, dict(TINY_ARCH), seed=0)
+    model, meta = prepare_backbone(None, "scratch", jet_dataset, dict(TINY_ARCH), seed=0)
     out = tmp_path_factory.mktemp("bb") / "backbone"
     save_backbone(model, meta, out)
     return out
@@ -354,7 +363,7 @@ def _stage_tokenizer(data: Path, out: Path, tok: Path, bb: Path) -> None:
 
 
 def _stage_pretrain(data: Path, out: Path, tok: Path, bb: Path) -> None:
-    from physfm.train.pretrain import PretrainConfig, pretrain
+    from physfm.pretrain.train import PretrainConfig, pretrain
 
     cfg = PretrainConfig.from_dict(
         {
@@ -420,8 +429,8 @@ def test_stages_refuse_a_dataset_that_does_not_verify(
 
 
 def test_corrupt_tokenizer_and_backbone_artefacts_are_refused(tokenizer8: Path, backbone: Path, tmp_path: Path) -> None:
+    from physfm.pretrain.checkpoints import load_backbone
     from physfm.tokenizers import load_tokenizer
-    from physfm.train.checkpoints import load_backbone
 
     for artefact in (tokenizer8, backbone):
         ok = subprocess.run(_physfm("verify", str(artefact)), env=ENV, capture_output=True, text=True)

@@ -150,6 +150,31 @@ def test_config_edit_reruns_exactly_that_stage_and_its_descendants(
     assert "generate" not in scheduled or rule == "generate"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("objective", "option", "value", "backbone", "other"),
+    [("mpm", "mask_fraction", 0.4, "mpm", "gpt"), ("next_token", "quantized_inputs", True, "gpt", "mpm")],
+)
+def test_editing_one_backbones_objective_reruns_that_backbone_only(
+    smoke_study: Path, objective: str, option: str, value: object, backbone: str, other: str
+) -> None:
+    """Each pretraining job gets its own objective's options: a neighbour's edit does not retrain it."""
+    config = yaml.safe_load((smoke_study / "config/smoke.yaml").read_text())
+    config["pretrain"].setdefault("objectives", {})[objective] = {option: value}
+    edited = smoke_study / f"edited_{objective}.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    out = _snakemake(smoke_study, "-n", "--cores", "2", "all", "--configfile", str(edited)).stdout
+    reruns = set(re.findall(r"output: results/smoke/pretrain/(\w+)\s*$", out, re.M))
+    assert reruns == {backbone}, out[-3000:]
+    scheduled = _scheduled(smoke_study, edited)
+    assert scheduled.get("pretrain") == 1
+    if backbone == "gpt":  # sampling follows the next-token backbone; the fine-tuning grid uses mpm only
+        assert scheduled.get("sample") == 1 and "finetune" not in scheduled
+    else:
+        assert "sample" not in scheduled and scheduled.get("finetune", 0) > 0
+    assert other not in reruns
+
+
 def test_lint_is_clean() -> None:
     out = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=_study_env(), capture_output=True, text=True)
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, out.stdout + out.stderr

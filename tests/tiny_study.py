@@ -7,6 +7,7 @@ point is the machinery, not the physics) and is built once per test session.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,13 @@ LABELS = ("8", "40")
 MODES = ("scratch", "finetune", "frozen")
 SEEDS = (1,)
 _CACHE: dict[str, Path] = {}
+
+
+#: fine-tuning settings of the tiny grid (the pre-issue-12 CLI defaults where the grid did not set them)
+FT_CONFIG = json.dumps(
+    {"max_steps": 24, "eval_every": 4, "patience": 3, "batch_size": 16, "head": {"hidden": 16}, "lr": 1e-3,
+     "backbone_lr_scale": 0.1, "val_max_events": 2000}
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -44,7 +52,7 @@ def save_tiny_backbone(data_dir: Path, out: Path, seed: int = 0, **config: Any) 
     from physfm.features import JET_DEFAULT
     from physfm.finetune.train import fit_norm
     from physfm.models.backbone import Backbone, BackboneConfig
-    from physfm.train.checkpoints import save_backbone
+    from physfm.pretrain.checkpoints import save_backbone
 
     features = list(JET_DEFAULT)
     cfg = {"n_features": len(features), "d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 48, **config}
@@ -88,22 +96,22 @@ def run_tiny_study(root: Path, data_dir: Path) -> Path:
                     cell = root / "grid" / f"n{labels}" / mode / f"seed{seed}"
                     cli(
                         "finetune", "--data", data_dir, "--backbone", backbone, "--mode", mode, "--labels", labels,
-                        "--seed", seed, "--subsets", root / "subsets", "--out", cell / "model", "--max-steps", 24,
-                        "--eval-every", 4, "--patience", 3, "--batch-size", 16, "--head-hidden", 16, "--threads", 1,
+                        "--seed", seed, "--subsets", root / "subsets", "--out", cell / "model", "--config", FT_CONFIG,
+                        "--threads", 1,
                         "--no-progress", "--parent-run-file", root / "study_run.json",
                         "--tag", "study=tiny", "--tag", f"wildcard.mode={mode}",
                     )  # fmt: skip
                     cli("evaluate", "--model", cell / "model", "--data", data_dir, "--out", cell / "test.json",
-                        "--bootstrap", 20, "--threads", 1)  # fmt: skip
+                        "--config", '{"bootstrap": 20}', "--threads", 1)  # fmt: skip
                     results.append(cell / "test.json")
         for init, extra in (("pretrained", []), ("random", ["--random-init", "5"])):
-            cli("embed", "--backbone", backbone, "--data", data_dir, "--split", "train,test", "--index", "flat",
-                "--knn", 5, "--name", init, "--out", root / "embed" / init, "--threads", 1,
+            cli("embed", "--backbone", backbone, "--data", data_dir, "--split", "train,test",
+                "--config", '{"index": "flat", "k": 5}', "--name", init, "--out", root / "embed" / init, "--threads", 1,
                 "--parent-run-file", root / "study_run.json", *extra)  # fmt: skip
         cli(
             "report", "--results", *results, "--out", root / "report" / "report.html",
             "--knn", root / "embed/pretrained/knn.json", root / "embed/random/knn.json",
-            "--pretrain", f"tiny={backbone}", "--subsets", root / "subsets", "--bootstrap", 50,
+            "--pretrain", f"tiny={backbone}", "--subsets", root / "subsets", "--config", '{"bootstrap": 50}',
             "--parent-run-file", root / "study_run.json",
         )  # fmt: skip
     _CACHE[str(data_dir)] = root

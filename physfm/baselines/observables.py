@@ -38,7 +38,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from physfm.data.shards import SPLITS, DataError, EventBlock, feature_names, load_manifest
+from physfm.data.dataset import Dataset, open_dataset
+from physfm.data.shards import SPLITS, DataError, EventBlock, feature_names
 from physfm.io import atomic_dir, read_json, sha256_file, sha256_json, write_json
 
 #: Column order of every observables array.
@@ -105,7 +106,8 @@ def silence_fastjet_banner() -> None:
 
 
 # --------------------------------------------------------------------------- per-jet computation
-def _jagged(offsets: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray) -> Any:
+def jagged_constituents(offsets: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray) -> Any:
+    """Flat constituent rows + offsets as the awkward array of ``px, py, pz, E`` records FastJet reads."""
     import awkward as ak
 
     flat = ak.zip({"px": px, "py": py, "pz": pz, "E": e})
@@ -186,7 +188,7 @@ def jet_observables(offsets: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.
     for a in range(0, n, CHUNK_JETS):
         b = min(a + CHUNK_JETS, n)
         rows = slice(int(starts[a]), int(starts[b - 1] + counts[b - 1]))
-        jag = _jagged(offsets[a : b + 1] - offsets[a], px[rows], py[rows], pz[rows], e[rows])
+        jag = jagged_constituents(offsets[a : b + 1] - offsets[a], px[rows], py[rows], pz[rows], e[rows])
         m_sd[a:b] = soft_drop_mass(jag)
         taus[a:b] = nsubjettiness(jag)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -240,7 +242,11 @@ def _unit_values(unit: tuple[str, np.ndarray, dict[str, Any]]) -> tuple[np.ndarr
 
 
 def compute_split(
-    data_dir: str | Path, split: str, indices: np.ndarray | None = None, progress: bool = False, workers: int = 1
+    data_dir: Dataset | str | Path,
+    split: str,
+    indices: np.ndarray | None = None,
+    progress: bool = False,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(values, event_key)`` of a split's events (or those at the sorted ``indices``), in stored order.
 
@@ -287,7 +293,7 @@ def observables_version(data_version: str) -> str:
 
 
 def write_observables(
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     out_dir: str | Path,
     splits: Sequence[str] = SPLITS,
     progress: bool = True,
@@ -298,14 +304,15 @@ def write_observables(
     ``observables.h5`` holds ``{split}/values`` (n, len(NAMES)) float64 and ``{split}/event_key``, in the
     split's stored order; labels are not stored. The files are the same whatever ``workers``.
     """
-    data_manifest = load_manifest(data_dir, verify=True)
+    ds = open_dataset(data_dir, verify=True)
+    data_manifest = ds.manifest
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
         with h5py.File(tmp / FILE, "w", libver="earliest", track_order=False) as f:
             for split in splits:
                 if split not in data_manifest["n_events"]:
                     continue
-                values, keys = compute_split(data_dir, split, progress=progress, workers=workers)
+                values, keys = compute_split(ds, split, progress=progress, workers=workers)
                 f.create_dataset(f"{split}/values", data=values, track_times=False)
                 f.create_dataset(f"{split}/event_key", data=keys, track_times=False)
                 counts[split] = len(keys)
@@ -321,13 +328,13 @@ def write_observables(
     return manifest
 
 
-def check_observables(obs_dir: str | Path, data_dir: str | Path) -> dict[str, Any]:
+def check_observables(obs_dir: str | Path, data_dir: Dataset | str | Path) -> dict[str, Any]:
     """The cache's manifest, after checking it matches ``data_dir`` and this definition and its file hash."""
     obs_dir = Path(obs_dir)
     if not (obs_dir / MANIFEST).is_file():
         raise FileNotFoundError(f"{obs_dir} holds no observables ({MANIFEST} missing); run `physfm observables`")
     manifest = read_json(obs_dir / MANIFEST)
-    version = load_manifest(data_dir)["data_version"]
+    version = open_dataset(data_dir).data_version
     if manifest.get("data_version") != version or manifest.get("definition") != DEFINITION:
         raise DataError(
             f"observables in {obs_dir} were computed for data_version {manifest.get('data_version')} "
@@ -340,7 +347,7 @@ def check_observables(obs_dir: str | Path, data_dir: str | Path) -> dict[str, An
 
 
 def load_observables(
-    obs_dir: str | Path, data_dir: str | Path, split: str, indices: np.ndarray | None = None
+    obs_dir: str | Path, data_dir: Dataset | str | Path, split: str, indices: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(values, event_key)`` of a split (or of its events at the sorted ``indices``) from a checked cache."""
     manifest = check_observables(obs_dir, data_dir)

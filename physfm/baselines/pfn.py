@@ -8,7 +8,8 @@ real particles, and F (an MLP, ``f_sizes``) maps the sum to class logits.
 Training uses the n labels of the cell only: :func:`physfm.baselines.budget.inbudget_split` holds out
 a stratified ``val_fraction`` of them; AdamW at a constant ``lr``; the validation loss is measured
 every ``eval_every`` steps, training stops after ``patience`` evaluations without improvement and the
-best model is kept. Budgets are steps, so results do not depend on the machine.
+best model is kept. Budgets are steps, so results do not depend on the machine. ``device`` (where
+it runs) is a command-line flag, as for fine-tuning, not a setting.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class PFNConfig:
     patience: int = 10
     val_fraction: float = 0.2
     val_min_per_class: int = 2
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("max_len", "batch_size", "max_steps", "eval_every", "patience"):
@@ -90,6 +90,7 @@ def train_pfn(
     cfg: PFNConfig,
     seed: int,
     *,
+    device: str = "auto",
     run: Any = None,
     progress: bool = False,
 ) -> tuple[PFN, dict[str, Any], dict[str, Any]]:
@@ -100,22 +101,22 @@ def train_pfn(
     """
     from tqdm.auto import tqdm
 
-    from physfm.finetune.model import device_of
     from physfm.finetune.train import fit_norm
     from physfm.models.backbone import normalize
+    from physfm.runtime import device_of
 
     t0 = time.perf_counter()
     y = np.asarray(y, dtype=np.int64)
     fit_pos, val_pos = inbudget_split(y, cfg.val_fraction, cfg.val_min_per_class, seed)
     meta = {"features": list(cfg.features), "max_len": cfg.max_len, "norm": fit_norm(x[fit_pos], mask[fit_pos])}
-    device = device_of(cfg.device)
+    dev = device_of(device)
     xn = torch.from_numpy(normalize(x, mask, meta))
     m = torch.from_numpy(mask)
     yt = torch.from_numpy(y)
-    x_va, m_va, y_va = xn[val_pos].to(device), m[val_pos].to(device), yt[val_pos].to(device)
+    x_va, m_va, y_va = xn[val_pos].to(dev), m[val_pos].to(dev), yt[val_pos].to(dev)
 
     torch.manual_seed(seed)
-    model = PFN(x.shape[-1], n_classes, cfg).to(device)
+    model = PFN(x.shape[-1], n_classes, cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     @torch.no_grad()
@@ -139,7 +140,7 @@ def train_pfn(
         idx = torch.from_numpy(order[pos : pos + bs])
         pos += bs
         model.train()
-        loss = F.cross_entropy(model(xn[idx].to(device), m[idx].to(device)), yt[idx].to(device))
+        loss = F.cross_entropy(model(xn[idx].to(dev), m[idx].to(dev)), yt[idx].to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -174,7 +175,7 @@ def train_pfn(
         "steps": step,
         "stopped_early": step < cfg.max_steps,
         "wall_seconds": time.perf_counter() - t0,
-        "device": str(device),
+        "device": str(dev),
         "history": history,
     }
     return model.eval(), meta, record

@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 from physfm.baselines.bdt import BDTConfig, fit_bdt, full_probs
-from physfm.baselines.config import build
 from physfm.baselines.cut import CutConfig, cut_probs
 from physfm.baselines.observables import NAMES, block_observables, compute_split, load_observables
 from physfm.baselines.pfn import PFNConfig, pfn_probs, train_pfn
-from physfm.data.shards import DataError, load_manifest
+from physfm.data.dataset import Dataset, open_dataset
+from physfm.data.shards import DataError
 from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
 from physfm.finetune.subsets import keys_digest, load_subset, read_labels
 from physfm.io import atomic_path, write_json
+from physfm.stage import build
 
 METHODS: tuple[str, ...] = ("bdt", "pfn", "cut")
 CONFIGS: dict[str, type] = {"bdt": BDTConfig, "pfn": PFNConfig, "cut": CutConfig}
@@ -35,23 +36,24 @@ def method_config(method: str, mapping: dict[str, Any] | None = None) -> BDTConf
     """The settings dataclass of ``method`` built from its config section (defaults for missing keys)."""
     if method not in CONFIGS:
         raise ValueError(f"unknown baseline method '{method}'; choose from {', '.join(METHODS)}")
-    return build(CONFIGS[method], mapping, f"baselines.{method}")
+    return build(CONFIGS[method], mapping, f"baselines.{method}.")
 
 
-def _train_observables(
-    data_dir: Path, block_keys: np.ndarray, block: Any, manifest: dict[str, Any], idx: np.ndarray, obs_dir: Path | None
-) -> np.ndarray:
+def _train_observables(ds: Dataset, block: Any, idx: np.ndarray, obs_dir: Path | None) -> np.ndarray:
+    """Observables of the subset's events (``block``, read at ``idx``), from the cache when there is one."""
     if obs_dir is None:
-        return block_observables(block, manifest)
-    values, keys = load_observables(obs_dir, data_dir, "train", idx)
-    if not np.array_equal(keys, block_keys):
+        return block_observables(block, ds.manifest)
+    values, keys = load_observables(obs_dir, ds, "train", idx)
+    if not np.array_equal(keys, block.event_key):
         raise DataError(
-            f"observables in {obs_dir} are not aligned with {data_dir}'s train split; re-run `physfm observables`"
+            f"observables in {obs_dir} are not aligned with {ds.path}'s train split; re-run `physfm observables`"
         )
     return values
 
 
-def _heldout_observables(data_dir: Path, split: str, obs_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _heldout_observables(
+    data_dir: Dataset, split: str, obs_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(values, labels, event_keys)`` of a held-out split."""
     labels, keys = read_labels(data_dir, split)
     if obs_dir is None:
@@ -65,7 +67,7 @@ def _heldout_observables(data_dir: Path, split: str, obs_dir: Path | None) -> tu
 
 def run_baseline(
     method: str,
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     out_dir: str | Path,
     cfg: BDTConfig | PFNConfig | CutConfig,
     *,
@@ -78,6 +80,7 @@ def run_baseline(
     effs: Sequence[float] = DEFAULT_EFFS,
     n_bootstrap: int = 200,
     threads: int | None = None,
+    device: str = "auto",
     run: Any = None,
     progress: bool = False,
     extra: dict[str, Any] | None = None,
@@ -86,9 +89,10 @@ def run_baseline(
     ``out_dir/test.json`` (and ``predictions.npz``, and for the PFN its weights in ``model/``)."""
     from physfm.data.loader import load_arrays, open_split
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    ds = open_dataset(data_dir, verify=True)
+    data_dir, out_dir = ds.path, Path(out_dir)
     obs_dir = None if observables_dir is None else Path(observables_dir)
-    manifest = load_manifest(data_dir, verify=True)
+    manifest = ds.manifest
     classes = list(manifest["classes"])
     if len(classes) < 2:
         raise DataError(f"{data_dir} has {len(classes)} class(es); the jet baselines classify at least two")
@@ -102,14 +106,14 @@ def run_baseline(
     if method != "cut":
         if subsets_dir is None or labels is None:
             raise ValueError(f"baseline '{method}' trains on a label subset: pass --subsets DIR and --labels SPEC")
-        idx = load_subset(subsets_dir, labels, data_dir)
+        idx = load_subset(subsets_dir, labels, ds)
         if method == "bdt":
-            block = open_split(data_dir, "train").read(idx)
+            block = open_split(ds, "train").read(idx)
             y, keys = block.label.astype(np.int64), block.event_key
-            x = _train_observables(data_dir, keys, block, manifest, idx, obs_dir)
+            x = _train_observables(ds, block, idx, obs_dir)
         else:
             assert isinstance(cfg, PFNConfig)
-            arrays = load_arrays(data_dir, "train", features=cfg.features, max_len=cfg.max_len, indices=idx)
+            arrays = load_arrays(ds, "train", features=cfg.features, max_len=cfg.max_len, indices=idx)
             y, keys = arrays["label"].astype(np.int64), arrays["event_key"]
         if np.any(y < 0):
             raise DataError(f"subset {labels} of {subsets_dir} holds unlabelled events; re-run `physfm subsets`")
@@ -121,7 +125,7 @@ def run_baseline(
         else:
             assert isinstance(cfg, PFNConfig)
             model, norm_meta, train = train_pfn(
-                arrays["x"], arrays["mask"], y, len(classes), cfg, seed, run=run, progress=progress
+                arrays["x"], arrays["mask"], y, len(classes), cfg, seed, device=device, run=run, progress=progress
             )
             history = train.pop("history")
         train["fit_indices"] = idx[train.pop("fit_positions")].tolist()
@@ -129,7 +133,7 @@ def run_baseline(
 
     if method == "pfn":
         assert isinstance(cfg, PFNConfig)
-        test = load_arrays(data_dir, split, features=cfg.features, max_len=cfg.max_len)
+        test = load_arrays(ds, split, features=cfg.features, max_len=cfg.max_len)
         keep = test["label"] >= 0
         probs = pfn_probs(model, norm_meta, test["x"][keep], test["mask"][keep])
         y_test, k_test = test["label"][keep], test["event_key"][keep]
@@ -142,7 +146,7 @@ def run_baseline(
             meta_name="pfn.json",
         )
     else:
-        values, y_all, k_all = _heldout_observables(data_dir, split, obs_dir)
+        values, y_all, k_all = _heldout_observables(ds, split, obs_dir)
         keep = y_all >= 0
         y_test, k_test = y_all[keep], k_all[keep]
         if method == "bdt":

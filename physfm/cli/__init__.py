@@ -19,8 +19,11 @@ FAMILIES = (
     "physfm.cli.data",
     "physfm.cli.icecube",
     "physfm.cli.tokenizer",
-    "physfm.cli.train",
-    "physfm.cli.study",
+    "physfm.cli.pretrain",
+    "physfm.cli.sample",
+    "physfm.cli.finetune",
+    "physfm.cli.evaluate",
+    "physfm.cli.report",
     "physfm.cli.baseline",
     "physfm.cli.tracking_cmd",
 )
@@ -34,7 +37,12 @@ stages, in pipeline order:
   verify            re-hash a dataset's shards against its manifest
   tokenizer         fit k-means (faiss) / VQ-VAE / binning particle tokenizers; evaluate, encode, decode
   pretrain          self-supervised backbone pretraining (MPM, next-token, regression); GPU/DDP-ready
-  generate-from-model  sample jets from a next-token backbone, compare with real jets
+  sample            sample jets from a next-token backbone, compare with real jets
+  subsets           nested, class-balanced label subsets of the train split
+  finetune          fine-tune one grid cell: scratch / finetune / frozen x labels x seed
+  evaluate          test-split metrics of a fine-tuned model, with bootstrap errors
+  embed, search     faiss index of backbone embeddings; nearest events; k-NN probe
+  report            the study's HTML report
   observables       jet observables (m, m_SD, N-subjettiness, ...) of a dataset, cached for the baselines
   baseline          supervised (bdt, pfn) and zero-label (cut) baselines on the same label subsets
 

@@ -7,13 +7,20 @@ Subcommands: ``observables`` (jet observables of a dataset, computed once and ca
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import textwrap
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, csv_list, parse_pairs, parse_tags
+from physfm.cli.common import (
+    add_config_arg,
+    add_parent_args,
+    add_tracking_args,
+    csv_list,
+    open_stage_run,
+    parse_pairs,
+    set_threads,
+    wrap,
+)
 
 EPILOG = """\
 example (the BDT at 300 labels, seed 1, on cached observables):
@@ -24,16 +31,12 @@ example (the BDT at 300 labels, seed 1, on cached observables):
 """
 
 
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, width=100)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this family's subcommands to ``physfm``."""
     o = sub.add_parser(
         "observables",
         help="jet observables (m, m_SD, pT, multiplicity, N-subjettiness, pT_D, girth) of a dataset, cached",
-        description=_wrap(
+        description=wrap(
             "Compute per-jet observables from the stored constituents of every event of a JetClass-schema "
             "dataset: m, soft-drop m_SD (beta=0, z_cut=0.1, R0=0.8, C/A reclustering; FastJet contrib), pT, "
             "multiplicity, tau1-tau3 (exclusive-kT axes, beta=1, R0=0.8; FastJet contrib Njettiness), tau21, tau32, "
@@ -54,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "baseline",
         help="a supervised (bdt, pfn) or zero-label (cut) baseline cell: train on a subset, score the test split",
-        description=_wrap(
+        description=wrap(
             "bdt: scikit-learn HistGradientBoosting on the jet observables. pfn: a Particle Flow Network (Deep "
             "Sets) from scratch on the backbone's per-particle inputs. Both use only the N labels of the subset: "
             "a stratified fraction of them (val_fraction, default 0.2) is held out for early stopping; the "
@@ -72,35 +75,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--seed", type=int, default=1, help="seed: in-budget validation carve, init, batch order (default 1)"
     )
-    b.add_argument(
-        "--config", help="the method's settings as a JSON object or JSON file (config/README.md `baselines`)"
-    )
+    add_config_arg(b, "baselines.<method>")
+    b.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap, pairs, effs")
     b.add_argument("--observables", type=Path, help="cached observables (physfm observables); default: computed here")
     b.add_argument("--out", required=True, type=Path, help="output directory: test.json, predictions.npz")
-    b.add_argument("--split", default="test", help="held-out split scored (default test)")
-    b.add_argument("--bootstrap", type=int, default=200, help="test-event resamples (default 200)")
-    b.add_argument("--pairs", default="Tbqq:QCD", help="signal:background class pairs, comma separated")
-    b.add_argument("--effs", default="0.5,0.3", help="signal efficiencies for 1/eB")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch / the tree (default: library's)")
+    b.add_argument("--device", default="auto", help="pfn: auto (CUDA if available), cpu, cuda, cuda:1, ...")
     b.add_argument("--no-progress", action="store_true")
-    b.add_argument("--parent-run-file", type=Path, help="JSON file with the study's parent run_id (physfm study-run)")
+    add_parent_args(b)
     add_tracking_args(b)
     b.set_defaults(func=run_baseline_cmd)
 
 
 def run_observables(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.baselines.observables import DEFINITION, write_observables
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
 
-    manifest = load_manifest(args.data)
+    ds = open_dataset(args.data, verify=True)
     splits = csv_list(args.splits) or []
-    tags = {"data_version.in": manifest["data_version"], **parse_tags(args.tag)}
-    with tracking.stage_run(
-        "observables", run_name=args.run_name or "observables", params={"definition": DEFINITION}, tags=tags
-    ) as run:
+    tags = {"data_version.in": ds.data_version}
+    with open_stage_run(args, "observables", "observables", {"definition": DEFINITION}, tags) as run:
         t0 = time.perf_counter()
-        out = write_observables(args.data, args.out, splits, progress=not args.no_progress, workers=args.workers)
+        out = write_observables(ds, args.out, splits, progress=not args.no_progress, workers=args.workers)
         rate = sum(out["n_events"].values()) / max(time.perf_counter() - t0, 1e-9)
         run.set_tags({"observables_version": out["observables_version"]})
         run.log_params({"workers": args.workers})
@@ -111,57 +107,48 @@ def run_observables(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parent(path: Path | None) -> str | None:
-    if path and path.is_file():
-        return json.loads(path.read_text()).get("run_id")
-    return None
-
-
 def run_baseline_cmd(args: argparse.Namespace) -> int:
-    from physfm import tracking
-    from physfm.baselines.config import parse_json
     from physfm.baselines.run import method_config, run_baseline
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
+    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.finetune.subsets import spec_name
+    from physfm.stage import build, load_text
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    cfg = method_config(args.method, parse_json(args.config))
+    set_threads(args.threads)
+    cfg = method_config(args.method, load_text(args.config))
+    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
     if args.method != "cut" and (args.subsets is None or args.labels is None):
         raise ValueError(f"--method {args.method} trains on a label subset: pass --subsets DIR and --labels SPEC")
     spec = "0" if args.method == "cut" else str(args.labels)
     name = "n=0" if args.method == "cut" else spec_name(spec)
     run_name = args.run_name or f"baseline {name} mode={args.method} seed={args.seed}"
-    manifest = load_manifest(args.data)
+    ds = open_dataset(args.data, verify=True)
     tags = {
         "mode": args.method,
         "labels": spec,
         "labels.name": name,
         "seed": args.seed,
         "backbone": "none",
-        "data_version.in": manifest["data_version"],
-        **parse_tags(args.tag),
+        "data_version.in": ds.data_version,
     }
     params = {**cfg.to_dict(), "method": args.method, "data": str(args.data), "observables": str(args.observables)}
-    with tracking.stage_run(
-        "baseline", run_name=run_name, params=params, tags=tags, parent_run_id=_parent(args.parent_run_file)
-    ) as run:
+    params["evaluate"] = {"split": ev.split, "bootstrap": ev.bootstrap, "pairs": ev.pairs, "effs": ev.effs}
+    with open_stage_run(args, "baseline", run_name, params, tags) as run:
         result = run_baseline(
             args.method,
-            args.data,
+            ds,
             args.out,
             cfg,
             subsets_dir=args.subsets,
             labels=args.labels,
             seed=args.seed,
             observables_dir=args.observables,
-            split=args.split,
-            pairs=parse_pairs(args.pairs),
-            effs=[float(x) for x in csv_list(args.effs) or []],
-            n_bootstrap=args.bootstrap,
+            split=ev.split,
+            pairs=parse_pairs(ev.pairs),
+            effs=[float(x) for x in ev.effs],
+            n_bootstrap=ev.bootstrap,
             threads=args.threads,
+            device=args.device,
             run=run,
             progress=not args.no_progress,
             extra={"run_name": run_name},
@@ -169,15 +156,15 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
         run.set_tags(
             {
                 "subset.digest": result["subset_digest"] or "none",
-                f"{args.split}.lower_bounds": ",".join(result["lower_bounds"]) or "none",
+                f"{ev.split}.lower_bounds": ",".join(result["lower_bounds"]) or "none",
             }
         )
         run.log_params(
             {"n_labels": result["n_labels"], **{f"subset.{c}": n for c, n in result["subset_per_class"].items()}}
         )
         tr = result["train"]
-        logged = {f"{args.split}_{k}": v for k, v in result["metrics"].items()}
-        logged.update({f"{args.split}_{k}_std": v for k, v in result["std"].items()})
+        logged = {f"{ev.split}_{k}": v for k, v in result["metrics"].items()}
+        logged.update({f"{ev.split}_{k}_std": v for k, v in result["std"].items()})
         logged.update({"n_labels": result["n_labels"], "n_labels_used": result["n_labels_used"]})
         logged.update(
             {k: tr[k] for k in ("best_val_loss", "best_val_accuracy", "best_step", "wall_seconds") if k in tr}
@@ -187,7 +174,7 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
     m, s = result["metrics"], result["std"]
     shown = [k for k in m if k in ("accuracy", "auc") or "_vs_" in k]
     print(
-        f"{run_name}: {result['n_labels_used']} labels used, {result['n_events']} {args.split} events: "
+        f"{run_name}: {result['n_labels_used']} labels used, {result['n_events']} {ev.split} events: "
         + ", ".join(f"{k} {m[k]:.4g} ± {s[k]:.2g}" for k in shown)
     )
     return 0

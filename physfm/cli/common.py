@@ -48,12 +48,90 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def parse_pairs(text: str | None) -> list[tuple[str, str]]:
-    """``Tbqq:QCD,Wqq:QCD`` -> ``[("Tbqq", "QCD"), ("Wqq", "QCD")]`` (signal:background class pairs)."""
+def add_config_arg(p: argparse.ArgumentParser, section: str) -> None:
+    """``--config``: the stage's settings as one JSON document (what the Snakemake rule passes)."""
+    p.add_argument(
+        "--config",
+        metavar="JSON|FILE",
+        help=f"settings: the `{section}` config section as inline JSON or a YAML/JSON file; omitted keys take "
+        "their defaults (config/README.md)",
+    )
+
+
+def stage_config(cls: type, text: str | None) -> Any:
+    """Build a stage's settings dataclass from ``--config`` (see :mod:`physfm.stage`)."""
+    from physfm.stage import build, load_text
+
+    return build(cls, load_text(text))
+
+
+def wrap(text: str) -> str:
+    """A description paragraph wrapped for ``--help``."""
+    import textwrap
+
+    return textwrap.fill(text, width=100)
+
+
+def set_threads(n: int | None) -> None:
+    """CPU threads for torch and faiss (``None``: their defaults)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+
+
+def parent_run_id(args: argparse.Namespace) -> str | None:
+    """The study's parent MLflow run: ``--parent-run-id``, or the id in ``--parent-run-file``."""
+    from pathlib import Path
+
+    if getattr(args, "parent_run_id", None):
+        return args.parent_run_id
+    path = getattr(args, "parent_run_file", None)
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text()).get("run_id")
+    return None
+
+
+def add_parent_args(p: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--parent-run-id", help="MLflow run to nest this run under (the study's parent run)")
+    g.add_argument("--parent-run-file", type=Path, help="JSON file with the parent run_id (written by study-run)")
+
+
+def open_stage_run(
+    args: argparse.Namespace,
+    stage: str,
+    default_name: str,
+    params: dict[str, Any],
+    tags: dict[str, Any] | None = None,
+) -> Any:
+    """The stage's MLflow run (a context manager yielding a :class:`physfm.stage.StageLog`).
+
+    The one place a subcommand's ``--run-name``, ``--tag`` and ``--parent-run-*`` arguments become an
+    MLflow run: the library function receives the run as its ``log``/``run`` argument.
+    """
+    from physfm import tracking
+
+    return tracking.stage_run(
+        stage,
+        run_name=getattr(args, "run_name", None) or default_name,
+        params=params,
+        tags={**(tags or {}), **parse_tags(getattr(args, "tag", []))},
+        parent_run_id=parent_run_id(args),
+    )
+
+
+def parse_pairs(items: str | list[str] | None) -> list[tuple[str, str]]:
+    """``["Tbqq:QCD", "Wqq:QCD"]`` (or ``"Tbqq:QCD,Wqq:QCD"``) -> ``[("Tbqq", "QCD"), ("Wqq", "QCD")]``."""
     out = []
-    for item in csv_list(text) or []:
+    for item in (csv_list(items) or []) if isinstance(items, str) else (items or []):
         s, sep, b = item.partition(":")
         if not sep:
-            raise ValueError(f"--pairs expects SIGNAL:BACKGROUND items, got '{item}'")
+            raise ValueError(f"evaluate pairs expects SIGNAL:BACKGROUND items, got '{item}'")
         out.append((s, b))
     return out

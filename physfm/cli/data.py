@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, csv_list, parse_mapping, parse_tags, print_json
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Deterministic for a given seed, whatever the number of workers.",
     )
     jets.add_argument("--out", required=True, type=Path, help="output directory for jets_NNN.root")
-    jets.add_argument("--n-jets", required=True, type=int, help="total number of jets (split evenly over processes)")
-    jets.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    jets.add_argument("--processes", default="qcd,tbqq,wqq,zqq", help="comma list of qcd,tbqq,wqq,zqq")
-    jets.add_argument("--files", type=int, default=1, help="number of output files (default 1)")
+    add_config_arg(jets, "data.generate (n_jets, seed, processes, files)")
+    jets.add_argument(
+        "--n-jets", type=int, help="total number of jets, split evenly over processes (overrides --config)"
+    )
+    jets.add_argument("--seed", type=int, help="random seed (overrides --config)")
     jets.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     jets.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_tracking_args(jets)
@@ -40,21 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="raw events -> sharded HDF5 with manifest and data_version",
         description="Read raw files in chunks, check every event, assign train/val/test from a hash of "
         "each event's content, and write HDF5 shards (ragged, lossless) plus manifest.json with a "
-        "content-derived data_version. The output directory is replaced only when complete.",
+        "content-derived data_version. The output directory is replaced only when complete. Settings "
+        "(--config): shard_events, split fractions, labels (jetclass: the label_* branches defining the "
+        "classes, in order; default the four of generated jets, list all ten for real JetClass files), "
+        'on_error (fail | skip), tree. Example: --config \'{"split": {"train": 0.6, "val": 0.1, "test": 0.3}}\'',
     )
     conv.add_argument("--format", required=True, choices=sorted(READERS), help="input format")
     conv.add_argument("--input", required=True, action="append", help="file, directory or glob (repeatable)")
     conv.add_argument("--out", required=True, type=Path, help="output dataset directory")
-    conv.add_argument("--shard-events", type=int, default=10_000, help="events per shard (default 10000)")
-    conv.add_argument("--split", default="train=0.8,val=0.1,test=0.1", help="split fractions (default %(default)s)")
-    conv.add_argument("--labels", help="label branches defining the classes, in order (jetclass; default: all ten)")
-    conv.add_argument(
-        "--on-error",
-        choices=["fail", "skip"],
-        default="fail",
-        help="bad file/event: stop with an error (default) or skip and record it in the manifest",
-    )
-    conv.add_argument("--tree", help="TTree name (jetclass; default 'tree')")
+    add_config_arg(conv, "data.convert (shard_events, split, labels, on_error, tree)")
     conv.add_argument("--step", type=int, default=20_000, help="events read per chunk (bounds memory)")
     conv.add_argument(
         "--workers",
@@ -76,8 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     summ.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
     summ.add_argument("--out", required=True, type=Path, help="output directory for plots and summary.json")
-    summ.add_argument("--split", default="train")
-    summ.add_argument("--max-events", type=int, default=20_000, help="events sampled for the plots")
+    add_config_arg(summ, "data.summary (split, max_events)")
     add_tracking_args(summ)
     summ.set_defaults(func=run_summarize)
 
@@ -93,22 +87,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate_jets(args: argparse.Namespace) -> int:
-    from physfm import tracking
-    from physfm.data.generate_jets import generate_jets
+    from physfm.data.generate_jets import JetGenConfig, generate_jets
     from physfm.io import sha256_file, sha256_json, write_json
 
-    processes = csv_list(args.processes) or []
-    params = {"n_jets": args.n_jets, "seed": args.seed, "processes": processes, "files": args.files}
-    with tracking.stage_run(
-        "generate", run_name=args.run_name or "generate jets", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    cfg = stage_config(JetGenConfig, args.config)
+    cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
+    cfg.seed = args.seed if args.seed is not None else cfg.seed
+    params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
+    with open_stage_run(args, "generate", "generate jets", params) as run:
         t0 = time.perf_counter()
         paths = generate_jets(
             args.out,
-            args.n_jets,
-            args.seed,
-            processes=processes,
-            n_files=args.files,
+            cfg.n_jets,
+            cfg.seed,
+            processes=cfg.processes,
+            n_files=cfg.files,
             workers=args.workers,
             progress=not args.no_progress,
         )
@@ -121,44 +114,44 @@ def run_generate_jets(args: argparse.Namespace) -> int:
         info["content_version"] = sha256_json(params)[:16]
         write_json(Path(args.out) / "generation.json", info)
         run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics({"jets": args.n_jets, "wall_seconds": wall, "jets_per_second": args.n_jets / max(wall, 1e-9)})
+        run.log_metrics({"jets": cfg.n_jets, "wall_seconds": wall, "jets_per_second": cfg.n_jets / max(wall, 1e-9)})
         run.log_artifact(Path(args.out) / "generation.json")
-    print(f"wrote {args.n_jets} jets to {len(paths)} file(s) in {args.out} ({wall:.1f} s)")
+    print(f"wrote {cfg.n_jets} jets to {len(paths)} file(s) in {args.out} ({wall:.1f} s)")
     return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from physfm import tracking
-    from physfm.data.convert import convert
+    from physfm.data.convert import ConvertConfig, convert
+    from physfm.stage import load_text
 
-    split = parse_mapping(args.split, "--split")
-    if args.labels and args.format != "jetclass":
+    settings = load_text(args.config)
+    if "labels" in settings and args.format != "jetclass":
         raise ValueError(
-            f"--labels selects JetClass label branches; format '{args.format}' has none "
-            "(IceCube events are labelled by their truth direction): drop --labels"
+            f"labels selects JetClass label branches; format '{args.format}' has none "
+            "(IceCube events are labelled by their truth direction): drop labels from --config"
         )
-    options: dict = {"labels": csv_list(args.labels)} if args.labels else {}
-    if args.tree:
-        options["tree"] = args.tree
+    cfg = stage_config(ConvertConfig, args.config)
+    split = cfg.split
+    options: dict = {"labels": list(cfg.labels)} if args.format == "jetclass" else {}
+    if cfg.tree:
+        options["tree"] = cfg.tree
     params = {
         "format": args.format,
         "input": args.input,
-        "shard_events": args.shard_events,
+        "shard_events": cfg.shard_events,
         "split": split,
         "labels": options.get("labels"),
-        "on_error": args.on_error,
+        "on_error": cfg.on_error,
     }
-    with tracking.stage_run(
-        "convert", run_name=args.run_name or f"convert {args.format}", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "convert", f"convert {args.format}", params) as run:
         manifest, stats = convert(
             args.format,
             args.input,
             args.out,
-            shard_events=args.shard_events,
+            shard_events=cfg.shard_events,
             split_fractions=split,
             reader_options=options,
-            on_error=args.on_error,
+            on_error=cfg.on_error,
             step=args.step,
             workers=args.workers,
             progress=not args.no_progress,
@@ -192,18 +185,15 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_summarize(args: argparse.Namespace) -> int:
-    from physfm import tracking
-    from physfm.data.shards import load_manifest
-    from physfm.data.summary import summarize
+    from physfm.data.dataset import open_dataset
+    from physfm.data.summary import SummaryConfig, summarize
+    from physfm.stage import to_dict
 
-    manifest = load_manifest(args.data)  # summarize() verifies the shards
-    with tracking.stage_run(
-        "summarize",
-        run_name=args.run_name or "summarize",
-        params={"split": args.split, "max_events": args.max_events},
-        tags=parse_tags(args.tag),
-    ) as run:
-        summary = summarize(args.data, args.out, split=args.split, max_events=args.max_events)
+    cfg = stage_config(SummaryConfig, args.config)
+    ds = open_dataset(args.data, verify=True)  # once: summarize() takes the opened dataset
+    manifest = ds.manifest
+    with open_stage_run(args, "summarize", "summarize", to_dict(cfg)) as run:
+        summary = summarize(ds, args.out, split=cfg.split, max_events=cfg.max_events)
         run.set_tags({"data_version.in": manifest["data_version"]})
         run.log_dataset(args.data, manifest, context="input")
         run.log_metrics({"mean_particles": summary["mean_particles"], "max_particles": summary["max_particles"]})

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, parse_tags
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, stage_config
 
 DESCRIPTION = """\
 Simulate IceCube-86 events and write them in the Kaggle layout (train/batch_<k>.parquet,
@@ -44,13 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory (the Kaggle dataset root)")
-    p.add_argument("--n-events", required=True, type=int, help="number of triggered events")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument(
-        "--events-per-batch", type=int, default=10_000, help="events per train/batch_<k>.parquet (default 10000)"
-    )
-    p.add_argument("--track-fraction", type=float, default=0.5, help="fraction of muon tracks (default 0.5)")
-    p.add_argument("--noise-rate", type=float, default=500.0, help="dark-noise rate per DOM in Hz (default 500)")
+    add_config_arg(p, "data.generate (n_events, seed, events_per_batch, track_fraction, noise_rate_hz)")
+    p.add_argument("--n-events", type=int, help="number of triggered events (overrides --config)")
+    p.add_argument("--seed", type=int, help="random seed (overrides --config)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_tracking_args(p)
@@ -63,31 +59,31 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from physfm import tracking
-    from physfm.data.generate_icecube import SimConfig, generate_icecube
+    from physfm.data.generate_icecube import IceCubeGenConfig, SimConfig, generate_icecube
     from physfm.io import sha256_file, sha256_json, write_json
 
-    if not 0.0 <= args.track_fraction <= 1.0:
-        raise ValueError(f"--track-fraction must be in [0, 1], got {args.track_fraction}")
-    if args.noise_rate < 0:
-        raise ValueError(f"--noise-rate must be >= 0, got {args.noise_rate}")
-    cfg = SimConfig(track_fraction=args.track_fraction, noise_rate_hz=args.noise_rate)
+    gen = stage_config(IceCubeGenConfig, args.config)
+    gen.n_events = gen.n_events if gen.n_events is not None else gen.n_events
+    gen.seed = args.seed if args.seed is not None else gen.seed
+    if not 0.0 <= gen.track_fraction <= 1.0:
+        raise ValueError(f"track_fraction must be in [0, 1], got {gen.track_fraction}")
+    if gen.noise_rate_hz < 0:
+        raise ValueError(f"noise_rate_hz must be >= 0, got {gen.noise_rate_hz}")
+    cfg = SimConfig(track_fraction=gen.track_fraction, noise_rate_hz=gen.noise_rate_hz)
     params = {
-        "n_events": args.n_events,
-        "seed": args.seed,
-        "events_per_batch": args.events_per_batch,
-        "track_fraction": args.track_fraction,
-        "noise_rate_hz": args.noise_rate,
+        "n_events": gen.n_events,
+        "seed": gen.seed,
+        "events_per_batch": gen.events_per_batch,
+        "track_fraction": gen.track_fraction,
+        "noise_rate_hz": gen.noise_rate_hz,
     }
-    with tracking.stage_run(
-        "generate", run_name=args.run_name or "generate icecube", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "generate", "generate icecube", params) as run:
         t0 = time.perf_counter()
         paths = generate_icecube(
             args.out,
-            args.n_events,
-            args.seed,
-            events_per_batch=args.events_per_batch,
+            gen.n_events,
+            gen.seed,
+            events_per_batch=gen.events_per_batch,
             workers=args.workers,
             config=cfg,
             progress=not args.no_progress,
@@ -106,16 +102,16 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
         run.set_tags({"data_version.out": info["content_version"]})
         run.log_metrics(
             {
-                "events": args.n_events,
+                "events": gen.n_events,
                 "pulses": n_pulses,
-                "pulses_per_event": n_pulses / args.n_events,
+                "pulses_per_event": n_pulses / gen.n_events,
                 "wall_seconds": wall,
-                "events_per_second": args.n_events / max(wall, 1e-9),
+                "events_per_second": gen.n_events / max(wall, 1e-9),
             }
         )
         run.log_artifact(Path(args.out) / "generation.json")
     print(
-        f"wrote {args.n_events} events ({n_pulses / args.n_events:.1f} pulses/event) in "
+        f"wrote {gen.n_events} events ({n_pulses / gen.n_events:.1f} pulses/event) in "
         f"{len(paths) - 2} batch file(s) to {args.out} ({wall:.1f} s)"
     )
     return 0

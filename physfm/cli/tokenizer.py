@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, csv_list, parse_tags, print_json
+from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
 
 FIT_DESCRIPTION = """\
 Fit a particle tokenizer on the train split of a converted dataset and write one artefact directory:
@@ -53,13 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--data", required=True, type=Path, help="dataset directory (from `physfm convert`)")
     fit.add_argument("--out", required=True, type=Path, help="artefact directory to write (replaced if present)")
     fit.add_argument("--codebook-size", "-k", type=int, default=512, help="number of codes K (default 512)")
-    fit.add_argument("--features", help="comma list of physfm.features names (default for jets: log_pt,deta,dphi)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_config_arg(fit, "tokenizer (features, seed, eval, and the method's options under `options`)")
     fit.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="method option (see below), repeatable"
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option (see below), repeatable; overrides --config's `options`",
     )
-    fit.add_argument("--eval-split", default="val", help="split the quality metrics are measured on (default val)")
-    fit.add_argument("--eval-events", type=int, default=20_000, help="events used for the metrics (default 20000)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_tracking_args(fit)
     fit.set_defaults(func=run_fit)
@@ -135,37 +136,39 @@ def _headline(m: dict) -> str:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from physfm import tracking
-    from physfm.data.shards import load_manifest
+    from physfm.data.dataset import open_dataset
     from physfm.tokenizers import make_tokenizer
+    from physfm.tokenizers.fit import TokenizerFitConfig
     from physfm.tokenizers.metrics import flat_metrics
 
-    options = _options(args.option)
-    features = csv_list(args.features)
-    manifest = load_manifest(args.data)
+    cfg = stage_config(TokenizerFitConfig, args.config)
+    options = {**cfg.options, **_options(args.option)}
+    features, seed = cfg.features, cfg.seed
+    ds = open_dataset(args.data, verify=True)  # opened once; the library takes it
+    manifest = ds.manifest
     params = {
         "method": args.method,
         "codebook_size": args.codebook_size,
-        "features": features or "default",
-        "seed": args.seed,
-        "eval_split": args.eval_split,
-        "eval_events": args.eval_events,
+        "features": features,
+        "seed": seed,
+        "eval_split": cfg.eval.split,
+        "eval_events": cfg.eval.max_events,
         "options": options,
     }
     name = args.run_name or f"tokenizer {args.method}-{args.codebook_size}"
-    with tracking.stage_run("tokenizer", run_name=name, params=params, tags=parse_tags(args.tag)) as run:
+    with open_stage_run(args, "tokenizer", name, params) as run:
         run.set_tags({"data_version.in": manifest["data_version"]})
         run.log_dataset(args.data, manifest, context="input")
         tok, ev = make_tokenizer(
-            args.data,
+            ds,
             args.out,
             args.method,
             args.codebook_size,
             features=features,
-            seed=args.seed,
+            seed=seed,
             options=options,
-            eval_split=args.eval_split,
-            eval_events=args.eval_events,
+            eval_split=cfg.eval.split,
+            eval_events=cfg.eval.max_events,
             progress=not args.no_progress,
             log=run.log_metrics,
         )
@@ -179,7 +182,6 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.data.shards import load_manifest
     from physfm.tokenizers import load_tokenizer, write_report
     from physfm.tokenizers.metrics import flat_metrics
@@ -187,12 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.tokenizer)
     manifest = load_manifest(args.data)
     params = {"split": args.split, "max_events": args.max_events, "tokenizer": str(args.tokenizer)}
-    with tracking.stage_run(
-        "tokenizer-evaluate",
-        run_name=args.run_name or f"evaluate {tok.method}-{tok.codebook_size}",
-        params=params,
-        tags=parse_tags(args.tag),
-    ) as run:
+    with open_stage_run(args, "tokenizer-evaluate", f"evaluate {tok.method}-{tok.codebook_size}", params) as run:
         run.set_tags({"data_version.in": manifest["data_version"], "tokenizer_version": tok.version})
         run.log_dataset(args.data, manifest, context="evaluation")
         ev = write_report(tok, args.data, args.out, args.split, args.max_events)

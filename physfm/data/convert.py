@@ -73,6 +73,17 @@ def resolve_inputs(inputs: str | Path | list[str | Path], file_glob: str = "*") 
 
 
 @dataclass
+class ConvertConfig:
+    """Settings of ``physfm convert`` (config section ``data.convert``)."""
+
+    shard_events: int = 2000  # events per shard
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    labels: list[str] = field(default_factory=lambda: ["label_QCD", "label_Tbqq", "label_Wqq", "label_Zqq"])
+    on_error: str = "fail"  # fail: stop at a bad file/event; skip: leave it out, listed in the manifest
+    tree: str | None = None  # JetClass ROOT tree name (None: "tree")
+
+
+@dataclass
 class ConvertStats:
     events_in: int = 0
     events_written: int = 0

@@ -46,6 +46,17 @@ from physfm.data import icecube
 C_VACUUM = 0.299792458  # m/ns
 
 
+@dataclass
+class IceCubeGenConfig:
+    """Settings of ``physfm generate icecube`` (config section ``data.generate``; jet keys aside)."""
+
+    n_events: int = 20000  # triggered events
+    seed: int = 1
+    events_per_batch: int = 5000  # events per train/batch_<k>.parquet
+    track_fraction: float = 0.5  # muon tracks; the rest are cascades
+    noise_rate_hz: float = 500.0  # dark-noise rate per DOM
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Parameters of the simulation (defaults give Kaggle-like events; see docs/icecube.md)."""

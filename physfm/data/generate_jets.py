@@ -19,7 +19,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,16 @@ assert set(PROCESS_SETTINGS) == set(PROCESS_LABELS), "every labelled process nee
 # ----------------------------------------------------------------------------------------------
 # Work planning and seeds
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JetGenConfig:
+    """Settings of ``physfm generate jets`` (config section ``data.generate``; IceCube keys aside)."""
+
+    n_jets: int = 6000  # total, split evenly over the processes
+    seed: int = 1
+    processes: list[str] = field(default_factory=lambda: list(DEFAULT_PROCESSES))
+    files: int = 2  # output ROOT files
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from physfm.data.shards import EventBlock, load_manifest
+from physfm.data.dataset import Dataset, open_dataset
+from physfm.data.shards import EventBlock
 
 
 def read_block(path: Path, start: int = 0, stop: int | None = None) -> EventBlock:
@@ -56,13 +57,20 @@ def pad(block: EventBlock, parts: np.ndarray, max_len: int) -> tuple[np.ndarray,
 class Split:
     """One split of a dataset: its shards and how many events each holds."""
 
-    data_dir: Path
+    dataset: Dataset
     split: str
-    manifest: dict[str, Any]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dataset.path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.dataset.manifest
 
     @property
     def shards(self) -> list[tuple[Path, int]]:
-        return [(self.data_dir / s["path"], s["n_events"]) for s in self.manifest["shards"] if s["split"] == self.split]
+        return self.dataset.shards(self.split)
 
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
@@ -99,15 +107,15 @@ def compute_features(block: EventBlock, manifest: dict[str, Any], names: Sequenc
     return compute(block, manifest, names)
 
 
-def open_split(data_dir: str | Path, split: str) -> Split:
-    manifest = load_manifest(data_dir)
-    if split not in manifest["n_events"]:
-        raise KeyError(f"no split '{split}' in {data_dir} (splits: {', '.join(manifest['n_events'])})")
-    return Split(Path(data_dir), split, manifest)
+def open_split(data: Dataset | str | Path, split: str) -> Split:
+    """One split of a dataset (an opened :class:`Dataset`, or a directory, opened here)."""
+    ds = open_dataset(data)
+    ds.shards(split)  # KeyError naming the splits there are
+    return Split(ds, split)
 
 
 def load_arrays(
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     split: str,
     features: Sequence[str] | None = None,
     max_len: int = 128,
@@ -139,7 +147,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(
         self,
-        data_dir: str | Path,
+        data_dir: Dataset | str | Path,
         split: str,
         *,
         features: Sequence[str] | None = None,

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from physfm import __version__
+from physfm.hashing import mix64, row_hash
 from physfm.io import atomic_path, commit_path, read_json, sha256_file, sha256_json, temp_path_beside, write_json
 
 FORMAT_VERSION = 1
@@ -50,55 +51,6 @@ class DataError(RuntimeError):
 _U64 = np.uint64
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    x = x.astype(_U64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> _U64(30)
-        x *= _U64(0xBF58476D1CE4E5B9)
-        x ^= x >> _U64(27)
-        x *= _U64(0x94D049BB133111EB)
-        x ^= x >> _U64(31)
-    return x
-
-
-_TILE = 8192  # rows hashed at a time: the tile's words stay in cache through the word loop
-
-
-def _row_hash(values: np.ndarray) -> np.ndarray:
-    """One uint64 per row of a 2-D numeric array, from the exact bit patterns of its values.
-
-    The row's bytes (zero-padded to whole words) are read as uint64 words (no conversion of the
-    values) and folded with a multiply-xorshift per word, then finalised with splitmix64.
-    """
-    values = np.ascontiguousarray(values)
-    n = values.shape[0]
-    if values.dtype.kind not in "fiub":
-        raise TypeError(f"cannot hash values of dtype {values.dtype}")
-    raw = values.reshape(n, -1).view(np.uint8)
-    width = raw.shape[1]
-    n_words = -(-width // 8)
-    h = np.empty(n, dtype=_U64)
-    padded = np.zeros((min(n, _TILE), n_words * 8), np.uint8) if width % 8 else None
-    shifted = np.empty(min(n, _TILE), dtype=_U64)
-    with np.errstate(over="ignore"):
-        for a in range(0, n, _TILE):
-            b = min(a + _TILE, n)
-            if padded is None:
-                words = raw[a:b].view(_U64)
-            else:
-                padded[: b - a, :width] = raw[a:b]
-                words = padded[: b - a].view(_U64)
-            ht, st = h[a:b], shifted[: b - a]
-            ht.fill(width)
-            for j in range(n_words):
-                ht ^= words[:, j]
-                ht *= _U64(0x9E3779B97F4A7C15)
-                np.right_shift(ht, _U64(29), out=st)
-                ht ^= st
-    return _mix64(h)
-
-
 def event_keys(offsets: np.ndarray, particles: np.ndarray, events: np.ndarray) -> np.ndarray:
     """Content hash (uint64) of each event: its per-event features and ordered particles.
 
@@ -107,15 +59,15 @@ def event_keys(offsets: np.ndarray, particles: np.ndarray, events: np.ndarray) -
     """
     n = len(offsets) - 1
     counts = np.diff(offsets)
-    ph = _row_hash(particles) if len(particles) else np.zeros(0, dtype=_U64)
+    ph = row_hash(particles) if len(particles) else np.zeros(0, dtype=_U64)
     local = np.arange(len(ph), dtype=np.int64) - np.repeat(offsets[:-1] - offsets[0], counts)
     with np.errstate(over="ignore"):
-        ph = _mix64(ph + local.astype(_U64) * _U64(0x9E3779B97F4A7C15))
+        ph = mix64(ph + local.astype(_U64) * _U64(0x9E3779B97F4A7C15))
         cs = np.concatenate([np.zeros(1, dtype=_U64), np.cumsum(ph, dtype=_U64)])
         start = offsets[:-1] - offsets[0]
         per_event = cs[start + counts] - cs[start]
-        eh = _row_hash(events) if events.size else np.zeros(n, dtype=_U64)
-        return _mix64(per_event ^ _mix64(eh + counts.astype(_U64)))
+        eh = row_hash(events) if events.size else np.zeros(n, dtype=_U64)
+        return mix64(per_event ^ mix64(eh + counts.astype(_U64)))
 
 
 def assign_splits(keys: np.ndarray, fractions: dict[str, float], salt: int = 0) -> np.ndarray:
@@ -123,7 +75,7 @@ def assign_splits(keys: np.ndarray, fractions: dict[str, float], salt: int = 0) 
     total = sum(fractions.get(s, 0.0) for s in SPLITS)
     if not np.isclose(total, 1.0):
         raise ValueError(f"split fractions must sum to 1, got {fractions} (sum {total})")
-    u = (_mix64(keys ^ _U64(salt)) >> _U64(11)).astype(np.float64) * 2.0**-53
+    u = (mix64(keys ^ _U64(salt)) >> _U64(11)).astype(np.float64) * 2.0**-53
     edges = np.cumsum([fractions.get(s, 0.0) for s in SPLITS])[:-1]
     return np.searchsorted(edges, u, side="right").astype(np.int8)
 
@@ -468,7 +420,3 @@ def check_artefact(directory: str | Path, remedy: str) -> dict[str, Any] | None:
 
 def feature_names(manifest: dict[str, Any], kind: str = "particle") -> list[str]:
     return [f["name"] for f in manifest[f"{kind}_features"]]
-
-
-def shard_paths(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
-    return [Path(data_dir) / s["path"] for s in manifest["shards"] if s["split"] == split]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from physfm.data.dataset import Dataset, open_dataset  # noqa: E402
 from physfm.data.loader import open_split  # noqa: E402
-from physfm.data.shards import feature_names, load_manifest  # noqa: E402
+from physfm.data.shards import feature_names  # noqa: E402
 from physfm.io import atomic_path, write_json  # noqa: E402
+
+
+@dataclass
+class SummaryConfig:
+    """Settings of ``physfm summarize`` (config section ``data.summary``)."""
+
+    split: str = "train"
+    max_events: int = 20000  # events sampled for the plots
 
 
 def _hist_grid(
@@ -60,16 +70,17 @@ def _hist_grid(
 
 
 def summarize(
-    data_dir: str | Path, out_dir: str | Path, split: str = "train", max_events: int = 20_000
+    data_dir: Dataset | str | Path, out_dir: str | Path, split: str = "train", max_events: int = 20_000
 ) -> dict[str, Any]:
     """Write ``summary.json`` and per-feature plots (particle- and event-level) to ``out_dir``.
 
     The dataset is verified against its manifest first; a mismatch raises ``DataError``.
     """
-    manifest = load_manifest(data_dir, verify=True)
+    ds = open_dataset(data_dir, verify=True)
+    manifest = ds.manifest
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    s = open_split(data_dir, split)
+    s = open_split(ds, split)
     n = min(len(s), max_events)
     block = s.read(np.arange(n))
     classes = manifest["classes"]

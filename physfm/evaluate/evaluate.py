@@ -3,33 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays
-from physfm.data.shards import DataError, load_manifest
+from physfm.data.shards import DataError
 from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
 from physfm.io import atomic_path
 
 
+@dataclass
+class EvaluateConfig:
+    """Settings of the ``evaluate`` stage (config keys ``evaluate.split``, ``bootstrap``, ``pairs``, ``effs``)."""
+
+    split: str = "test"  # held-out split the models are scored on
+    bootstrap: int = 200  # test-set resamples per run
+    pairs: list[str] = field(default_factory=lambda: ["Tbqq:QCD"])  # signal:background for AUC and 1/eB
+    effs: list[float] = field(default_factory=lambda: [0.5, 0.3])  # signal efficiencies of 1/eB
+
+
+@dataclass
+class EmbedConfig:
+    """Settings of the ``embed`` stage (config section ``evaluate.knn``, less ``enabled``)."""
+
+    k: int = 10  # neighbours of the k-NN probe
+    index: str = "auto"  # faiss index: auto (by size), flat (exact), hnsw, ivf
+    max_events: int = 20000  # events embedded per split
+    normalize: bool = True  # L2-normalise the embeddings
+
+
 def predict(
-    model_dir: str | Path, data_dir: str | Path, split: str = "test", batch_size: int = 256, device: str = "auto"
+    model_dir: str | Path,
+    data_dir: Dataset | str | Path,
+    split: str = "test",
+    batch_size: int = 256,
+    device: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Class probabilities ``(N, C)``, labels and event keys of a split, and the classifier's meta."""
-    from physfm.finetune.model import batched, device_of, load_classifier
+    from physfm.finetune.model import batched, load_classifier
+    from physfm.runtime import device_of
 
     model, meta = load_classifier(model_dir)
-    manifest = load_manifest(data_dir, verify=True)
+    ds = open_dataset(data_dir, verify=True)
+    manifest = ds.manifest
     if list(manifest["classes"]) != list(meta["classes"]):
         raise DataError(
             f"{data_dir} has classes {manifest['classes']}, the classifier was trained on {meta['classes']}"
         )
     dev = device_of(device)
     model.to(dev)
-    arrays = load_arrays(data_dir, split, features=meta["backbone"]["features"], max_len=meta["backbone"]["max_len"])
+    arrays = load_arrays(ds, split, features=meta["backbone"]["features"], max_len=meta["backbone"]["max_len"])
     keep = arrays["label"] >= 0
     probs = batched(
         lambda x, m: torch.softmax(model(x, m), dim=1),
@@ -79,7 +107,7 @@ def load_embedder(backbone_dir: str | Path, random_init_seed: int | None = None)
     """A backbone and its meta for embedding; ``random_init_seed``: same architecture, random weights
     (the baseline a pretrained representation should beat)."""
     from physfm.models.backbone import Backbone, BackboneConfig
-    from physfm.train.checkpoints import load_backbone
+    from physfm.pretrain.checkpoints import load_backbone
 
     model, bmeta = load_backbone(backbone_dir, map_location="cpu")
     if random_init_seed is not None:
@@ -92,7 +120,7 @@ def load_embedder(backbone_dir: str | Path, random_init_seed: int | None = None)
 def embed_split(
     model: Any,
     bmeta: dict[str, Any],
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     split: str,
     *,
     batch_size: int = 256,
@@ -100,8 +128,9 @@ def embed_split(
     max_events: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``) from ``model.embed``."""
-    from physfm.finetune.model import batched, device_of
+    from physfm.finetune.model import batched
     from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
+    from physfm.runtime import device_of
 
     dev = device_of(device)
     model.to(dev).eval()
@@ -109,14 +138,15 @@ def embed_split(
     features = list(bmeta["features"])
     with_dom = uses_dom_tokens(bmeta)  # PolarBERT backbones also embed the sensor ids
     names = features + ([DOM_FEATURE] if with_dom else [])
-    arrays = load_arrays(data_dir, split, features=names, max_len=bmeta["max_len"], indices=indices)
+    ds = open_dataset(data_dir)
+    arrays = load_arrays(ds, split, features=names, max_len=bmeta["max_len"], indices=indices)
     tokens = None
     if with_dom:
         n_doms = int(bmeta["config"]["vocab_size"]) - 1
         tokens = dom_tokens(arrays["x"][..., len(features)], arrays["mask"], n_doms)
     x = arrays["x"][..., : len(features)]
     emb = batched(model.embed, x, arrays["mask"], bmeta, batch_size, dev, tokens=tokens)
-    manifest = load_manifest(data_dir)
+    manifest = ds.manifest
     meta = {
         "backbone_dir": bmeta.get("backbone_dir"),
         "random_init": bool(bmeta.get("random_init")),

@@ -13,6 +13,7 @@ import base64
 import datetime as _dt
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ SECTIONS = (
     "label-efficiency",
     "embeddings",
 )
+
+
+@dataclass
+class ReportConfig:
+    """Settings of the ``report`` stage (config keys ``evaluate.metric`` and ``evaluate.report``)."""
+
+    metric: str = "auc"  # headline metric of the report and the label-efficiency factor
+    title: str = "physfm label-efficiency study"
+    bootstrap: int = 1000  # resamples for the label-efficiency factor
 
 
 def metric_label(name: str) -> str:

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from physfm.data.loader import load_arrays, open_split
-from physfm.data.shards import DataError, feature_names, load_manifest
+from physfm.data.dataset import Dataset, open_dataset
+from physfm.data.loader import load_arrays
+from physfm.data.shards import DataError
 from physfm.io import atomic_path
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 
@@ -119,7 +120,7 @@ class DirectionModel(nn.Module):
         return self.from_states(self.backbone(x, mask, tokens=tokens), mask)
 
 
-def _inputs(data_dir: Path, split: str, meta: dict[str, Any], indices: np.ndarray | None) -> dict[str, np.ndarray]:
+def _inputs(data_dir: Dataset, split: str, meta: dict[str, Any], indices: np.ndarray | None) -> dict[str, np.ndarray]:
     """Raw features, mask, DOM tokens (when the backbone embeds them) and unit direction targets."""
     from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
 
@@ -136,9 +137,9 @@ def _inputs(data_dir: Path, split: str, meta: dict[str, Any], indices: np.ndarra
     return out
 
 
-def direction_truth(data_dir: str | Path, events: np.ndarray) -> np.ndarray:
+def direction_truth(data_dir: Dataset | str | Path, events: np.ndarray) -> np.ndarray:
     """``(N, 3)`` unit direction vectors from a dataset's event features."""
-    names = feature_names(load_manifest(data_dir), "event")
+    names = open_dataset(data_dir).feature_names("event")
     missing = [t for t in TARGET if t not in names]
     if missing:
         raise DataError(
@@ -180,28 +181,29 @@ def finetune_direction(
     ``dropout`` are used; ``kind`` is always an MLP). Without ``backbone_dir`` (scratch only), ``arch``
     gives the BackboneConfig and ``features`` (default :data:`physfm.features.ICECUBE_DEFAULT`).
     """
-    from physfm.finetune.model import device_of, param_groups
+    from physfm.finetune.model import param_groups
     from physfm.finetune.subsets import keys_digest, load_subset, make_subsets
-    from physfm.finetune.train import _backbone, _lr_lambda
+    from physfm.finetune.train import lr_lambda, prepare_backbone
+    from physfm.runtime import device_of
 
     t_start = time.perf_counter()
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir, verify=True)
+    ds = open_dataset(data_dir, verify=True)  # the one read of manifest.json; shards re-hashed once
+    manifest, data_dir = ds.manifest, ds.path
     device = device_of(cfg.device)
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
-    train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
+        make_subsets(ds, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
+    train_idx = load_subset(subsets_dir, cfg.labels, ds)
 
     if backbone_dir is None or str(backbone_dir) == "none":
         from physfm.features import ICECUBE_DEFAULT
 
         arch = {"features": list(ICECUBE_DEFAULT), **(arch or {})}
-    backbone, bmeta = _backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
+    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
     bmeta = dict(bmeta)
-    train = _inputs(data_dir, "train", bmeta, train_idx)
-    n_val = len(open_split(data_dir, "val"))
-    val = _inputs(data_dir, "val", bmeta, np.arange(min(n_val, cfg.val_max_events or n_val)))
+    train = _inputs(ds, "train", bmeta, train_idx)
+    n_val = ds.n_events["val"]
+    val = _inputs(ds, "val", bmeta, np.arange(min(n_val, cfg.val_max_events or n_val)))
     digest = keys_digest(train["event_key"])
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
@@ -214,7 +216,7 @@ def finetune_direction(
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
     def tensors(inp: dict[str, np.ndarray]) -> dict[str, Tensor]:
         t = {"x": torch.from_numpy(normalize(inp["x"], inp["mask"], bmeta)), "mask": torch.from_numpy(inp["mask"])}
@@ -361,12 +363,12 @@ def predict_direction(
     model_dir: str | Path, data_dir: str | Path, split: str = "test", batch_size: int = 256, device: str = "auto"
 ) -> dict[str, Any]:
     """Predicted and true unit vectors, event keys and event features of a split, and the model's meta."""
-    from physfm.finetune.model import device_of
+    from physfm.runtime import device_of
 
     model, meta = load_direction(model_dir)
     dev = device_of(device)
     model.to(dev)
-    inp = _inputs(Path(data_dir), split, meta["backbone"], None)
+    inp = _inputs(open_dataset(data_dir), split, meta["backbone"], None)
     pred = _apply(model, inp, meta["backbone"], batch_size, dev).numpy()
     return {"pred": pred, "truth": inp["truth"], "event_key": inp["event_key"], "events": inp["events"], "meta": meta}
 
@@ -382,10 +384,11 @@ def evaluate_direction(
 ) -> dict[str, Any]:
     """Angular-error metrics (degrees, lower is better) on ``split`` with bootstrap errors, plus the
     cell the model belongs to; also per event type when the data has ``is_track`` (simulator)."""
+    data_dir = open_dataset(data_dir)
     p = predict_direction(model_dir, data_dir, split)
     meta = p["meta"]
     metrics, std = direction_metrics(p["pred"], p["truth"], n_bootstrap, seed)
-    enames = feature_names(load_manifest(data_dir), "event")
+    enames = data_dir.feature_names("event")
     if "is_track" in enames:
         track = p["events"][:, enames.index("is_track")] > 0.5
         for name, sel in (("tracks", track), ("cascades", ~track)):

@@ -186,13 +186,6 @@ def head_meta(cfg: HeadConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- inference helpers
-def device_of(name: str = "auto") -> torch.device:
-    """``auto`` = CUDA when available (untested here: developed on CPU), else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def batched(
     fn: Any,

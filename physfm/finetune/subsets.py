@@ -27,7 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from physfm.data.shards import DataError, load_manifest, shard_paths
+from physfm.data.dataset import open_dataset
+from physfm.data.shards import DataError
 from physfm.io import atomic_path, read_json, sha256_file, write_json
 
 ORDER = "order.npy"
@@ -82,9 +83,8 @@ def spec_name(spec: str | int | float) -> str:
 
 def read_labels(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """``(label, event_key)`` of a split in stored order, without reading particles."""
-    manifest = load_manifest(data_dir)
     labels, keys = [], []
-    for path in shard_paths(data_dir, manifest, split):
+    for path, _ in open_dataset(data_dir).shards(split):
         with h5py.File(path, "r") as f:
             labels.append(f["label"][:].astype(np.int64))
             keys.append(f["event_key"][:].astype(np.uint64))
@@ -123,7 +123,8 @@ def make_subsets(
 
     The dataset is verified against its manifest first (``verify=False`` when the caller already did).
     """
-    data_manifest = load_manifest(data_dir, verify=verify)
+    data_dir = open_dataset(data_dir, verify=verify)
+    data_manifest = data_dir.manifest
     classes = list(data_manifest["classes"])
     labels, keys = read_labels(data_dir, "train")
     if not classes:  # a regression dataset (IceCube direction): every event is labelled, one pseudo-class
@@ -164,7 +165,7 @@ def load_subset(subsets_dir: str | Path, spec: str | int | float, data_dir: str 
     if sha256_file(subsets_dir / ORDER) != manifest["order_sha256"]:
         raise DataError(f"{subsets_dir / ORDER} does not match its manifest; re-run the label_subsets step")
     if data_dir is not None:
-        version = load_manifest(data_dir)["data_version"]
+        version = open_dataset(data_dir).data_version
         if version != manifest["data_version"]:
             raise DataError(
                 f"subsets in {subsets_dir} were made for data_version {manifest['data_version']}, "

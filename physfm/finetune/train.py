@@ -18,7 +18,6 @@ label-efficiency study; ``val_max_events`` caps the validation set).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,41 +29,62 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays, open_split
-from physfm.data.shards import DataError, load_manifest
+from physfm.data.shards import DataError
 from physfm.finetune.model import (
     Classifier,
     HeadConfig,
     batched,
-    device_of,
     head_meta,
     param_groups,
     save_classifier,
 )
 from physfm.finetune.subsets import keys_digest, load_subset, make_subsets, spec_name
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
+from physfm.runtime import device_of, warmup_cosine
 
 MODES = ("scratch", "finetune", "frozen")
 
 
+#: Keys of the Snakemake ``finetune:`` section that define the grid, not one run's training settings.
+GRID_KEYS = (
+    "backbones",
+    "labels",
+    "reference_labels",
+    "modes",
+    "seeds",
+    "scratch_per_backbone",
+    "subset_seed",
+    "resources",
+)
+#: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
+CELL_KEYS = ("mode", "labels", "seed", "device")
+
+
 @dataclass
 class FinetuneConfig:
-    """Everything that defines one fine-tuning run (logged as MLflow params)."""
+    """Everything that defines one fine-tuning run (logged as MLflow params).
+
+    ``mode``, ``labels``, ``seed`` identify the grid cell and ``device`` where it runs (command-line
+    flags); every other field is a setting of the ``finetune:`` config section, whose schema defaults
+    equal these (tests/test_finetune.py).
+    """
 
     mode: str = "finetune"
     labels: str = "all"
     seed: int = 1
     head: HeadConfig = field(default_factory=HeadConfig)
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
+    lr: float = 5e-4  # head, and everything in scratch
+    backbone_lr_scale: float = 0.2  # finetune: backbone LR = lr x this x layer_decay^(layers above)
     layer_decay: float = 0.8
     weight_decay: float = 0.01
-    batch_size: int = 64
-    max_steps: int = 1000
+    batch_size: int = 32
+    max_steps: int = 800
     warmup_steps: int = 20
-    eval_every: int = 20
-    patience: int = 10
-    val_max_events: int | None = 2000
+    eval_every: int = 25  # steps between validation-loss evaluations
+    patience: int = 6  # evaluations without improvement before stopping
+    val_max_events: int = 1000  # cap on validation events (0 = all)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -80,6 +100,11 @@ class FinetuneConfig:
         return asdict(self)
 
 
+def settings_slice(section: dict[str, Any]) -> dict[str, Any]:
+    """One run's settings from the workflow's ``finetune:`` section (the grid keys dropped)."""
+    return {k: v for k, v in section.items() if k not in GRID_KEYS}
+
+
 def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
     """Per-feature mean/std over real particles (for a backbone-less scratch model)."""
     real = x[mask].astype(np.float64)
@@ -90,8 +115,8 @@ def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
     }
 
 
-def _backbone(
-    backbone_dir: str | Path | None, mode: str, data_dir: Path, arch: dict[str, Any] | None, seed: int
+def prepare_backbone(
+    backbone_dir: str | Path | None, mode: str, data: Dataset, arch: dict[str, Any] | None, seed: int
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone to train and its meta (features, norm, max_len, config, versions)."""
     if backbone_dir is None or str(backbone_dir) == "none":
@@ -104,21 +129,22 @@ def _backbone(
         arch = dict(arch or {})
         features = list(arch.pop("features", JET_DEFAULT))
         max_len = int(arch.get("max_len", 128))
-        n_fit = min(len(open_split(data_dir, "train")), 5000)
-        sample = load_arrays(data_dir, "train", features=features, max_len=max_len, indices=np.arange(n_fit))
+        n_fit = min(len(open_split(data, "train")), 5000)
+        sample = load_arrays(data, "train", features=features, max_len=max_len, indices=np.arange(n_fit))
         cfg = BackboneConfig.from_dict({"n_features": len(features), **arch})
         meta = {
             "features": features,
             "norm": fit_norm(sample["x"], sample["mask"]),
             "max_len": max_len,
             "config": cfg.to_dict(),
-            "data_version": load_manifest(data_dir)["data_version"],
+            "data_version": data.data_version,
             "tokenizer_version": None,
             "objective": "none",
         }
         torch.manual_seed(seed + 7919)
         return Backbone(cfg), meta
-    from physfm.train.checkpoints import load_backbone
+
+    from physfm.pretrain.checkpoints import load_backbone
 
     model, meta = load_backbone(backbone_dir, map_location="cpu")
     if model.config.vocab_size > 0 and model.config.n_features == 0:
@@ -133,18 +159,13 @@ def _backbone(
     return model, meta
 
 
-def _lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return f
+def lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
+    """Warm-up then cosine decay to 0.1 over ``max_steps`` (:func:`physfm.runtime.warmup_cosine`)."""
+    return lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, 0.1)
 
 
 def finetune(
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     out_dir: str | Path,
     cfg: FinetuneConfig,
     *,
@@ -161,29 +182,29 @@ def finetune(
     fly with subset seed 1 when None). ``run``: a :class:`physfm.tracking.StageRun` for metrics.
     """
     t_start = time.perf_counter()
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir, verify=True)
-    classes = list(manifest["classes"])
+    ds = open_dataset(data_dir, verify=True)  # the one read of manifest.json; shards re-hashed once
+    manifest, data_dir = ds.manifest, ds.path
+    classes = ds.classes
     if len(classes) < 2:
         raise DataError(f"{data_dir} has {len(classes)} class(es); classification needs at least two")
     device = device_of(cfg.device)
 
     if subsets_dir is None:
         subsets_dir = Path(out_dir).with_name(Path(out_dir).name + ".subsets")
-        make_subsets(data_dir, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
-    train_idx = load_subset(subsets_dir, cfg.labels, data_dir)
+        make_subsets(ds, [cfg.labels], seed=1, out_dir=subsets_dir, verify=False)
+    train_idx = load_subset(subsets_dir, cfg.labels, ds)
 
-    backbone, bmeta = _backbone(backbone_dir, cfg.mode, data_dir, arch, cfg.seed)
+    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
     if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
         print(
             f"note: backbone pretrained on data_version {bmeta['data_version']}, "
             f"fine-tuning on {manifest['data_version']}"
         )
     features, max_len = list(bmeta["features"]), int(bmeta["max_len"])
-    train = load_arrays(data_dir, "train", features=features, max_len=max_len, indices=train_idx)
-    n_val = len(open_split(data_dir, "val"))
+    train = load_arrays(ds, "train", features=features, max_len=max_len, indices=train_idx)
+    n_val = ds.n_events["val"]
     val_idx = np.arange(min(n_val, cfg.val_max_events or n_val))
-    val = load_arrays(data_dir, "val", features=features, max_len=max_len, indices=val_idx)
+    val = load_arrays(ds, "val", features=features, max_len=max_len, indices=val_idx)
     val_keep = val["label"] >= 0
     for name, arr in (("x", val["x"]), ("mask", val["mask"]), ("label", val["label"])):
         val[name] = arr[val_keep]
@@ -197,7 +218,7 @@ def finetune(
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
     x_tr = normalize(train["x"], train["mask"], bmeta)
     y_tr = torch.from_numpy(train["label"].astype(np.int64))

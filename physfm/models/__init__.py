@@ -1,20 +1,18 @@
 """Backbone transformer and self-supervised objectives.
 
 >>> from physfm.models import Backbone, BackboneConfig, normalize
->>> from physfm.train.checkpoints import load_backbone
+>>> from physfm.pretrain.checkpoints import load_backbone
 >>> model, meta = load_backbone("results/default/pretrain/mpm")   # doctest: +SKIP
 >>> e = model.embed(normalize(x, mask, meta), mask)                # (B, d_model)   # doctest: +SKIP
 
 New objectives subclass :class:`Objective` and register with :func:`register_objective`
-(or ``OBJECTIVES[name] = cls``); new label-free class-token targets go in :data:`GLOBAL_TARGETS`.
+(or ``OBJECTIVES[name] = cls``); new label-free class-token targets go in :data:`physfm.features.GLOBAL_TARGETS`.
 """
 
 from physfm.models import polarbert  # noqa: F401  (registers the IceCube objective, issue 6)
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 from physfm.models.objectives import (
-    GLOBAL_TARGETS,
     OBJECTIVES,
-    GlobalTarget,
     Objective,
     ObjectiveOptions,
     choose_masked,
@@ -27,8 +25,6 @@ __all__ = [
     "BackboneConfig",
     "normalize",
     "OBJECTIVES",
-    "GLOBAL_TARGETS",
-    "GlobalTarget",
     "Objective",
     "ObjectiveOptions",
     "register_objective",

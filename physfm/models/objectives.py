@@ -22,14 +22,13 @@ Masking is a pure function of each event's ``event_key``, a salt (seed and epoch
 position (:func:`hash_uniform`), so it does not depend on batching, workers or ranks: a resumed or
 distributed run masks exactly as an uninterrupted single-process run.
 
-New objectives register in :data:`OBJECTIVES` and new global targets in :data:`GLOBAL_TARGETS`.
+New objectives register in :data:`OBJECTIVES`; the global targets live in :data:`physfm.features.GLOBAL_TARGETS`.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -38,70 +37,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physfm.data.shards import _mix64
+from physfm.features import NpBatch
+from physfm.hashing import mix64
 from physfm.models.backbone import Backbone
 
 Stats = dict[str, Tensor]
-NpBatch = dict[str, np.ndarray]
 
 PID_FEATURES = ("is_charged_hadron", "is_neutral_hadron", "is_photon", "is_electron", "is_muon")
-
-
-# --------------------------------------------------------------------------- global (class-token) targets
-def _log_mass(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
-    w = mask.astype(np.float64)
-    e, px, py, pz = (
-        np.sum(raw[k].astype(np.float64) * w, axis=1) for k in ("part_energy", "part_px", "part_py", "part_pz")
-    )
-    m2 = e**2 - px**2 - py**2 - pz**2
-    return np.log(np.sqrt(np.maximum(m2, 0.0)) + 1.0)
-
-
-def _log_pt(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
-    w = mask.astype(np.float64)
-    px, py = (np.sum(raw[k].astype(np.float64) * w, axis=1) for k in ("part_px", "part_py"))
-    return np.log(np.hypot(px, py) + 1.0)
-
-
-def _log_multiplicity(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
-    return np.log(mask.sum(axis=1).astype(np.float64) + 1.0)
-
-
-@dataclass(frozen=True)
-class GlobalTarget:
-    """An event quantity computed from the (padded) particles; ``features`` are what it reads."""
-
-    features: tuple[str, ...]
-    fn: Callable[[NpBatch, np.ndarray], np.ndarray]
-    doc: str
-
-
-#: Label-free event targets for the class token, by name; other modalities add theirs here.
-GLOBAL_TARGETS: dict[str, GlobalTarget] = {
-    "log_mass": GlobalTarget(
-        ("part_energy", "part_px", "part_py", "part_pz"), _log_mass, "log(1 + invariant mass / GeV) of the particles"
-    ),
-    "log_pt": GlobalTarget(("part_px", "part_py"), _log_pt, "log(1 + summed pT / GeV)"),
-    "log_multiplicity": GlobalTarget((), _log_multiplicity, "log(1 + number of particles)"),
-}
-
-
-def global_targets(names: list[str], raw: NpBatch, mask: np.ndarray) -> np.ndarray:
-    """``(B, len(names))`` float64 raw (unstandardised) global targets."""
-    for n in names:
-        if n not in GLOBAL_TARGETS:
-            raise KeyError(f"unknown global target '{n}'; choose from {sorted(GLOBAL_TARGETS)}")
-    return np.stack([GLOBAL_TARGETS[n].fn(raw, mask) for n in names], axis=1) if names else np.zeros((len(mask), 0))
 
 
 # --------------------------------------------------------------------------- deterministic masking
 def hash_uniform(event_key: np.ndarray, salt: int, length: int) -> np.ndarray:
     """``(B, length)`` uniforms in [0, 1) from (event key, salt, position): same event, same numbers."""
     keys = np.asarray(event_key).astype(np.uint64)
-    base = _mix64(keys ^ _mix64(np.asarray([salt & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)))
+    base = mix64(keys ^ mix64(np.asarray([salt & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)))
     pos = np.arange(1, length + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
-        bits = _mix64((base[:, None] + pos[None, :]).ravel()).reshape(len(keys), length)
+        bits = mix64((base[:, None] + pos[None, :]).ravel()).reshape(len(keys), length)
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 

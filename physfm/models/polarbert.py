@@ -39,8 +39,6 @@ from torch import Tensor, nn
 
 from physfm.models.backbone import Backbone
 from physfm.models.objectives import (
-    GLOBAL_TARGETS,
-    GlobalTarget,
     NpBatch,
     Objective,
     ObjectiveOptions,
@@ -52,17 +50,6 @@ from physfm.models.objectives import (
 
 DOM_FEATURE = "dom"  # physfm.features name of the sensor id
 AUX_FEATURE = "aux"
-
-
-def _log10_qtot(raw: NpBatch, mask: np.ndarray) -> np.ndarray:
-    """The event's log10 total charge (over all its pulses, from ``event_log10_qtot``)."""
-    v = np.where(mask, raw["event_log10_qtot"].astype(np.float64), -np.inf).max(axis=1)
-    return np.where(np.isfinite(v), v, 0.0)
-
-
-GLOBAL_TARGETS["log10_qtot"] = GlobalTarget(
-    ("event_log10_qtot",), _log10_qtot, "log10 of the event's total charge / pe, over all its pulses (PolarBERT)"
-)
 
 
 #: Input features that would give a masked pulse's DOM away; zeroed (= their mean) for masked pulses.

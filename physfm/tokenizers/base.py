@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from physfm import __version__
+from physfm.data.dataset import Dataset
 from physfm.data.shards import DataError
 from physfm.io import atomic_path, read_json, sha256_file, sha256_json, write_json
 from physfm.tokenizers.normalization import Normalizer
@@ -85,7 +86,7 @@ class Tokenizer:
     @classmethod
     def fit(
         cls,
-        data_dir: Path,
+        data_dir: Dataset,
         features: list[str],
         codebook_size: int,
         config: Any,

@@ -9,11 +9,11 @@ outside fall in the outer bins). A bin decodes to the mean of the train values t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from physfm.data.dataset import Dataset
 from physfm.tokenizers.base import LogFn, Tokenizer
 from physfm.tokenizers.normalization import Normalizer
 from physfm.tokenizers.options import BinningConfig
@@ -51,7 +51,7 @@ class BinningTokenizer(Tokenizer):
     @classmethod
     def fit(
         cls,
-        data_dir: Path,
+        data_dir: Dataset,
         features: list[str],
         codebook_size: int,
         config: BinningConfig,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from physfm.data.shards import load_manifest
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.features import JET_TOKEN_DEFAULT, available
 from physfm.io import atomic_dir, write_json
 from physfm.tokenizers.base import LogFn, Tokenizer, tokenizer_class
@@ -17,8 +18,28 @@ from physfm.tokenizers.options import make_config
 DEFAULT_FEATURES = {"jets": JET_TOKEN_DEFAULT}
 
 
+@dataclass
+class EvalSettings:
+    split: str = "val"  # split the quality metrics are measured on
+    max_events: int = 20000  # events used for metrics and plots
+
+
+@dataclass
+class TokenizerFitConfig:
+    """Settings of one ``tokenizer fit`` job: the ``tokenizer:`` config section sliced to one method.
+
+    ``options`` is that method's section (``tokenizer.kmeans``, ...), checked by
+    :func:`physfm.tokenizers.options.make_config`; the list of tokenizers and resources stay in the workflow.
+    """
+
+    features: list[str] = field(default_factory=lambda: list(JET_TOKEN_DEFAULT))
+    seed: int = 0
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 def fit_tokenizer(
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     method: str,
     codebook_size: int,
     *,
@@ -35,8 +56,8 @@ def fit_tokenizer(
     ``log(metrics, step)`` receives training progress (VQ-VAE). The normalisation is fitted on the
     train split only. Same data, options and seed give the same tokenizer (same ``version``).
     """
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir, verify=True)  # once per fit: refuse shards that changed since convert
+    ds = open_dataset(data_dir, verify=True)  # once per fit: refuse shards that changed since convert
+    manifest, data_dir = ds.manifest, ds.path
     cls = tokenizer_class(method)
     config = make_config(method, options)
     if features is None:
@@ -50,13 +71,15 @@ def fit_tokenizer(
     if manifest["n_events"].get("train", 0) == 0:
         raise ValueError(f"{data_dir} has no train events; the tokenizer is fitted on the train split")
     t0 = time.perf_counter()
-    tok = cls.fit(data_dir, features, int(codebook_size), config, seed=seed, progress=progress, log=log)
+    tok = cls.fit(ds, features, int(codebook_size), config, seed=seed, progress=progress, log=log)
     tok.data_version = manifest["data_version"]
     tok.fit_info = {"seed": seed, "wall_seconds": time.perf_counter() - t0, **tok.fit_info}
     return tok
 
 
-def write_report(tok: Tokenizer, data_dir: str | Path, out_dir: str | Path, split: str, max_events: int) -> Evaluation:
+def write_report(
+    tok: Tokenizer, data_dir: Dataset | str | Path, out_dir: str | Path, split: str, max_events: int
+) -> Evaluation:
     """Evaluate on ``split`` and write ``metrics.json`` and ``plots/*.png`` into ``out_dir``."""
     from physfm.tokenizers.plots import make_plots
 
@@ -67,7 +90,7 @@ def write_report(tok: Tokenizer, data_dir: str | Path, out_dir: str | Path, spli
 
 
 def make_tokenizer(
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     out_dir: str | Path,
     method: str,
     codebook_size: int,
@@ -81,6 +104,7 @@ def make_tokenizer(
     log: LogFn | None = None,
 ) -> tuple[Tokenizer, Evaluation]:
     """Fit, save, evaluate and plot: the complete artefact directory, swapped into place when complete."""
+    data_dir = open_dataset(data_dir, verify=True)
     tok = fit_tokenizer(
         data_dir, method, codebook_size, features=features, seed=seed, options=options, progress=progress, log=log
     )

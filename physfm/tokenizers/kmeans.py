@@ -9,12 +9,12 @@ Encoding is an exact nearest-centroid search (``faiss.IndexFlatL2``); decoding r
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from physfm.data.dataset import Dataset
 from physfm.tokenizers.base import LogFn, Tokenizer
 from physfm.tokenizers.normalization import Normalizer
 from physfm.tokenizers.options import KMeansConfig
@@ -68,7 +68,7 @@ class KMeansTokenizer(Tokenizer):
     @classmethod
     def fit(
         cls,
-        data_dir: Path,
+        data_dir: Dataset,
         features: list[str],
         codebook_size: int,
         config: KMeansConfig,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from physfm.data.dataset import Dataset
 from physfm.data.loader import open_split, pad
 from physfm.tokenizers.base import Tokenizer
 
@@ -77,7 +78,7 @@ def _stats(r: np.ndarray) -> dict[str, float]:
 
 
 def load_events(
-    data_dir: str | Path, split: str, features: list[str], max_events: int
+    data_dir: Dataset | str | Path, split: str, features: list[str], max_events: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``max_events`` events of ``split``, padded to their longest (no truncation)."""
     s = open_split(data_dir, split)
@@ -88,7 +89,9 @@ def load_events(
     return pad(block, s.features(block, features), int(np.diff(block.offsets).max()))
 
 
-def evaluate(tok: Tokenizer, data_dir: str | Path, split: str = "val", max_events: int = 20_000) -> Evaluation:
+def evaluate(
+    tok: Tokenizer, data_dir: Dataset | str | Path, split: str = "val", max_events: int = 20_000
+) -> Evaluation:
     """Encode and decode ``max_events`` events of ``split``; measure code usage, resolution and closure."""
     x, mask = load_events(data_dir, split, tok.features, max_events)
     t0 = time.perf_counter()

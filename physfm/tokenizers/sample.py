@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from physfm.data.dataset import Dataset
 from physfm.data.loader import open_split, pad
 from physfm.data.shards import EventBlock
 
 
-def sample_events(data_dir: str | Path, split: str, n_particles: int, seed: int) -> EventBlock:
+def sample_events(data_dir: Dataset | str | Path, split: str, n_particles: int, seed: int) -> EventBlock:
     """Random events of ``split`` holding about ``n_particles`` particles (all events if fewer)."""
     s = open_split(data_dir, split)
     n_events = len(s)
@@ -31,7 +32,9 @@ def sample_events(data_dir: str | Path, split: str, n_particles: int, seed: int)
     return s.read(np.sort(rng.choice(n_events, size=take, replace=False)))
 
 
-def sample_particles(data_dir: str | Path, split: str, features: list[str], n_particles: int, seed: int) -> np.ndarray:
+def sample_particles(
+    data_dir: Dataset | str | Path, split: str, features: list[str], n_particles: int, seed: int
+) -> np.ndarray:
     """``(N, F)`` float32 features of at most ``n_particles`` particles from random events of ``split``."""
     s = open_split(data_dir, split)
     block = sample_events(data_dir, split, n_particles, seed)
@@ -44,7 +47,7 @@ def sample_particles(data_dir: str | Path, split: str, features: list[str], n_pa
 
 
 def sample_jets(
-    data_dir: str | Path, split: str, features: list[str], n_particles: int, max_len: int, seed: int
+    data_dir: Dataset | str | Path, split: str, features: list[str], n_particles: int, max_len: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Padded ``x`` (n, max_len, F) and ``mask`` (n, max_len) of random events holding ~``n_particles``."""
     s = open_split(data_dir, split)
@@ -54,7 +57,7 @@ def sample_jets(
     return pad(block, feats, max_len)
 
 
-def _check_finite(x: np.ndarray, features: list[str], data_dir: str | Path, split: str) -> None:
+def _check_finite(x: np.ndarray, features: list[str], data_dir: Dataset | str | Path, split: str) -> None:
     bad = ~np.isfinite(x).all(axis=0)
     if bad.any():
         names = [f for f, b in zip(features, bad, strict=True) if b]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import faiss
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from physfm.data.dataset import Dataset
 from physfm.tokenizers.base import LogFn, Tokenizer
 from physfm.tokenizers.kmeans import kmeans_centroids
 from physfm.tokenizers.normalization import Normalizer
@@ -222,7 +222,7 @@ class VQVAETokenizer(Tokenizer):
     @classmethod
     def fit(
         cls,
-        data_dir: Path,
+        data_dir: Dataset,
         features: list[str],
         codebook_size: int,
         config: VQVAEConfig,

@@ -1,5 +1,9 @@
 # Stage 1: raw events -> sharded HDF5 with a data_version, and a data summary.
+# Each job gets its config section as one JSON document (--config); see physfm/stage.py.
+import json
 
+from physfm.data.generate_icecube import IceCubeGenConfig
+from physfm.data.generate_jets import JetGenConfig
 
 GEN = config["data"]["generate"]
 if config["data"]["source"] == "generate" and config["data"]["format"] == "prometheus":
@@ -12,12 +16,10 @@ rule generate:
         directory(f"{R}/raw"),
     params:
         what="icecube" if ICECUBE_SIM else "jets",
-        seed=GEN["seed"],
-        args=(
-            f"--n-events {GEN['n_events']} --events-per-batch {GEN['events_per_batch']} "
-            f"--track-fraction {GEN['track_fraction']}"
-            if ICECUBE_SIM
-            else f"--n-jets {GEN['n_jets']} --processes {','.join(GEN['processes'])} --files {GEN['files']}"
+        # the keys of this generator only: an IceCube setting does not regenerate jets
+        config=json.dumps(
+            {k: GEN[k] for k in (IceCubeGenConfig if ICECUBE_SIM else JetGenConfig).__dataclass_fields__},
+            sort_keys=True,
         ),
         track=track("generate"),
     threads: 2
@@ -26,7 +28,7 @@ rule generate:
     conda:
         "../../envs/io.yaml"
     shell:
-        "physfm generate {params.what} --out {output} --seed {params.seed} {params.args} --workers {threads} "
+        "physfm generate {params.what} --out {output} --config {params.config:q} --workers {threads} "
         "{params.track} > {log} 2>&1"
 
 
@@ -38,15 +40,15 @@ rule convert:
     params:
         input=raw_argument,
         format=config["data"]["format"],
-        shard_events=config["data"]["convert"]["shard_events"],
-        split=",".join(f"{k}={config['data']['convert']['split'].get(k, 0.0)}" for k in ("train", "val", "test")),
         # label branches exist in JetClass files only
-        labels=(
-            "--labels " + ",".join(config["data"]["convert"]["labels"])
-            if config["data"]["format"] == "jetclass"
-            else ""
+        config=json.dumps(
+            {
+                k: v
+                for k, v in config["data"]["convert"].items()
+                if k != "labels" or config["data"]["format"] == "jetclass"
+            },
+            sort_keys=True,
         ),
-        on_error=config["data"]["convert"]["on_error"],
         track=track("convert"),
     threads: 2
     log:
@@ -55,8 +57,7 @@ rule convert:
         "../../envs/io.yaml"
     shell:
         "physfm convert --format {params.format} --input '{params.input}' --out {output} "
-        "--shard-events {params.shard_events} --split {params.split} {params.labels} "
-        "--on-error {params.on_error} --workers {threads} {params.track} > {log} 2>&1"
+        "--config {params.config:q} --workers {threads} {params.track} > {log} 2>&1"
 
 
 rule summarize:
@@ -67,12 +68,12 @@ rule summarize:
         plots=[f"{R}/summary/particle_features.png", f"{R}/summary/event_features.png"],
     params:
         outdir=parent_dir,
-        max_events=config["data"]["summary"]["max_events"],
+        config=json.dumps(config["data"]["summary"], sort_keys=True),
         track=track("summarize"),
     log:
         f"{R}/logs/summarize.log",
     conda:
         "../../envs/io.yaml"
     shell:
-        "physfm summarize --data {input} --out {params.outdir} --max-events {params.max_events} "
+        "physfm summarize --data {input} --out {params.outdir} --config {params.config:q} "
         "{params.track} > {log} 2>&1"

@@ -5,7 +5,11 @@
 #   evaluate        test-split metrics of each cell, logged into the cell's MLflow run
 #   embed           backbone embeddings (pretrained and random-init) in faiss, and the k-NN accuracy probe
 #   report          the HTML report (and Snakemake --report figures), logged to the parent run
+import json
+
+from physfm.evaluate.evaluate import EvaluateConfig
 from physfm.finetune import grid
+from physfm.finetune.train import settings_slice
 
 FT = config["finetune"]
 EV = config["evaluate"]
@@ -81,20 +85,8 @@ rule finetune:
         run_name=lambda wc: grid.cell_run_name(
             wc.backbone, LABEL_SPECS[wc.labels], wc.mode, wc.seed, len(FT_BACKBONES) > 1
         ),
-        pool=FT["head"]["pool"],
-        head=FT["head"]["kind"],
-        hidden=FT["head"]["hidden"],
-        dropout=FT["head"]["dropout"],
-        lr=FT["lr"],
-        backbone_lr_scale=FT["backbone_lr_scale"],
-        layer_decay=FT["layer_decay"],
-        weight_decay=FT["weight_decay"],
-        batch_size=FT["batch_size"],
-        max_steps=FT["max_steps"],
-        warmup_steps=FT["warmup_steps"],
-        eval_every=FT["eval_every"],
-        patience=FT["patience"],
-        val_max_events=FT["val_max_events"],
+        # one run's training settings: the finetune section less its grid keys
+        config=json.dumps(settings_slice(FT), sort_keys=True),
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
     resources:
@@ -108,11 +100,7 @@ rule finetune:
     shell:
         "physfm finetune --data {input.data} --backbone {input.backbone} --backbone-name {wildcards.backbone} "
         "--subsets {input.subsets} --labels '{params.spec}' --mode {wildcards.mode} --seed {wildcards.seed} "
-        "--out {output} --pool {params.pool} --head {params.head} --head-hidden {params.hidden} "
-        "--head-dropout {params.dropout} --lr {params.lr} --backbone-lr-scale {params.backbone_lr_scale} "
-        "--layer-decay {params.layer_decay} --weight-decay {params.weight_decay} --batch-size {params.batch_size} "
-        "--max-steps {params.max_steps} --warmup-steps {params.warmup_steps} --eval-every {params.eval_every} "
-        "--patience {params.patience} --val-max-events {params.val_max_events} --threads {threads} --no-progress "
+        "--out {output} --config {params.config:q} --threads {threads} --no-progress "
         "--parent-run-file {input.parent} --run-name '{params.run_name}' {params.track} > {log} 2>&1"
 
 
@@ -123,17 +111,15 @@ rule evaluate:
     output:
         f"{FT_DIR}/{CELL}/test.json",
     params:
-        split=EV["split"],
-        bootstrap=EV["bootstrap"],
-        pairs=",".join(EV["pairs"]),
+        config=json.dumps({k: EV[k] for k in EvaluateConfig.__dataclass_fields__}, sort_keys=True),
     threads: 1
     log:
         f"{R}/logs/evaluate/{{backbone}}_{{labels}}_{{mode}}_seed{{seed}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "physfm evaluate --model {input.model} --data {input.data} --split {params.split} --out {output} "
-        "--bootstrap {params.bootstrap} --pairs {params.pairs} --threads {threads} > {log} 2>&1"
+        "physfm evaluate --model {input.model} --data {input.data} --out {output} --config {params.config:q} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule embed:
@@ -148,9 +134,7 @@ rule embed:
     params:
         out=lambda wc, output: str(Path(output.knn).parent),
         splits=f"train,{EV['split']}",
-        index=EV["knn"]["index"],
-        k=EV["knn"]["k"],
-        max_events=EV["knn"]["max_events"],
+        config=json.dumps({k: v for k, v in EV["knn"].items() if k != "enabled"}, sort_keys=True),
         random=lambda wc: "--random-init 1" if wc.init == "random" else "",
         name=lambda wc: f"{wc.backbone} {wc.init}",
         track=lambda wc: track("embed", wc),
@@ -161,7 +145,7 @@ rule embed:
         "../../envs/torch.yaml"
     shell:
         "physfm embed --backbone {input.backbone} --data {input.data} --split {params.splits} --out {params.out} "
-        "--index {params.index} --knn {params.k} --max-events {params.max_events} {params.random} "
+        "--config {params.config:q} {params.random} "
         "--name '{params.name}' --threads {threads} --parent-run-file {input.parent} "
         "--run-name 'embed {params.name}' {params.track} > {log} 2>&1"
 
@@ -199,9 +183,7 @@ rule report:
         ),
         knn=lambda wc, input: ("--knn " + " ".join(input.knn)) if input.knn else "",
         figures=lambda wc, output: str(Path(output.efficiency).parent),
-        metric=EV["metric"],
-        title=EV["report"]["title"],
-        bootstrap=EV["report"]["bootstrap"],
+        config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
         study=STUDY,
     log:
         f"{R}/logs/report.log",
@@ -209,8 +191,8 @@ rule report:
         "../../envs/torch.yaml"
     shell:
         "physfm report --results {input.results} {params.knn} --out {output.html} --figures {params.figures} "
-        "--metric {params.metric} --title '{params.title}' --summary {params.summary} {params.pretrain} {params.tokenizers} "
-        "--subsets {input.subsets} --bootstrap {params.bootstrap} --parent-run-file {input.parent} "
+        "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} "
+        "--subsets {input.subsets} --parent-run-file {input.parent} "
         "--study-info study={params.study} > {log} 2>&1"
 
 

@@ -1,12 +1,14 @@
 # Stage 3: self-supervised pretraining, one job per entry of config pretrain.backbones
-# (MPM, next-token, regression; PolarBERT from issue 6), and jet generation from the
-# next-token backbones that ask for it (generate: true): results/<study>/generate/<backbone>/.
+# (MPM, next-token, regression; PolarBERT from issue 6), and jets sampled from the
+# next-token backbones that ask for it (sample: true): results/<study>/samples/<backbone>/.
 import json
+
+from physfm.pretrain.train import backbone_slice
 
 PRETRAIN = config["pretrain"]
 BACKBONES = PRETRAIN["backbones"]
 PRETRAIN_RESOURCES = PRETRAIN["resources"]
-GENERATE = PRETRAIN["generate"]
+SAMPLE = PRETRAIN["sample"]
 
 rule pretrain:
     input:
@@ -16,19 +18,14 @@ rule pretrain:
         ),
     output:
         # backbone.safetensors, backbone.json, objective.safetensors, metrics.json, history.json, loss.png,
-        # manifest.json, tokenizer/ (see physfm/train/checkpoints.py)
+        # manifest.json, tokenizer/ (see physfm/pretrain/checkpoints.py)
         directory(f"{R}/pretrain/{{backbone}}"),
     wildcard_constraints:
         backbone="|".join(BACKBONES) or "NONE",
     params:
-        # this backbone's settings only, so that editing another backbone does not rerun this one
-        config=lambda wc: json.dumps(
-            {
-                **{k: v for k, v in PRETRAIN.items() if k not in ("backbones", "resources", "generate")},
-                "backbones": {wc.backbone: BACKBONES[wc.backbone]},
-            },
-            sort_keys=True,
-        ),
+        # this backbone's settings only (its own objective's options), so that editing another
+        # backbone, or another objective's options, does not rerun this one
+        config=lambda wc: json.dumps(backbone_slice(PRETRAIN, wc.backbone), sort_keys=True),
         tokenizer=lambda wc, input: f"--tokenizer {input.tokenizer[0]}" if input.tokenizer else "",
         # outside the output directory, which Snakemake clears before a rerun: a preempted or failed
         # job that is run again resumes from its last checkpoint (if the settings are unchanged)
@@ -49,37 +46,32 @@ rule pretrain:
         "--run-name 'pretrain {wildcards.backbone}' {params.track} > {log} 2>&1"
 
 
-rule generate_from_model:
+rule sample:
     input:
         model=f"{R}/pretrain/{{backbone}}",
         data=f"{R}/data",
     output:
-        comparison=f"{R}/generate/{{backbone}}/comparison.json",
-        plot=f"{R}/generate/{{backbone}}/generation.png",
+        comparison=f"{R}/samples/{{backbone}}/comparison.json",
+        plot=f"{R}/samples/{{backbone}}/generation.png",
     wildcard_constraints:
         backbone="|".join(b for b, e in BACKBONES.items() if e["objective"] == "next_token") or "NONE",
     params:
         out=lambda wc, output: str(Path(output.comparison).parent),
-        n=GENERATE["n"],
-        temperature=GENERATE["temperature"],
-        top_k=GENERATE["top_k"],
-        seed=GENERATE["seed"],
-        split=GENERATE["split"],
-        track=lambda wc: track("generate_from_model", wc),
+        config=json.dumps(SAMPLE, sort_keys=True),
+        track=lambda wc: track("sample", wc),
     threads: PRETRAIN_RESOURCES["threads"]
     log:
-        f"{R}/logs/generate_from_model/{{backbone}}.log",
+        f"{R}/logs/sample/{{backbone}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "physfm generate-from-model --model {input.model} --n {params.n} --out {params.out} "
-        "--data {input.data} --split {params.split} --temperature {params.temperature} --top-k {params.top_k} "
-        "--seed {params.seed} --threads {threads} --no-progress {params.track} > {log} 2>&1"
+        "physfm sample --model {input.model} --out {params.out} --data {input.data} --config {params.config:q} "
+        "--threads {threads} --no-progress {params.track} > {log} 2>&1"
 
 
 ALL_TARGETS += [f"{R}/pretrain/{b}" for b in BACKBONES]
 ALL_TARGETS += [
-    f"{R}/generate/{b}/comparison.json"
+    f"{R}/samples/{b}/comparison.json"
     for b, entry in BACKBONES.items()
-    if entry.get("generate") and entry["objective"] == "next_token"
+    if entry.get("sample") and entry["objective"] == "next_token"
 ]

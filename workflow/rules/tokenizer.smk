@@ -6,6 +6,8 @@
 # so there is no separate tokenize step and no token shards to go stale.
 # Each job gets only its own method's options (tokenizer.<method>), so editing the vqvae section
 # reruns the VQ-VAE fits and nothing else.
+import json
+
 TOK = config["tokenizer"]
 
 
@@ -18,11 +20,11 @@ rule fit_tokenizer:
         method="kmeans|vqvae|binning",
         k=r"\d+",
     params:
-        features=",".join(TOK["features"]),
-        seed=TOK["seed"],
-        options=lambda wc: " ".join(f"--option {k}={v}" for k, v in sorted(TOK[wc.method].items())),
-        eval_split=TOK["eval"]["split"],
-        eval_events=TOK["eval"]["max_events"],
+        # this method's options only, so that editing the vqvae section reruns the VQ-VAE fits alone
+        config=lambda wc: json.dumps(
+            {"features": TOK["features"], "seed": TOK["seed"], "eval": TOK["eval"], "options": TOK[wc.method]},
+            sort_keys=True,
+        ),
         run_name=lambda wc: f"tokenizer {wc.method}-{wc.k}",
         track=lambda wc: track("fit_tokenizer", wc),
     threads: TOK["resources"]["threads"]
@@ -36,8 +38,7 @@ rule fit_tokenizer:
         "../../envs/torch.yaml"
     shell:
         "OMP_NUM_THREADS={threads} physfm tokenizer fit --method {wildcards.method} --codebook-size {wildcards.k} "
-        "--data {input} --out {output} --features {params.features} --seed {params.seed} {params.options} "
-        "--eval-split {params.eval_split} --eval-events {params.eval_events} --no-progress "
+        "--data {input} --out {output} --config {params.config:q} --no-progress "
         "--run-name '{params.run_name}' {params.track} > {log} 2>&1"
 
 

@@ -7,8 +7,8 @@ then cosine decay, gradient clipping, bf16 autocast on CUDA (fp32 on CPU). It va
 ``checkpoint_every`` steps and at the end, and resumes automatically from a checkpoint written
 with the same configuration, data and tokenizer: the resumed run ends with exactly the weights and
 metrics of an uninterrupted one. SIGTERM / SIGUSR1 (SLURM preemption, ``--signal``) make it write a
-checkpoint at the next step and raise :class:`~physfm.train.checkpoints.Preempted`; the CLI exits
-with :data:`~physfm.train.checkpoints.PREEMPTED_EXIT_CODE` (75).
+checkpoint at the next step and raise :class:`~physfm.pretrain.checkpoints.Preempted`; the CLI exits
+with :data:`~physfm.pretrain.checkpoints.PREEMPTED_EXIT_CODE` (75).
 
 Under ``torchrun --nproc_per_node N`` it runs DistributedDataParallel (NCCL on GPU, gloo on CPU);
 ``batch_size`` is the global batch, split evenly over ranks, and each rank reads its own shards.
@@ -16,7 +16,6 @@ Under ``torchrun --nproc_per_node N`` it runs DistributedDataParallel (NCCL on G
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -32,12 +31,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from physfm.data.shards import load_manifest
+from physfm.data.dataset import Dataset, open_dataset
 from physfm.features import JET_DEFAULT
 from physfm.io import atomic_dir, read_json, sha256_json, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
 from physfm.models.objectives import OBJECTIVES, Objective
-from physfm.train.checkpoints import (
+from physfm.pretrain.checkpoints import (
     Preempted,
     checkpoint_info,
     copy_checkpoint,
@@ -45,7 +44,8 @@ from physfm.train.checkpoints import (
     save_backbone,
     save_checkpoint,
 )
-from physfm.train.data import PretrainShards, epoch_batches, fit_stats, make_loader, raw_feature_names
+from physfm.pretrain.data import PretrainShards, epoch_batches, fit_stats, make_loader, raw_feature_names
+from physfm.runtime import autocast, warmup_cosine
 
 #: Backbone sizes used when the config does not give them (a CPU-sized model).
 DEFAULT_MODEL: dict[str, Any] = {
@@ -60,7 +60,7 @@ DEFAULT_MODEL: dict[str, Any] = {
 }
 
 #: Keys of the Snakemake ``pretrain:`` section that are workflow plumbing, not training settings.
-WORKFLOW_KEYS = ("backbones", "resources", "generate")
+WORKFLOW_KEYS = ("backbones", "resources", "sample")
 
 
 def default_objective_options() -> dict[str, dict[str, Any]]:
@@ -119,7 +119,7 @@ class PretrainConfig:
                 raise ValueError(f"pretrain {name} must be >= 1, got {value}")
         if unknown := set(self.model) - set(DEFAULT_MODEL):
             raise ValueError(f"unknown pretrain model settings {sorted(unknown)}; known: {sorted(DEFAULT_MODEL)}")
-        from physfm.models.objectives import GLOBAL_TARGETS
+        from physfm.features import GLOBAL_TARGETS
 
         if unknown := set(self.global_targets) - set(GLOBAL_TARGETS):
             raise ValueError(f"unknown global_targets {sorted(unknown)}; choose from {sorted(GLOBAL_TARGETS)}")
@@ -145,7 +145,8 @@ def resolve_config(
 ) -> PretrainConfig:
     """The settings of one run from a ``pretrain:`` section (or a whole study config holding one).
 
-    ``backbone`` picks an entry of ``backbones`` (its ``objective`` and ``set`` overrides apply);
+    ``backbone`` picks an entry of ``backbones`` (its ``objective`` and ``set`` overrides apply) when the
+    section has them; a section that is already one backbone's slice (:func:`backbone_slice`) is used as is;
     ``overrides`` are ``dotted.key=value`` strings applied last (values parsed as YAML).
     """
     import copy
@@ -154,7 +155,7 @@ def resolve_config(
     backbones = section.get("backbones") or {}
     for k in WORKFLOW_KEYS:
         section.pop(k, None)
-    if backbone is not None:
+    if backbone is not None and backbones:  # a study's section; a backbone slice (no `backbones`) is used as is
         if backbone not in backbones:
             raise ValueError(f"no backbone '{backbone}' in the config; configured: {sorted(backbones) or 'none'}")
         entry = backbones[backbone]
@@ -168,6 +169,28 @@ def resolve_config(
         key, value = item.split("=", 1)
         _set_dotted(section, key.strip(), _parse_value(value))
     return PretrainConfig.from_dict(section)
+
+
+def backbone_slice(section: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """The settings one backbone's pretraining job uses, from the workflow's ``pretrain:`` section.
+
+    Its entry's ``objective`` and ``set`` overrides applied, only its own objective's options kept
+    (a neighbour's mask fraction is not its setting), workflow keys dropped. The Snakemake rule passes
+    this as the job's ``--config``, so editing one backbone's options reruns that backbone only.
+    """
+    import copy
+
+    backbones = section.get("backbones") or {}
+    if backbone not in backbones:
+        raise ValueError(f"no backbone '{backbone}' in the config; configured: {sorted(backbones) or 'none'}")
+    entry = backbones[backbone]
+    out = {k: copy.deepcopy(v) for k, v in section.items() if k not in WORKFLOW_KEYS}
+    out["objective"] = entry.get("objective", out.get("objective", "mpm"))
+    for key, value in (entry.get("set") or {}).items():
+        _set_dotted(out, key, copy.deepcopy(value))
+    objectives = out.get("objectives") or {}
+    out["objectives"] = {out["objective"]: objectives[out["objective"]]} if out["objective"] in objectives else {}
+    return out
 
 
 def build_backbone_config(cfg: PretrainConfig, n_features: int, codebook_size: int) -> BackboneConfig:
@@ -288,21 +311,11 @@ def make_optimizer(module: nn.Module, cfg: PretrainConfig, fused: bool) -> torch
 
 def lr_factor(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _means(sums: dict[str, Tensor], prefix: str) -> dict[str, float]:
@@ -325,7 +338,7 @@ def evaluate(
     for i, batch in enumerate(make_loader(ds, num_workers)):
         if max_batches and i >= max_batches:
             break
-        with _autocast(device):
+        with autocast(device):
             _, stats = trainer(_to(batch, device))
         _accumulate(acc, stats)
     keys = sorted({k for ks in _all_gather(sorted(acc), DistInfo.from_env()) for k in ks})
@@ -360,7 +373,7 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 def pretrain(
     cfg: PretrainConfig,
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     tokenizer_dir: str | Path | None,
     out_dir: str | Path,
     *,
@@ -387,7 +400,9 @@ def pretrain(
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(out_dir)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints"
-    manifest = load_manifest(data_dir, verify=True)  # every rank, once: refuse shards that changed since convert
+    # every rank, once: the one read of manifest.json, and shards that changed since convert refused
+    ds = open_dataset(data_dir, verify=True)
+    manifest = ds.manifest
     obj_cls = OBJECTIVES[cfg.objective]
     obj_opts = cfg.objectives.get(cfg.objective, {})
 
@@ -423,7 +438,7 @@ def pretrain(
     )
     raw_names = raw_feature_names(features, tok, objective)
     stats = fit_stats(
-        data_dir,
+        ds,
         features=features,
         raw_features=raw_names,
         global_names=objective.global_names,
@@ -507,8 +522,8 @@ def pretrain(
         world_size=info.world_size,
         quantized_inputs=bool(obj_opts.get("quantized_inputs", False)),
     )
-    train_ds = PretrainShards(data_dir, "train", shuffle=True, drop_last=True, **common)
-    val_ds = PretrainShards(data_dir, "val", shuffle=False, drop_last=False, **common)
+    train_ds = PretrainShards(ds, "train", shuffle=True, drop_last=True, **common)
+    val_ds = PretrainShards(ds, "val", shuffle=False, drop_last=False, **common)
 
     meta = {
         "features": features,
@@ -536,7 +551,7 @@ def pretrain(
                 "objective": cfg.objective,
             }
         )
-        run.log_dataset(data_dir, manifest, context="input")
+        run.log_dataset(ds.path, manifest, context="input")
 
     log_k = math.log(K) if K else None
     baseline = {"log_K": log_k, "unigram_entropy": stats.get("unigram_entropy")}
@@ -604,7 +619,7 @@ def pretrain(
         while step < cfg.steps:
             epoch, pos, batch = next(stream)
             batch = _to(batch, dev)
-            with _autocast(dev):
+            with autocast(dev):
                 loss, st = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

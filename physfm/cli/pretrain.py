@@ -1,4 +1,4 @@
-"""Pretraining subcommands: ``pretrain`` and ``generate-from-model``."""
+"""The ``pretrain`` subcommand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from physfm.cli.common import add_tracking_args, parse_tags, print_json
+from physfm.cli.common import add_tracking_args, open_stage_run, print_json
 
 PRETRAIN_DESCRIPTION = """\
 Self-supervised pretraining of a transformer backbone on the train split of a dataset.
@@ -60,29 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tracking_args(p)
     p.set_defaults(func=run_pretrain)
 
-    gen = sub.add_parser(
-        "generate-from-model",
-        help="sample jets from a next-token backbone and compare them with real ones",
-        description="Sample N events autoregressively from a backbone pretrained with the next_token objective, "
-        "decode the codes to particles with its tokenizer and write OUT/generated.npz. With --data, compare "
-        "jet mass, jet pT and multiplicity with the real jets of --split (histograms in OUT/generation.png, "
-        "Wasserstein distances in OUT/comparison.json, next to those of the tokenized real jets).",
-    )
-    gen.add_argument("--model", required=True, type=Path, help="backbone directory (from `physfm pretrain`)")
-    gen.add_argument("--n", required=True, type=int, help="number of events to generate")
-    gen.add_argument("--out", required=True, type=Path, help="output directory")
-    gen.add_argument("--data", type=Path, help="dataset to compare with (optional)")
-    gen.add_argument("--split", default="test", help="split of --data to compare with (default test)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
-    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    gen.add_argument("--batch-size", type=int, default=256)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    gen.add_argument("--threads", type=int, help="CPU threads for torch")
-    gen.add_argument("--no-progress", action="store_true")
-    add_tracking_args(gen)
-    gen.set_defaults(func=run_generate)
-
 
 def _load_config(text: str | None) -> dict[str, Any]:
     if not text:
@@ -101,8 +78,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     import torch
 
     from physfm import tracking
-    from physfm.train.checkpoints import PREEMPTED_EXIT_CODE, Preempted, checkpoint_info
-    from physfm.train.pretrain import pretrain, resolve_config
+    from physfm.pretrain.checkpoints import PREEMPTED_EXIT_CODE, Preempted, checkpoint_info
+    from physfm.pretrain.train import pretrain, resolve_config
 
     overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
     cfg = resolve_config(_load_config(args.config), args.backbone, overrides)
@@ -123,7 +100,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     run_ctx = (
         tracking.resume_run(info["mlflow_run_id"])
         if info and tracking.run_exists(info.get("mlflow_run_id"))
-        else tracking.stage_run("pretrain", run_name=name, params=params, tags=parse_tags(args.tag))
+        else open_stage_run(args, "pretrain", name, params)
     )
     try:
         with run_ctx as run:
@@ -147,47 +124,4 @@ def run_pretrain(args: argparse.Namespace) -> int:
         return PREEMPTED_EXIT_CODE
     if rank == 0:
         print_json({k: v for k, v in summary.items() if not isinstance(v, dict)})
-    return 0
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from physfm import tracking
-    from physfm.models.generate import generate_from_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    params = {
-        "model": str(args.model),
-        "n": args.n,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "seed": args.seed,
-        "split": args.split,
-    }
-    with tracking.stage_run(
-        "generate-from-model", run_name=args.run_name or "generate from model", params=params, tags=parse_tags(args.tag)
-    ) as run:
-        summary = generate_from_model(
-            args.model,
-            args.out,
-            args.n,
-            data_dir=args.data,
-            split=args.split,
-            batch_size=args.batch_size,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            device=args.device,
-            progress=not args.no_progress,
-        )
-        run.set_tags({"tokenizer_version": summary["tokenizer_version"]})
-        metrics = {"mean_multiplicity": summary["mean_multiplicity"], "codes_used": summary["codes_used"]}
-        for obs, row in summary.get("observables", {}).items():
-            metrics.update({f"{obs}.{k}": v for k, v in row.items()})
-        run.log_metrics(metrics)
-        run.log_artifact(args.out / "comparison.json")
-        run.log_artifact(args.out / "generation.png", artifact_path="plots")
-    print_json(summary)
     return 0

@@ -1,4 +1,7 @@
-"""Jet generation from a next-token backbone (OmniJet-alpha) and its comparison with real jets.
+"""Sampling jets from a next-token backbone (OmniJet-alpha) and comparing them with real jets.
+
+The ``sample`` stage (``physfm sample``; settings :class:`SampleConfig`, the ``pretrain.sample``
+config section).
 
 :func:`sample` draws code sequences autoregressively: the class token is the start, each step
 predicts the next particle's code or stop; in ``features`` input mode the sampled code is decoded
@@ -9,6 +12,7 @@ the best generation can do) and their Wasserstein distances, and plots the histo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,21 @@ from physfm.models.objectives import OBJECTIVES, NextTokenPrediction
 KINEMATIC_FEATURES = ("log_pt", "deta", "dphi")
 
 
+@dataclass
+class SampleConfig:
+    """Settings of the ``sample`` stage (config section ``pretrain.sample``)."""
+
+    n: int = 1000  # jets to sample
+    temperature: float = 1.0  # softmax temperature
+    top_k: int = 0  # sample among the k most likely tokens (0 = all)
+    seed: int = 0
+    split: str = "test"  # real jets compared with
+    batch_size: int = 256
+
+
 def load_objective(directory: str | Path, meta: dict[str, Any]) -> NextTokenPrediction | Any:
     """The pretraining objective of a saved backbone, with its trained heads (safetensors)."""
-    from physfm.train.checkpoints import load_heads
+    from physfm.pretrain.checkpoints import load_heads
 
     cls = OBJECTIVES[meta["objective"]]
     names = meta.get("global_targets", {}).get("names", [])
@@ -171,25 +187,21 @@ def plot_comparison(
     plt.close(fig)
 
 
-def generate_from_model(
+def sample_from_model(
+    cfg: SampleConfig,
     model_dir: str | Path,
     out_dir: str | Path,
-    n: int,
     *,
     data_dir: str | Path | None = None,
-    split: str = "test",
-    batch_size: int = 256,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Sample ``n`` jets from a next-token backbone into ``out_dir`` (``generated.npz``); with
-    ``data_dir``, compare with real jets of ``split`` (``comparison.json``, ``generation.png``)."""
+    """Sample ``cfg.n`` jets from a next-token backbone into ``out_dir`` (``generated.npz``); with
+    ``data_dir``, compare with real jets of ``cfg.split`` (``comparison.json``, ``generation.png``)."""
+    n, split = cfg.n, cfg.split
     from physfm.io import write_json
+    from physfm.pretrain.checkpoints import load_backbone
     from physfm.tokenizers import load_tokenizer
-    from physfm.train.checkpoints import load_backbone
 
     model_dir, out = Path(model_dir), Path(out_dir)
     model, meta = load_backbone(model_dir)
@@ -201,10 +213,10 @@ def generate_from_model(
         meta,
         tok,
         n,
-        batch_size=batch_size,
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
+        batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        seed=cfg.seed,
         device=device,
         progress=progress,
     )
@@ -216,7 +228,7 @@ def generate_from_model(
         "n_generated": int(n),
         "mean_multiplicity": float(mask.sum(1).mean()),
         "codes_used": int(len(np.unique(codes[mask]))),
-        "settings": {"temperature": temperature, "top_k": top_k, "seed": seed, "split": split},
+        "settings": {"temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed, "split": split},
         "backbone_data_version": meta["data_version"],
         "tokenizer_version": meta["tokenizer_version"],
     }

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from physfm.data.loader import ShardDataset, load_arrays, pad
 from physfm.data.shards import EventBlock
+from physfm.features import GLOBAL_TARGETS, global_targets
 from physfm.models.backbone import normalize
-from physfm.models.objectives import GLOBAL_TARGETS, Objective, global_targets, salt_for
+from physfm.models.objectives import Objective, salt_for
 
 _STD_FLOOR = 1e-6
 

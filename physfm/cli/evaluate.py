@@ -1,0 +1,191 @@
+"""Evaluation subcommands: ``evaluate`` (test metrics of a fine-tuned model), ``embed`` and ``search``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from physfm.cli.common import (
+    add_config_arg,
+    add_parent_args,
+    add_tracking_args,
+    csv_list,
+    open_stage_run,
+    parse_pairs,
+    set_threads,
+    stage_config,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this family's subcommands to ``physfm``."""
+    # ---------------------------------------------------------------- evaluate
+    e = sub.add_parser(
+        "evaluate",
+        help="test-split metrics of a fine-tuned classifier, with bootstrap errors",
+        description="Accuracy, one-vs-rest ROC AUC per class and their mean, and for each signal:background "
+        "pair the AUC and background rejection 1/eB at signal efficiency 0.5 and 0.3; uncertainties from "
+        "resampling the test events. Written as JSON and logged to the classifier's MLflow run (test_*).",
+    )
+    e.add_argument("--model", required=True, type=Path, help="classifier directory (physfm finetune)")
+    e.add_argument("--data", required=True, type=Path, help="dataset directory")
+    e.add_argument("--out", required=True, type=Path, help="output JSON")
+    add_config_arg(e, "evaluate (split, bootstrap, pairs, effs)")
+    e.add_argument("--predictions", type=Path, help="also write probabilities/labels/keys to this .npz")
+    e.add_argument("--threads", type=int, default=None)
+    e.set_defaults(func=run_evaluate)
+
+    # ---------------------------------------------------------------- embed
+    m = sub.add_parser(
+        "embed",
+        help="backbone embeddings of a split, indexed with faiss for search",
+        description="Write the event embeddings (class-token state) of each split to OUT/<split>/ with a faiss "
+        "index over them (flat: exact; hnsw, ivf: approximate, for large sets; auto: by size). With two "
+        "splits (e.g. train,test), also classify the second split's events by their k nearest neighbours in "
+        "the first and write the accuracy to OUT/knn.json: a representation-quality probe.",
+    )
+    m.add_argument("--backbone", required=True, type=Path, help="backbone directory (physfm pretrain)")
+    m.add_argument("--data", required=True, type=Path)
+    m.add_argument("--split", default="test", help="split(s), comma separated (default test)")
+    m.add_argument("--out", required=True, type=Path, help="output directory: one embedding directory per split")
+    add_config_arg(m, "evaluate.knn (k, index, max_events, normalize)")
+    m.add_argument("--name", default=None, help="label of the k-NN result in the report")
+    m.add_argument("--random-init", type=int, default=None, metavar="SEED", help="baseline: random weights")
+    m.add_argument("--threads", type=int, default=None)
+    add_parent_args(m)
+    add_tracking_args(m)
+    m.set_defaults(func=run_embed)
+
+    # ---------------------------------------------------------------- search
+    q = sub.add_parser(
+        "search",
+        help="nearest events in embedding space; or k-NN accuracy of a query set",
+        description="With --event/--row: print the k events nearest to one event of the index (itself first) "
+        "with labels and distances. With --queries DIR (another embedding directory): classify its events by "
+        "their k nearest neighbours in the index and report the accuracy.",
+    )
+    q.add_argument("--index", required=True, type=Path, help="embedding directory (physfm embed)")
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event", type=int, help="event_key of the query event")
+    which.add_argument("--row", type=int, help="position of the query event in the index")
+    which.add_argument("--queries", type=Path, help="embedding directory whose events are classified by k-NN")
+    q.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
+    q.add_argument("--out", type=Path, help="also write the result as JSON")
+    q.add_argument("--name", default=None, help="label of this k-NN result in the report")
+    q.set_defaults(func=run_search)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import math
+
+    from physfm import tracking
+    from physfm.evaluate.evaluate import EvaluateConfig, evaluate_classifier
+    from physfm.finetune.direction import evaluate_direction, is_direction_model
+    from physfm.io import write_json
+
+    set_threads(args.threads)
+    cfg = stage_config(EvaluateConfig, args.config)
+    split = cfg.split
+    if is_direction_model(args.model):  # IceCube direction: angular errors in degrees
+        result = evaluate_direction(
+            args.model, args.data, split, n_bootstrap=cfg.bootstrap, predictions=args.predictions
+        )
+    else:
+        result = evaluate_classifier(
+            args.model,
+            args.data,
+            split,
+            pairs=parse_pairs(cfg.pairs),
+            effs=cfg.effs,
+            n_bootstrap=cfg.bootstrap,
+            predictions=args.predictions,
+        )
+    with tracking.resume_run(result.get("run_id")) as run:
+        logged = {f"{split}_{k}": v for k, v in result["metrics"].items()}
+        logged.update({f"{split}_{k}_std": v for k, v in result["std"].items()})
+        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        run.set_tags({f"{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
+    write_json(args.out, result)
+    m, s = result["metrics"], result["std"]
+    headline = ("accuracy", "auc", "mean_angular_error_deg", "median_angular_error_deg")
+    shown = [k for k in m if k in headline or "_vs_" in k]
+    print(
+        f"{result.get('run_name') or args.model} on {result['n_events']} {split} events: "
+        + ", ".join(f"{k} {m[k]:.4g} ± {s[k]:.2g}" for k in shown)
+    )
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from physfm.data.dataset import open_dataset
+    from physfm.evaluate.evaluate import EmbedConfig, embed_split, load_embedder
+    from physfm.evaluate.search import knn_accuracy, open_index, write_embeddings
+    from physfm.io import write_json
+    from physfm.stage import to_dict
+
+    set_threads(args.threads)
+    cfg = stage_config(EmbedConfig, args.config)
+    ds = open_dataset(args.data, verify=True)  # once, before any split is embedded
+    splits = csv_list(args.split) or []
+    if len(splits) not in (1, 2):
+        raise ValueError("--split takes one split, or two for the k-NN probe (reference, queries), e.g. train,test")
+    init = "random-init" if args.random_init is not None else "pretrained"
+    name = args.name or f"{args.backbone.name} {init}"
+    params = {**to_dict(cfg), "splits": splits, "random_init": args.random_init, "backbone": str(args.backbone)}
+    with open_stage_run(args, "embed", f"embed {name}", params) as run:
+        model, bmeta = load_embedder(args.backbone, args.random_init)
+        for split in splits:
+            emb, labels, keys, meta = embed_split(model, bmeta, ds, split, max_events=cfg.max_events)
+            meta = write_embeddings(args.out / split, emb, labels, keys, meta, kind=cfg.index, normalize=cfg.normalize)
+            run.log_metrics({f"events_{split}": len(labels), "dim": emb.shape[1]})
+            print(f"embedded {len(labels)} {split} events ({emb.shape[1]} dims, {meta['index']['kind']} index)")
+        run.set_tags({"data_version.in": meta["data_version"], "tokenizer_version": meta.get("tokenizer_version")})
+        if len(splits) == 2:
+            ref, queries = open_index(args.out / splits[0]), open_index(args.out / splits[1])
+            acc = knn_accuracy(ref, queries.embeddings, queries.labels, k=cfg.k)
+            result = {
+                "name": name,
+                "k": cfg.k,
+                "accuracy": acc,
+                "n_reference": len(ref),
+                "n_queries": len(queries),
+                "reference": splits[0],
+                "queries": splits[1],
+                "random_init": args.random_init is not None,
+            }
+            write_json(args.out / "knn.json", result)
+            run.log_metrics({"knn_accuracy": acc})
+            print(f"k-NN accuracy (k={cfg.k}) of {len(queries)} {splits[1]} events against {splits[0]}: {acc:.4f}")
+    print(f"-> {args.out}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from physfm.evaluate.search import knn_accuracy, open_index
+    from physfm.io import write_json
+
+    index = open_index(args.index)
+    if args.queries is not None:
+        queries = open_index(args.queries, verify=True)
+        acc = knn_accuracy(index, queries.embeddings, queries.labels, k=args.k)
+        result = {
+            "name": args.name or ("random-init" if index.meta.get("random_init") else str(index.meta.get("objective"))),
+            "k": args.k,
+            "accuracy": acc,
+            "n_reference": len(index),
+            "n_queries": len(queries),
+            "index": str(args.index),
+            "queries": str(args.queries),
+            "random_init": bool(index.meta.get("random_init")),
+        }
+        print(f"k-NN accuracy (k={args.k}) of {len(queries)} events against {len(index)}: {acc:.4f}")
+    else:
+        row = args.row if args.row is not None else index.row_of(args.event)
+        hits = index.neighbours(row, args.k)
+        result = {"query": {"row": row, "event_key": int(index.event_keys[row])}, "neighbours": hits}
+        print(f"{'rank':>4} {'row':>7} {'event_key':>20} {'label':>8} {'distance':>9}")
+        for h in hits:
+            print(f"{h['rank']:>4} {h['row']:>7} {h['event_key']:>20} {h['label']!s:>8} {h['distance']:>9.4f}")
+    if args.out:
+        write_json(args.out, result)
+    return 0

@@ -1,0 +1,207 @@
+"""Fine-tuning subcommands: ``subsets``, ``finetune`` and ``study-run`` (the study's MLflow parent run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from physfm.cli.common import (
+    add_config_arg,
+    add_parent_args,
+    add_tracking_args,
+    csv_list,
+    open_stage_run,
+    parse_tags,
+    set_threads,
+    wrap,
+)
+
+STUDY_EPILOG = """\
+the study, step by step (Snakemake runs the whole grid: `snakemake --cores 2 all`):
+  physfm subsets  --data D --labels 100,300,1000 --out S
+  physfm finetune --data D --backbone B --subsets S --labels 300 --mode finetune --seed 1 --out M
+  physfm evaluate --model M --data D --out M/test.json
+  physfm report   --results M/test.json ... --out report.html
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this family's subcommands to ``physfm``."""
+    # ---------------------------------------------------------------- subsets
+    s = sub.add_parser(
+        "subsets",
+        help="nested, class-balanced label subsets of the train split",
+        description=wrap(
+            "Define the labelled subsets of a label-efficiency study once: a seeded, class-interleaved "
+            "order of the labelled train events; the subset with N labels is its first N events, so every smaller "
+            "subset lies inside every larger one and every mode trains on the same events. Writes order.npy and "
+            "manifest.json (counts per class and a digest of the event keys, per subset)."
+        ),
+        epilog=STUDY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
+    s.add_argument("--labels", required=True, help="comma list of label counts (300), fractions (0.01 or 1%%) or 'all'")
+    s.add_argument("--seed", type=int, default=1, help="seed of the subset order (default 1)")
+    s.add_argument("--out", required=True, type=Path, help="output directory")
+    s.set_defaults(func=run_subsets)
+
+    # ---------------------------------------------------------------- finetune
+    f = sub.add_parser(
+        "finetune",
+        help="train a classifier on a label subset: scratch, finetune or frozen backbone",
+        description=wrap(
+            "Train a classification head on a backbone with the labelled events of one subset. "
+            "scratch: same architecture, random init, all trained at --lr. finetune: pretrained backbone trained "
+            "at --lr x --backbone-lr-scale with --layer-decay per layer below the top. frozen: pretrained backbone "
+            "untouched, head only. Early stopping on the validation loss; the best model is kept. Runs on CUDA when "
+            "available, CPU otherwise. Settings (head, lr, patience, ...) come from --config, the `finetune` "
+            "section of a study config (its grid keys are ignored); omitted ones take their defaults."
+        ),
+        epilog=STUDY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
+    f.add_argument("--backbone", default="none", help="pretrained backbone directory (physfm pretrain), or 'none'")
+    f.add_argument("--backbone-name", default=None, help="short name of the backbone for run names and tags")
+    f.add_argument("--mode", required=True, choices=["scratch", "finetune", "frozen"])
+    lab = f.add_mutually_exclusive_group(required=True)
+    lab.add_argument("--labels", help="labelled events: a count (300), a fraction (0.01, 1%%) or 'all'")
+    lab.add_argument("--fraction", help="same as --labels, for fractions")
+    f.add_argument("--seed", type=int, default=1, help="training seed: head init, batch order (default 1)")
+    f.add_argument("--subsets", type=Path, help="subsets directory (physfm subsets); default: made on the fly")
+    f.add_argument("--out", required=True, type=Path, help="output classifier directory")
+    add_config_arg(f, "finetune")
+    f.add_argument("--arch", default="", help="--backbone none: BackboneConfig as KEY=VALUE,... (d_model=64,...)")
+    f.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    f.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    f.add_argument("--no-progress", action="store_true")
+    add_parent_args(f)
+    add_tracking_args(f)
+    f.set_defaults(func=run_finetune)
+
+    # ---------------------------------------------------------------- study-run
+    r = sub.add_parser(
+        "study-run",
+        help="open the study's MLflow parent run (fine-tuning runs nest under it)",
+        description="Create an MLflow run that stays open as the parent of a study's runs and write its id "
+        "to --out; `physfm report --parent-run-file` logs the report into it and closes it.",
+    )
+    r.add_argument("--out", required=True, type=Path, help="JSON file to write the run id to")
+    add_tracking_args(r)
+    r.set_defaults(func=run_study_run)
+
+
+def run_subsets(args: argparse.Namespace) -> int:
+    from physfm.finetune.subsets import make_subsets
+
+    specs = csv_list(args.labels) or []
+    if not specs:
+        raise ValueError("--labels needs at least one label count, fraction or 'all'")
+    manifest = make_subsets(args.data, specs, args.seed, args.out)
+    for spec, info in manifest["subsets"].items():
+        per = ", ".join(f"{c} {n}" for c, n in info["per_class"].items())
+        print(f"{spec:>8}: {info['n']:6d} events ({per}), digest {info['digest']}")
+    print(f"wrote {args.out} (data_version {manifest['data_version']}, {manifest['n_labelled']} labelled)")
+    return 0
+
+
+def _arch(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise ValueError(f"--arch expects KEY=VALUE pairs, got '{part}'")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from physfm.data.dataset import open_dataset
+    from physfm.finetune.direction import finetune_direction
+    from physfm.finetune.grid import cell_run_name
+    from physfm.finetune.subsets import spec_name
+    from physfm.finetune.train import CELL_KEYS, FinetuneConfig, finetune, settings_slice
+    from physfm.stage import build, load_text
+
+    set_threads(args.threads)
+    spec = args.labels or args.fraction
+    settings = settings_slice(load_text(args.config))
+    if clash := sorted(set(settings) & set(CELL_KEYS)):
+        raise ValueError(f"--config sets {clash}: the grid cell comes from --mode, --labels, --seed and --device")
+    cell = {"mode": args.mode, "labels": str(spec), "seed": args.seed, "device": args.device}
+    cfg = build(FinetuneConfig, {**settings, **cell})
+    backbone = None if args.backbone == "none" else Path(args.backbone)
+    if backbone is not None and not backbone.is_dir():
+        raise FileNotFoundError(f"--backbone {backbone}: no such directory (run `physfm pretrain` or pass 'none')")
+    run_name = args.run_name or cell_run_name(
+        args.backbone_name or "", spec, args.mode, args.seed, bool(args.backbone_name)
+    )
+    ds = open_dataset(args.data, verify=True)  # opened once, shards re-hashed once; the library takes it
+    manifest = ds.manifest
+    tags = {
+        "mode": args.mode,
+        "labels": str(spec),
+        "labels.name": spec_name(spec),
+        "seed": args.seed,
+        "backbone": args.backbone_name or ("none" if backbone is None else backbone.name),
+        "data_version.in": manifest["data_version"],
+    }
+    params = {**cfg.to_dict(), "backbone_dir": str(args.backbone), "data": str(args.data)}
+    with open_stage_run(args, "finetune", run_name, params, tags) as run:
+        train_fn = finetune if manifest["classes"] else finetune_direction  # no classes: IceCube direction
+        meta = train_fn(
+            ds,
+            args.out,
+            cfg,
+            backbone_dir=backbone,
+            subsets_dir=args.subsets,
+            arch=_arch(args.arch),
+            run=run,
+            progress=not args.no_progress,
+            extra_meta={"cell": {"backbone": tags["backbone"], "run_name": run_name}},
+        )
+        run.set_tags(
+            {
+                "subset.digest": meta["subset"]["digest"],
+                "backbone.objective": meta["backbone"].get("objective"),
+                "backbone.data_version": meta["backbone"].get("data_version"),
+                "tokenizer_version": meta["backbone"].get("tokenizer_version"),
+            }
+        )
+        run.log_params(
+            {"n_labels": meta["n_labels"], **{f"subset.{c}": n for c, n in meta["subset"]["per_class"].items()}}
+        )
+        tr = meta["train"]
+        run.log_metrics(
+            {
+                "best_val_loss": tr["best_val_loss"],
+                **{k: tr[k] for k in ("best_val_accuracy", "best_val_mean_deg", "best_val_median_deg") if k in tr},
+                "best_step": tr["best_step"],
+                "n_labels": meta["n_labels"],
+                "wall_seconds": tr["wall_seconds"],
+            }
+        )
+        run.log_artifact(Path(args.out) / ("classifier.json" if manifest["classes"] else "direction.json"))
+    print(
+        f"{run_name}: {meta['n_labels']} labels, best val loss {tr['best_val_loss']:.4f} at step {tr['best_step']} "
+        f"({tr['steps']} steps, {tr['wall_seconds']:.0f} s) -> {args.out}"
+    )
+    return 0
+
+
+def run_study_run(args: argparse.Namespace) -> int:
+    from physfm import tracking
+    from physfm.io import write_json
+
+    tags = parse_tags(args.tag)
+    name = args.run_name or f"study {tags.get('study', tracking.experiment_name())}"
+    run_id = tracking.start_parent_run(name, tags=tags)
+    write_json(args.out, {"run_id": run_id, "run_name": name, "experiment": tracking.experiment_name()})
+    print(f"study parent run: {run_id or '(tracking off)'} ({name})")
+    return 0

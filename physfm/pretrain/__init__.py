@@ -1,0 +1,1 @@
+"""Self-supervised pretraining loop, checkpoints and saved backbones (see :mod:`physfm.pretrain.train`)."""

@@ -1,1 +1,0 @@
-"""Self-supervised pretraining loop, checkpoints and saved backbones (see :mod:`physfm.train.pretrain`)."""
