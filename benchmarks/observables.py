@@ -2,7 +2,7 @@
 
 The reference is the cheapest FastJet pass over the same input: clustering every jet's
 constituents once (C/A, R = 1000, the multi-event awkward interface), doing nothing else. The
-script prints jets/s of the reference, of each part of :func:`physfm.baselines.observables.jet_observables`
+script prints jets/s of the reference, of each part of :func:`physfm.data.substructure.jet_observables`
 (numpy sums, soft drop, N-subjettiness) and of the whole, and the ratio whole / reference.
 
 Input: the train split of a converted jets dataset (e.g. from `physfm generate jets` + `physfm convert`).
@@ -27,7 +27,7 @@ def main() -> None:
 
     import fastjet
 
-    from physfm.baselines import observables as obs
+    from physfm.data import substructure as obs
     from physfm.data.loader import open_split
 
     split = open_split(args.data, args.split)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from physfm.baselines.budget import inbudget_split
-from physfm.baselines.observables import NAMES, block_observables, jet_observables
+from physfm.baselines.observables import block_observables
+from physfm.data.substructure import NAMES, jet_observables
 
 REPO = Path(__file__).resolve().parents[1]
 

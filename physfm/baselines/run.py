@@ -17,10 +17,11 @@ import numpy as np
 
 from physfm.baselines.bdt import BDTConfig, fit_bdt, full_probs
 from physfm.baselines.cut import CutConfig, cut_probs
-from physfm.baselines.observables import NAMES, block_observables, compute_split, load_observables
+from physfm.baselines.observables import block_observables, compute_split, load_observables
 from physfm.baselines.pfn import PFNConfig, pfn_probs, train_pfn
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import DataError
+from physfm.data.substructure import NAMES
 from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
 from physfm.finetune.subsets import keys_digest, load_subset, read_labels
 from physfm.io import atomic_path, write_json

@@ -29,7 +29,6 @@ import numpy as np
 import uproot
 from tqdm import tqdm
 
-from physfm.baselines.observables import silence_fastjet_banner, soft_drop_mass
 from physfm.data.jetclass import (
     ALL_LABELS,
     JET_BRANCHES,
@@ -37,6 +36,7 @@ from physfm.data.jetclass import (
     PROCESS_LABELS,
     TREE_NAME,
 )
+from physfm.data.substructure import silence_fastjet_banner, soft_drop_mass
 
 try:  # the PyPI wheel ``pythia8mc`` installs the module under this name
     import pythia8mc as pythia8
@@ -47,7 +47,7 @@ __all__ = ["generate_jets", "DEFAULT_PROCESSES", "JET_PT_RANGE", "JET_ABS_ETA_MA
 
 DEFAULT_PROCESSES: tuple[str, ...] = ("qcd", "tbqq", "wqq", "zqq")
 
-JET_R = 0.8  #: anti-kt radius, also the matching radius (soft drop: physfm.baselines.observables.SOFT_DROP)
+JET_R = 0.8  #: anti-kt radius, also the matching radius (soft drop: physfm.data.substructure.SOFT_DROP)
 JET_PT_RANGE = (500.0, 1000.0)  #: GeV, exclusive bounds
 JET_ABS_ETA_MAX = 2.0
 
