@@ -281,3 +281,34 @@ def test_observables_cache_is_deterministic_and_checked_against_the_dataset(
     (tmp_path / "obs" / FILE).write_bytes((tmp_path / "obs" / FILE).read_bytes() + b"x")
     with pytest.raises(DataError, match="does not match"):
         load_observables(tmp_path / "obs", jet_dataset, "test")
+
+
+def test_bdt_grid_is_chosen_on_the_in_budget_validation_loss() -> None:
+    from physfm.baselines.bdt import BDTConfig, fit_bdt
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0.5)
+    cfg = BDTConfig(max_iter=30, n_iter_no_change=5, grid={"min_samples_leaf": [2, 60]})
+    model, rec = fit_bdt(x, y, 4, cfg, seed=1, threads=1)
+    assert [c["params"]["min_samples_leaf"] for c in rec["candidates"]] == [2, 60]
+    best = min(rec["candidates"], key=lambda c: c["val_loss"])
+    assert rec["chosen"] == best["params"] and rec["best_val_loss"] == best["val_loss"]
+    fit, val = inbudget_split(y, cfg.val_fraction, cfg.val_min_per_class, 1)
+    assert rec["val_positions"] == val.tolist() and rec["n_fit"] + rec["n_val"] == 200
+    with pytest.raises(ValueError, match="cannot search over"):
+        BDTConfig(grid={"max_depth": [3]})
+
+
+def test_mass_window_scores() -> None:
+    from physfm.baselines.cut import SCALE_GEV, CutConfig, class_scores, cut_probs
+
+    m = np.array([20.0, 80.0, 175.0])
+    s = class_scores(m, ["QCD", "Tbqq", "Wqq", "Zqq"], CutConfig())
+    np.testing.assert_allclose(s[:, 0], -m)
+    np.testing.assert_allclose(s[:, 1], -np.abs(m - 172.57))
+    np.testing.assert_allclose(s[:, 2], -np.abs(m - 80.369))
+    assert s.argmax(1).tolist() == [0, 2, 1]  # light -> QCD, 80 GeV -> W, 175 GeV -> top
+    np.testing.assert_allclose(cut_probs(m, ["QCD", "Tbqq"], CutConfig()), np.exp(s[:, :2] / SCALE_GEV))
+    with pytest.raises(ValueError, match="no mass for class 'Xbb'"):
+        class_scores(m, ["QCD", "Xbb"], CutConfig())
