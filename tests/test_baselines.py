@@ -137,6 +137,8 @@ def test_settings_dataclasses_match_the_schema_defaults() -> None:
     assert set(config["baselines"]) == set(CONFIGS)
     for method, cls in CONFIGS.items():
         assert method_config(method, config["baselines"][method]) == cls(), f"baselines.{method} differs"
+    pfn, pretrain = CONFIGS["pfn"](), config["pretrain"]
+    assert (pfn.features, pfn.max_len) == (pretrain["features"], pretrain["max_len"]), "the backbone's inputs"
     readme = (REPO / "config" / "README.md").read_text()
     for method, cls in CONFIGS.items():
         for name in cls.__dataclass_fields__:

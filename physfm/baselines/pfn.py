@@ -1,7 +1,8 @@
 """A small Particle Flow Network (Deep Sets; Komiske, Metodiev, Thaler 2019) trained from scratch.
 
-Inputs are the backbone's per-particle features (``physfm.features.JET_DEFAULT`` by default, padded
-to ``max_len`` as the backbone reads them), normalised with the mean/std of the fit part's particles.
+Inputs are the backbone's per-particle features (``physfm.features.JET_DEFAULT`` and ``max_len`` 64 by
+default, the defaults of ``pretrain.features`` / ``pretrain.max_len``; a study that changes those should
+pass the same here), padded as the backbone reads them, normalised with the mean/std of the fit part's particles.
 Each particle goes through Phi (an MLP, ``phi_sizes``), the per-particle outputs are summed over the
 real particles, and F (an MLP, ``f_sizes``) maps the sum to class logits.
 
@@ -34,7 +35,7 @@ class PFNConfig:
     """Settings of the PFN baseline (schema: ``baselines.pfn``)."""
 
     features: list[str] = field(default_factory=lambda: list(JET_DEFAULT))
-    max_len: int = 128
+    max_len: int = 64  # the pretraining default (pretrain.max_len): the hardest 64 particles
     phi_sizes: list[int] = field(default_factory=lambda: [100, 100, 128])
     f_sizes: list[int] = field(default_factory=lambda: [100, 100])
     dropout: float = 0.0
