@@ -298,6 +298,10 @@ def test_bdt_grid_is_chosen_on_the_in_budget_validation_loss() -> None:
     assert rec["chosen"] == best["params"] and rec["best_val_loss"] == best["val_loss"]
     fit, val = inbudget_split(y, cfg.val_fraction, cfg.val_min_per_class, 1)
     assert rec["val_positions"] == val.tolist() and rec["n_fit"] + rec["n_val"] == 200
+    assert model.n_iter_ == rec["n_iter"] <= best["n_iter_grown"]  # cut back to the best iteration count
+    staged = [p for p in model.staged_predict_proba(x[val])]
+    losses = [-np.mean(np.log(np.clip(p[np.arange(len(val)), y[val]], 1e-15, 1))) for p in staged]
+    assert losses[-1] == pytest.approx(rec["best_val_loss"], rel=1e-9)
     with pytest.raises(ValueError, match="cannot search over"):
         BDTConfig(grid={"max_depth": [3]})
 

@@ -3,10 +3,11 @@
 Inputs: the observables of :mod:`physfm.baselines.observables` (``NAMES``). Labels: the n of the
 cell's subset only. Early stopping runs inside that budget: :func:`physfm.baselines.budget.inbudget_split`
 holds out a stratified ``val_fraction`` of the n labels, passed to ``fit`` as ``X_val, y_val``;
-boosting stops after ``n_iter_no_change`` iterations without a lower validation log-loss (scikit-learn
-keeps the trees grown until then). With a non-empty ``grid`` every combination is fitted on the same
-carve and the one with the lowest validation log-loss is kept (its choice is also in-budget). No
-refit on all n labels follows. The hyperparameters are fixed and declared in ``BDTConfig``.
+boosting stops after ``n_iter_no_change`` iterations without a lower validation log-loss, and the
+model is cut back to the iteration count with the lowest one (refitted on the same fit part with that
+``max_iter``: the same trees, as nothing is subsampled). With a non-empty ``grid`` every combination is
+fitted on the same carve and the one with the lowest validation log-loss is kept (its choice is also
+in-budget). No refit on all n labels follows. The hyperparameters are fixed and declared in ``BDTConfig``.
 """
 
 from __future__ import annotations
@@ -96,8 +97,17 @@ def fit_bdt(
                 random_state=seed,
             )
             model.fit(x[fit_pos], y[fit_pos], X_val=x[val_pos], y_val=y[val_pos])
+            grown = int(model.n_iter_)
+            # validation_score_[k]: minus the validation loss after k trees; keep the best count, as the
+            # PFN keeps its best step: refit without early stopping (the same trees: no subsampling)
+            best_iter = max(1, int(np.argmax(model.validation_score_)))
+            if best_iter < grown:
+                model = HistGradientBoostingClassifier(
+                    **{**params, "max_iter": best_iter}, early_stopping=False, random_state=seed
+                )
+                model.fit(x[fit_pos], y[fit_pos])
             val_loss = _log_loss(full_probs(model, x[val_pos], n_classes), y[val_pos])
-            tried.append({"params": params, "val_loss": val_loss, "n_iter": int(model.n_iter_)})
+            tried.append({"params": params, "val_loss": val_loss, "n_iter": best_iter, "n_iter_grown": grown})
             if best is None or val_loss < best["val_loss"]:
                 best, best_model = tried[-1], model
     assert best is not None and best_model is not None
