@@ -255,7 +255,15 @@ def test_baseline_runs_land_in_mlflow_with_fine_tuning_tags(baseline_study: dict
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
         assert run.info.status == "FINISHED" and tags["data_version.in"] == version and tags["study"] == "tiny"
-        for key in ("labels", "labels.name", "seed", "backbone", "subset.digest", "mlflow.source.git.commit"):
+        for key in (
+            "labels",
+            "labels.name",
+            "seed",
+            "backbone",
+            "subset.digest",
+            "backbone.objective",
+            "mlflow.source.git.commit",
+        ):
             assert key in tags, key
         assert {"test_auc", "test_auc_std", "test_auc_Tbqq_vs_QCD", "n_labels_used"} <= set(metrics)
         assert metrics["n_labels_used"] == (0 if tags["mode"] == "cut" else 200)

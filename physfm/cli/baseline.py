@@ -156,6 +156,9 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
         run.set_tags(
             {
                 "subset.digest": result["subset_digest"] or "none",
+                "backbone.objective": "none",  # the tags of a fine-tuning run; a baseline has no backbone
+                "backbone.data_version": "none",
+                "tokenizer_version": "none",
                 f"{ev.split}.lower_bounds": ",".join(result["lower_bounds"]) or "none",
             }
         )
