@@ -90,6 +90,8 @@ def run_baseline(
     ``out_dir/test.json`` (and ``predictions.npz``, and for the PFN its weights in ``model/``)."""
     from physfm.data.loader import load_arrays, open_split
 
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline method '{method}'; choose from {', '.join(METHODS)}")
     ds = open_dataset(data_dir, verify=True)
     data_dir, out_dir = ds.path, Path(out_dir)
     obs_dir = None if observables_dir is None else Path(observables_dir)
