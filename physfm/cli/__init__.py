@@ -25,6 +25,7 @@ FAMILIES = (
     "physfm.cli.evaluate",
     "physfm.cli.report",
     "physfm.cli.linefit",
+    "physfm.cli.baseline",
     "physfm.cli.tracking_cmd",
 )
 
@@ -45,6 +46,8 @@ stages, in pipeline order:
   embed, search     faiss index of backbone embeddings; nearest events; k-NN probe
   report            the study's HTML report
   linefit           LineFit direction baselines for IceCube (zero-label, and refined within a label budget)
+  observables       jet observables (m, m_SD, N-subjettiness, ...) of a dataset, cached for the baselines
+  baseline          supervised (bdt, pfn) and zero-label (cut) baselines on the same label subsets
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """

@@ -124,3 +124,14 @@ def open_stage_run(
         tags={**(tags or {}), **parse_tags(getattr(args, "tag", []))},
         parent_run_id=parent_run_id(args),
     )
+
+
+def parse_pairs(items: str | list[str] | None) -> list[tuple[str, str]]:
+    """``["Tbqq:QCD", "Wqq:QCD"]`` (or ``"Tbqq:QCD,Wqq:QCD"``) -> ``[("Tbqq", "QCD"), ("Wqq", "QCD")]``."""
+    out = []
+    for item in (csv_list(items) or []) if isinstance(items, str) else (items or []):
+        s, sep, b = item.partition(":")
+        if not sep:
+            raise ValueError(f"evaluate pairs expects SIGNAL:BACKGROUND items, got '{item}'")
+        out.append((s, b))
+    return out

@@ -11,6 +11,7 @@ from physfm.cli.common import (
     add_tracking_args,
     csv_list,
     open_stage_run,
+    parse_pairs,
     set_threads,
     stage_config,
 )
@@ -74,16 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_search)
 
 
-def _pairs(items: list[str]) -> list[tuple[str, str]]:
-    out = []
-    for item in items:
-        s, sep, b = item.partition(":")
-        if not sep:
-            raise ValueError(f"evaluate pairs expects SIGNAL:BACKGROUND items, got '{item}'")
-        out.append((s, b))
-    return out
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
@@ -104,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.model,
             args.data,
             split,
-            pairs=_pairs(cfg.pairs),
+            pairs=parse_pairs(cfg.pairs),
             effs=cfg.effs,
             n_bootstrap=cfg.bootstrap,
             predictions=args.predictions,

@@ -12,7 +12,6 @@ pool and are assembled in unit order, so the result does not depend on the numbe
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -37,6 +36,7 @@ from physfm.data.jetclass import (
     PROCESS_LABELS,
     TREE_NAME,
 )
+from physfm.data.substructure import silence_fastjet_banner, soft_drop_mass
 
 try:  # the PyPI wheel ``pythia8mc`` installs the module under this name
     import pythia8mc as pythia8
@@ -47,11 +47,9 @@ __all__ = ["generate_jets", "DEFAULT_PROCESSES", "JET_PT_RANGE", "JET_ABS_ETA_MA
 
 DEFAULT_PROCESSES: tuple[str, ...] = ("qcd", "tbqq", "wqq", "zqq")
 
-JET_R = 0.8  #: anti-kt radius, also the matching radius and the soft-drop R0
+JET_R = 0.8  #: anti-kt radius, also the matching radius (soft drop: physfm.data.substructure.SOFT_DROP)
 JET_PT_RANGE = (500.0, 1000.0)  #: GeV, exclusive bounds
 JET_ABS_ETA_MAX = 2.0
-SOFT_DROP_BETA = 0.0
-SOFT_DROP_ZCUT = 0.1
 
 UNIT_JETS = 400  #: largest number of jets made by one work unit (one Pythia instance)
 MAX_BATCH_EVENTS = 50  #: events asked of Pythia per call
@@ -321,33 +319,6 @@ def match_jets(jet_eta: np.ndarray, jet_phi: np.ndarray, targets: list[Target]) 
 # ----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _stdout_fd_silenced() -> Iterator[None]:
-    """Send the process's file descriptor 1 to /dev/null (to swallow C++ banners)."""
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-_FASTJET_BANNER_DONE = False
-
-
-def _swallow_fastjet_banner() -> None:
-    """FastJet prints a banner on its first clustering; do that first clustering silently."""
-    global _FASTJET_BANNER_DONE
-    if _FASTJET_BANNER_DONE:
-        return
-    dummy = ak.Array([[{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 1.0}]])
-    with _stdout_fd_silenced():
-        fastjet.ClusterSequence(dummy, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
-    _FASTJET_BANNER_DONE = True
-
-
 def four_vector_kinematics(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transverse momentum, pseudorapidity and azimuth."""
     pt = np.hypot(px, py)
@@ -391,18 +362,6 @@ def particle_type_flags(pids: np.ndarray, charge: np.ndarray) -> dict[str, np.nd
         "part_isElectron": is_electron,
         "part_isMuon": is_muon,
     }
-
-
-def soft_drop_mass(constituents: ak.Array) -> np.ndarray:
-    """Soft-drop mass (beta=0, z_cut=0.1, R0=0.8) of each jet, from C/A reclustering."""
-    if len(constituents) == 0:
-        return np.zeros(0)
-    # reclustered as FastJet contrib does: C/A with a radius large enough to merge everything
-    ca = fastjet.JetDefinition(fastjet.cambridge_algorithm, 1000.0)
-    groomed = fastjet.ClusterSequence(constituents, ca).exclusive_jets_softdrop_grooming(
-        njets=1, beta=SOFT_DROP_BETA, symmetry_cut=SOFT_DROP_ZCUT, R0=JET_R
-    )
-    return ak.to_numpy(groomed.msoftdrop).astype(np.float64)
 
 
 @dataclass
@@ -548,7 +507,7 @@ def _jet_features(record: EventRecord, selection: _Selection, charges: ChargeTab
 
 def generate_unit(unit: WorkUnit) -> JetBlock:
     """Run one work unit: generate events until ``unit.n_jets`` jets are selected."""
-    _swallow_fastjet_banner()
+    silence_fastjet_banner()
     pythia = make_pythia(unit.process, unit.pythia_seed)
     charges = ChargeTable(pythia.particleData)
     blocks: list[JetBlock] = []
