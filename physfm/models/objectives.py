@@ -189,6 +189,20 @@ class Objective(nn.Module):
         """Add this objective's inputs/targets to a numpy batch (runs in loader workers)."""
         return batch
 
+    def view_spec(self) -> Any:
+        """The views of each event the loader adds to a batch (a :class:`physfm.data.views.ViewSpec`), or
+        ``None``: objectives that compare views (``contrastive``, ``dino``) return theirs."""
+        return None
+
+    # ---- training-loop hooks
+    def attach(self, backbone: Backbone) -> None:
+        """Called once with the backbone under training, before any checkpoint is loaded (e.g. to copy
+        it into an EMA teacher)."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called by the training loop after every optimizer step (``step`` steps done of ``total_steps``),
+        e.g. for an EMA teacher update or a collapse check."""
+
     # ---- loss
     def global_loss(self, model: Backbone, h: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
         if not hasattr(self, "global_head"):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from physfm.data.loader import ShardDataset, load_arrays, pad
 from physfm.data.shards import EventBlock
+from physfm.data.views import ViewMaker
 from physfm.models.backbone import normalize
 from physfm.models.objectives import GLOBAL_TARGETS, Objective, global_targets, salt_for
 
@@ -132,6 +133,8 @@ class PretrainShards(ShardDataset):
         self.skip = 0  # batches to pass over (no loader workers)
         self._worker_skip: list[int] | None = None  # per worker (with loader workers)
         self._skip_left = 0
+        spec = objective.view_spec()  # views of each event (contrastive, dino), built in the workers
+        self.views = ViewMaker(spec, self.split.manifest, stats, max_len) if spec is not None else None
 
     # ------------------------------------------------------------------ batch contents
     def _batch(self, block: EventBlock) -> dict[str, torch.Tensor] | None:  # type: ignore[override]
@@ -155,7 +158,10 @@ class PretrainShards(ShardDataset):
         g = self.stats["global"]
         b["global"] = (global_targets(g["names"], raw, mask) - np.asarray(g["mean"])) / np.asarray(g["std"])
         b["raw"] = raw
-        b = self.objective.prepare(b, salt=salt_for(self.seed, self.epoch, self.split_name))
+        salt = salt_for(self.seed, self.epoch, self.split_name)
+        if self.views is not None:
+            b.update(self.views(block, salt))
+        b = self.objective.prepare(b, salt=salt)
         del b["raw"]
         out = {}
         for k, v in b.items():

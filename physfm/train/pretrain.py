@@ -269,6 +269,7 @@ class Pretrainer(nn.Module):
     def __init__(self, backbone: Backbone, objective: Objective) -> None:
         super().__init__()
         self.backbone, self.objective = backbone, objective
+        objective.attach(backbone)  # e.g. the EMA teacher starts as a copy of the backbone
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(self.backbone, batch)
@@ -612,6 +613,7 @@ def pretrain(
             optimizer.step()
             scheduler.step()
             step += 1
+            objective.after_step(step, cfg.steps)  # the objective's own update (EMA teacher, collapse check)
             _accumulate(window, st)
             n_real = int(batch["mask"].sum())
             window_tokens += n_real
