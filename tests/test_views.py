@@ -199,6 +199,20 @@ def test_kt_views_with_fewer_constituents_than_n():
     assert list(one.counts) == [1, 1]
 
 
+def test_kt_views_from_one_clustering_equal_separate_ones():
+    rng = np.random.default_rng(1)
+    parts = [[(float(rng.exponential(30) + 1), *rng.normal(0, 0.3, 2), 0.1) for _ in range(n)] for n in (3, 5, 12, 40)]
+    block = jets(parts, [(0.0, 1.0)] * 4)
+    stats = {"features": ["log_pt"], "norm": {"mean": [0], "std": [1]}}
+    spec = ViewSpec(("kt2", "kt4", "full", "kt8", "kt16"))
+    shared = ViewMaker(spec, MANIFEST, stats, max_len=64).blocks(block, salt=0)
+    for v, b in zip(spec.views, shared, strict=True):
+        alone = make_view(block, v, JetColumns(MANIFEST), AugmentParams(), salt=0, max_len=64)
+        np.testing.assert_array_equal(b.offsets, alone.offsets)
+        np.testing.assert_allclose(b.particles, alone.particles, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(p4(b), p4(block), rtol=1e-9)
+
+
 def test_views_do_not_depend_on_batching():
     rng = np.random.default_rng(0)
     many = [[(float(rng.exponential(30) + 1), *rng.normal(0, 0.3, 2), 0.0) for _ in range(rng.integers(1, 30))]]

@@ -271,55 +271,83 @@ def kt_subjets(
     clustering absorbs at zero distance (or returns untouched) and which are dropped from the result.
     A subjet's ``other`` columns are its hardest constituent's, except ``charge_col`` (summed).
     """
+    return kt_subjets_many(c, [n_subjets], eta0, phi0, radius, charge_col)[0]
+
+
+def kt_subjets_many(
+    c: Constituents, ns: Sequence[int], eta0: np.ndarray, phi0: np.ndarray, radius: float, charge_col: int | None
+) -> list[Constituents]:
+    """:func:`kt_subjets` for several N from one clustering (ghosts pad every jet to max(ns) constituents;
+    with d = 0 they are all absorbed before any real merging, so each N gives the same subjets)."""
     import awkward as ak
     import fastjet
 
     _silent_fastjet()
     px, py, pz, e = four_momenta(c, eta0, phi0)
     counts = c.counts
-    padded = np.maximum(counts, n_subjets)
+    padded = np.maximum(counts, max(ns))
     n_rows = int(padded.sum())
     p_off = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
-    real = np.zeros(n_rows, dtype=bool)
     dest = np.repeat(p_off[:-1], counts) + c.position()  # where each real row goes in the padded layout
-    real[dest] = True
+    row_of = np.full(n_rows, -1, dtype=np.int64)  # padded row -> row of c (-1: a ghost)
+    row_of[dest] = np.arange(len(c.pt))
     cols = {}
     for name, v in (("px", px), ("py", py), ("pz", pz), ("E", e)):
         col = np.zeros(n_rows)
         col[dest] = v
         cols[name] = col
     arr = ak.unflatten(ak.zip(cols, depth_limit=1), padded)
+    out = []
     with warnings.catch_warnings():  # fastjet warns about exclusive jets for every JetDefinition object
         warnings.simplefilter("ignore", UserWarning)
         cs = fastjet.ClusterSequence(arr, fastjet.JetDefinition(fastjet.kt_algorithm, float(radius)))
-        index = cs.exclusive_jets_constituent_index(njets=n_subjets)
+        for n in ns:
+            out.append(_subjets(c, cs.exclusive_jets_constituent_index(njets=n), n, p_off, row_of))
+    return [sort_by_pt(_from_members(c, *o, eta0, phi0, px, py, pz, e, charge_col)) for o in out]
+
+
+def _subjets(
+    c: Constituents, index: Any, n: int, p_off: np.ndarray, row_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(subjet of each real member, its row in ``c``, event of each subjet) from fastjet's constituent index."""
+    import awkward as ak
+
     per_sub = ak.to_numpy(ak.flatten(ak.num(index, axis=2))).astype(np.int64)  # constituents per subjet
     local = ak.to_numpy(ak.flatten(index, axis=None)).astype(np.int64)  # index within the padded jet
-    sub_event = np.repeat(np.arange(len(counts)), n_subjets)
+    sub_event = np.repeat(np.arange(len(c.offsets) - 1), n)
     member_sub = np.repeat(np.arange(len(per_sub)), per_sub)
-    padded_row = p_off[sub_event[member_sub]] + local
-    keep = real[padded_row]
-    member_sub = member_sub[keep]
-    # padded row -> row of c
-    row_of = np.full(n_rows, -1, dtype=np.int64)
-    row_of[dest] = np.arange(len(c.pt))
-    member_row = row_of[padded_row[keep]]
-    n_sub_total = len(per_sub)
-    sums = [np.bincount(member_sub, weights=v[member_row], minlength=n_sub_total) for v in (px, py, pz, e)]
-    has_real = np.bincount(member_sub, minlength=n_sub_total) > 0
-    # hardest constituent of each subjet carries the other columns
+    member_row = row_of[p_off[sub_event[member_sub]] + local]
+    keep = member_row >= 0
+    return member_sub[keep], member_row[keep], sub_event
+
+
+def _from_members(
+    c: Constituents,
+    member_sub: np.ndarray,
+    member_row: np.ndarray,
+    sub_event: np.ndarray,
+    eta0: np.ndarray,
+    phi0: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    pz: np.ndarray,
+    e: np.ndarray,
+    charge_col: int | None,
+) -> Constituents:
+    """Subjets as constituents: summed four-momenta (E-scheme), the hardest member's other columns."""
+    n_sub = len(sub_event)
+    sums = [np.bincount(member_sub, weights=v[member_row], minlength=n_sub) for v in (px, py, pz, e)]
+    has_real = np.bincount(member_sub, minlength=n_sub) > 0
     order = np.lexsort((-c.pt[member_row], member_sub))
     first = order[np.r_[True, member_sub[order][1:] != member_sub[order][:-1]]]
-    other = np.zeros((n_sub_total, c.other.shape[1]))
+    other = np.zeros((n_sub, c.other.shape[1]))
     other[member_sub[first]] = c.other[member_row[first]]
     if charge_col is not None:
-        other[:, charge_col] = np.bincount(member_sub, weights=c.other[member_row, charge_col], minlength=n_sub_total)
+        other[:, charge_col] = np.bincount(member_sub, weights=c.other[member_row, charge_col], minlength=n_sub)
     ev = sub_event[has_real]
     pt, deta, dphi, m2 = from_four_momenta(*(s[has_real] for s in sums), eta0[ev], phi0[ev])
-    n_new = np.bincount(ev, minlength=len(counts))
-    return sort_by_pt(
-        Constituents(np.concatenate([[0], np.cumsum(n_new)]).astype(np.int64), pt, deta, dphi, m2, other[has_real])
-    )
+    n_new = np.bincount(ev, minlength=len(c.offsets) - 1)
+    return Constituents(np.concatenate([[0], np.cumsum(n_new)]).astype(np.int64), pt, deta, dphi, m2, other[has_real])
 
 
 # --------------------------------------------------------------------------- blocks <-> constituents
@@ -435,9 +463,19 @@ class ViewMaker:
         self.lengths = [view_length(v, max_len) for v in spec.views]
 
     def blocks(self, block: EventBlock, salt: int) -> list[EventBlock]:
-        """The views of ``block`` as EventBlocks (all stored columns, rebuilt)."""
+        """The views of ``block`` as EventBlocks (all stored columns, rebuilt); the plain ``ktN`` views
+        share one clustering."""
+        kt = {i: int(m.group(1)) for i, v in enumerate(self.spec.views) if (m := _KT.match(v))}
+        out: dict[int, EventBlock] = {}
+        if len(kt) > 1:
+            eta0, phi0 = self.columns.axis(block)
+            c = self.columns.constituents(block)
+            subjets = kt_subjets_many(c, list(kt.values()), eta0, phi0, self.spec.params.kt_radius, self.columns.charge)
+            out = {i: self.columns.block(s, block) for i, s in zip(kt, subjets, strict=True)}
         return [
-            make_view(block, v, self.columns, self.spec.params, salt=salt, max_len=self.max_len, tag=f"view{i}")
+            out[i]
+            if i in out
+            else make_view(block, v, self.columns, self.spec.params, salt=salt, max_len=self.max_len, tag=f"view{i}")
             for i, v in enumerate(self.spec.views)
         ]
 

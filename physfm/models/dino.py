@@ -46,8 +46,9 @@ from physfm.models.objectives import Stats, _stat, register_objective
 BALANCING = ("center", "sinkhorn")
 
 
-class CollapseError(RuntimeError):
-    """Self-distillation collapsed (uniform teacher with the loss at ln K, or a single prototype)."""
+class CollapseError(ValueError):
+    """Self-distillation collapsed (uniform teacher with the loss at ln K, or a single prototype): the
+    configuration does not train (a ValueError, so the CLI reports it as a configuration error)."""
 
 
 def teacher_momentum(step: int, total_steps: int, base: float) -> float:
@@ -89,13 +90,16 @@ def _world() -> int:
 
 
 @torch.no_grad()
-def sinkhorn_knopp(logits: Tensor, temperature: float, n_iters: int = 3) -> Tensor:
-    """``(B, K)`` teacher targets whose columns (prototypes) are used equally over the (global) batch."""
-    q = torch.exp((logits.float() - logits.float().max().detach()) / temperature).T  # K x B
-    k, b = q.shape[0], q.shape[1] * _world()
-    q /= _all_reduce(q.sum())
+def sinkhorn_knopp(logits: Tensor, temperature: float, n_iters: int = 3, distributed: bool = True) -> Tensor:
+    """``(B, K)`` teacher targets whose columns (prototypes) are used equally over the batch: over all
+    ranks' batches with ``distributed`` (training), over this rank's (validation: ranks may see
+    different numbers of batches, so no collective may run)."""
+    reduce = _all_reduce if distributed else (lambda t: t)
+    q = torch.exp((logits.float() - 1.0) / temperature).T  # K x B; cosine logits are <= 1
+    k, b = q.shape[0], q.shape[1] * (_world() if distributed else 1)
+    q /= reduce(q.sum())
     for _ in range(n_iters):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= reduce(q.sum(dim=1, keepdim=True))
         q /= k
         q /= q.sum(dim=0, keepdim=True)
         q /= b
@@ -245,7 +249,7 @@ class Dino(MultiViewObjective):
             if o.balancing == "center":
                 p_t = [F.softmax((t - self.center) / temp_t, dim=-1) for t in teacher]
             else:
-                p_t = [sinkhorn_knopp(t, temp_t) for t in teacher]
+                p_t = [sinkhorn_knopp(t, temp_t, distributed=self.training) for t in teacher]
             ent_t = [-(p * torch.log(p.clamp(min=1e-30))).sum(-1) for p in p_t]
         log_s = [F.log_softmax(s / o.student_temp, dim=-1) for s in student]
         n = student[0].shape[0]
