@@ -197,6 +197,11 @@ def test_kt_views_with_fewer_constituents_than_n():
     c = cols.constituents(block)
     one = kt_subjets(c, 1, *cols.axis(block), radius=10.0, charge_col=None)
     assert list(one.counts) == [1, 1]
+    # a radius smaller than the jet: the soft, distant particle is merged with the beam and leaves the view
+    pair = jets([[(100.0, 0.0, 0.0, 0.0), (10.0, 0.5, 0.0, 0.0)]], [(0.0, 0.0)])
+    small = make_view(pair, "kt1", cols, AugmentParams(kt_radius=0.1), salt=0, max_len=8)
+    np.testing.assert_allclose(small.particles, pair.particles[:1], rtol=1e-9, atol=1e-9)
+    assert make_view(pair, "kt1", cols, AugmentParams(), salt=0, max_len=8).events[0, 0] == pytest.approx(110.0)
 
 
 def test_kt_views_from_one_clustering_equal_separate_ones():
@@ -204,13 +209,15 @@ def test_kt_views_from_one_clustering_equal_separate_ones():
     parts = [[(float(rng.exponential(30) + 1), *rng.normal(0, 0.3, 2), 0.1) for _ in range(n)] for n in (3, 5, 12, 40)]
     block = jets(parts, [(0.0, 1.0)] * 4)
     stats = {"features": ["log_pt"], "norm": {"mean": [0], "std": [1]}}
-    spec = ViewSpec(("kt2", "kt4", "full", "kt8", "kt16"))
-    shared = ViewMaker(spec, MANIFEST, stats, max_len=64).blocks(block, salt=0)
-    for v, b in zip(spec.views, shared, strict=True):
-        alone = make_view(block, v, JetColumns(MANIFEST), AugmentParams(), salt=0, max_len=64)
-        np.testing.assert_array_equal(b.offsets, alone.offsets)
-        np.testing.assert_allclose(b.particles, alone.particles, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(p4(b), p4(block), rtol=1e-9)
+    for radius in (10.0, 0.3):  # 0.3: some constituents merge with the beam
+        spec = ViewSpec(("kt2", "kt4", "full", "kt8", "kt16"), AugmentParams(kt_radius=radius))
+        shared = ViewMaker(spec, MANIFEST, stats, max_len=64).blocks(block, salt=0)
+        for v, b in zip(spec.views, shared, strict=True):
+            alone = make_view(block, v, JetColumns(MANIFEST), spec.params, salt=0, max_len=64)
+            np.testing.assert_array_equal(b.offsets, alone.offsets)
+            np.testing.assert_allclose(b.particles, alone.particles, rtol=1e-12, atol=1e-12)
+            if radius > 1:
+                np.testing.assert_allclose(p4(b), p4(block), rtol=1e-9)
 
 
 def test_views_do_not_depend_on_batching():

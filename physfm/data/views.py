@@ -277,48 +277,62 @@ def kt_subjets(
 def kt_subjets_many(
     c: Constituents, ns: Sequence[int], eta0: np.ndarray, phi0: np.ndarray, radius: float, charge_col: int | None
 ) -> list[Constituents]:
-    """:func:`kt_subjets` for several N from one clustering (ghosts pad every jet to max(ns) constituents;
-    with d = 0 they are all absorbed before any real merging, so each N gives the same subjets)."""
+    """:func:`kt_subjets` for several N, coarsening step by step: the constituents are clustered to the
+    largest N, those subjets (as pseudo-particles) to the next N, and so on. kT clustering is sequential,
+    so the subjets at N are exactly what clustering the subjets at any N' > N down to N gives; each
+    subjet's members are tracked down to the original constituents."""
+    px, py, pz, e = four_momenta(c, eta0, phi0)
+    levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    cur, cur_of_row = c, np.arange(len(c.pt))  # pseudo-particles clustered next; row of c -> row of cur (-1: gone)
+    for n in sorted(set(ns), reverse=True):
+        sub_of_cur, sub_event = _cluster(cur, n, eta0, phi0, radius)
+        alive = cur_of_row >= 0
+        sub = np.where(alive, sub_of_cur[np.where(alive, cur_of_row, 0)], -1)
+        alive &= sub >= 0  # a small kt_radius merges some with the beam: they leave the view
+        rows = np.flatnonzero(alive)
+        levels[n] = (sub[rows], rows, sub_event)
+        has = np.bincount(sub[rows], minlength=len(sub_event)) > 0
+        cur = _from_members(c, sub[rows], rows, sub_event, eta0, phi0, px, py, pz, e, charge_col)
+        cur_of_row = np.where(alive, (np.cumsum(has) - 1)[np.maximum(sub, 0)], -1)  # cur's rows: subjets with members
+    return [sort_by_pt(_from_members(c, *levels[n], eta0, phi0, px, py, pz, e, charge_col)) for n in ns]
+
+
+def _cluster(
+    c: Constituents, n: int, eta0: np.ndarray, phi0: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exclusive kT clustering of every jet of ``c`` to ``n`` subjets (ghost-padded to ``n`` rows):
+    the subjet of each row of ``c`` (-1 if merged with the beam) and the event of each of the
+    ``n_jets * n`` subjets."""
     import awkward as ak
     import fastjet
 
     _silent_fastjet()
     px, py, pz, e = four_momenta(c, eta0, phi0)
     counts = c.counts
-    padded = np.maximum(counts, max(ns))
-    n_rows = int(padded.sum())
+    padded = np.maximum(counts, n)
     p_off = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
     dest = np.repeat(p_off[:-1], counts) + c.position()  # where each real row goes in the padded layout
-    row_of = np.full(n_rows, -1, dtype=np.int64)  # padded row -> row of c (-1: a ghost)
+    row_of = np.full(int(padded.sum()), -1, dtype=np.int64)  # padded row -> row of c (-1: a ghost)
     row_of[dest] = np.arange(len(c.pt))
     cols = {}
     for name, v in (("px", px), ("py", py), ("pz", pz), ("E", e)):
-        col = np.zeros(n_rows)
+        col = np.zeros(len(row_of))
         col[dest] = v
         cols[name] = col
     arr = ak.unflatten(ak.zip(cols, depth_limit=1), padded)
-    out = []
     with warnings.catch_warnings():  # fastjet warns about exclusive jets for every JetDefinition object
         warnings.simplefilter("ignore", UserWarning)
         cs = fastjet.ClusterSequence(arr, fastjet.JetDefinition(fastjet.kt_algorithm, float(radius)))
-        for n in ns:
-            out.append(_subjets(c, cs.exclusive_jets_constituent_index(njets=n), n, p_off, row_of))
-    return [sort_by_pt(_from_members(c, *o, eta0, phi0, px, py, pz, e, charge_col)) for o in out]
-
-
-def _subjets(
-    c: Constituents, index: Any, n: int, p_off: np.ndarray, row_of: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(subjet of each real member, its row in ``c``, event of each subjet) from fastjet's constituent index."""
-    import awkward as ak
-
-    per_sub = ak.to_numpy(ak.flatten(ak.num(index, axis=2))).astype(np.int64)  # constituents per subjet
-    local = ak.to_numpy(ak.flatten(index, axis=None)).astype(np.int64)  # index within the padded jet
-    sub_event = np.repeat(np.arange(len(c.offsets) - 1), n)
+        index = cs.exclusive_jets_constituent_index(njets=n)
+    per_sub = ak.to_numpy(ak.flatten(ak.num(index, axis=2))).astype(np.int64)  # members per subjet
+    local = ak.to_numpy(ak.flatten(index, axis=None)).astype(np.int64)  # member index within the padded jet
+    sub_event = np.repeat(np.arange(len(counts)), n)
     member_sub = np.repeat(np.arange(len(per_sub)), per_sub)
     member_row = row_of[p_off[sub_event[member_sub]] + local]
     keep = member_row >= 0
-    return member_sub[keep], member_row[keep], sub_event
+    sub_of_row = np.full(len(c.pt), -1, dtype=np.int64)  # -1: merged with the beam (R smaller than the jet)
+    sub_of_row[member_row[keep]] = member_sub[keep]
+    return sub_of_row, sub_event
 
 
 def _from_members(
