@@ -91,7 +91,8 @@ def fit_stats(
 
 class PretrainShards(ShardDataset):
     """ShardDataset whose batches are ready for an objective: dict of tensors with ``x``, ``mask``,
-    ``event_key``, ``n_particles``, ``label``, ``global``, ``tokens`` (with a tokenizer) and the
+    ``event_key``, ``n_particles``, ``label``, ``global``, ``tokens`` (with a tokenizer), the views
+    ``x_v{i}``/``mask_v{i}`` of an objective that compares views (:mod:`physfm.data.views`) and the
     objective's own entries. ``skip`` batches at the start of the iteration are passed over cheaply."""
 
     def __init__(
