@@ -118,9 +118,13 @@ def test_dino_and_rino_pretrain_and_resume_exactly(jet_dataset, tmp_path):
         a, b = load_file(str(tmp_path / "ref" / f)), load_file(str(tmp_path / "run" / f))
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), f
     heads = load_file(str(tmp_path / "ref" / "objective.safetensors"))
-    student = load_file(str(tmp_path / "ref" / "backbone.safetensors"))
+    exported = load_file(str(tmp_path / "ref" / "backbone.safetensors"))
     assert "center" in heads and int(heads["steps_done"]) == 6
-    assert any(not torch.equal(heads[f"teacher.{k}"], v) for k, v in student.items())  # EMA lags the student
+    assert all(torch.equal(heads[f"teacher.{k}"], v) for k, v in exported.items())  # the teacher is written out
+    student = tiny(objective="dino", steps=6, val_every=3, objectives={"dino": {**rino, "export": "student"}})
+    pretrain(student, jet_dataset, None, tmp_path / "student", progress=False)
+    s = load_file(str(tmp_path / "student" / "backbone.safetensors"))
+    assert any(not torch.equal(s[k], v) for k, v in exported.items())  # the EMA teacher lags the student
     assert {k: v for k, v in ref.items() if k.startswith("val/")} == {
         k: v for k, v in resumed.items() if k.startswith("val/")
     }

@@ -17,6 +17,9 @@ the K prototypes and the student's: Σ −p_t log p_s, averaged over pairs and e
 * **Views**: ``global_views`` then ``local_views`` (:mod:`physfm.data.views` strings). RINO:
   ``global_views: [full, kt16]``, ``local_views: [kt2, kt4, kt8]``.
 
+The backbone written out is the teacher (``export: teacher``; DINO evaluates the teacher) or the
+student (``export: student``); both are in ``objective.safetensors`` (``teacher.*`` and the heads).
+
 Diagnostics, logged as metrics: ``teacher_entropy`` (mean entropy of the teacher's distributions;
 ln K when it is uniform), ``teacher_marginal_entropy`` (entropy of their batch mean; 0 when one
 prototype takes everything), ``kl_teacher_student`` (KL(p_t ‖ p_s) over pairs), ``prototypes_used``
@@ -148,6 +151,7 @@ class DinoOptions(ViewOptions):
     collapse_check_every: int = 10
     collapse_patience: int = 5
     collapse_tolerance: float = 0.02
+    export: str = "teacher"  # the backbone written out: "teacher" (DINO's choice) or "student"
 
 
 @register_objective
@@ -165,6 +169,8 @@ class Dino(MultiViewObjective):
                 f"dino needs at least one global view and two views in all; got global_views={o.global_views}, "
                 f"local_views={o.local_views}"
             )
+        if o.export not in ("teacher", "student"):
+            raise ValueError(f"dino export must be 'teacher' or 'student', got '{o.export}'")
         if o.balancing not in BALANCING:
             raise ValueError(f"dino balancing must be one of {BALANCING}, got '{o.balancing}'")
         if o.n_prototypes < 2:
@@ -191,6 +197,13 @@ class Dino(MultiViewObjective):
         self._student = (backbone,)
         self.teacher = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher.eval()
+
+    def export_backbone(self, backbone: Backbone) -> Backbone:
+        """The EMA teacher (``export: teacher``, as DINO evaluates it) or the student."""
+        if self.options.export == "student":
+            return backbone
+        self._check_attached()
+        return self.teacher
 
     def train(self, mode: bool = True) -> Dino:
         super().train(mode)

@@ -203,6 +203,10 @@ class Objective(nn.Module):
         """Called by the training loop after every optimizer step (``step`` steps done of ``total_steps``),
         e.g. for an EMA teacher update or a collapse check."""
 
+    def export_backbone(self, backbone: Backbone) -> Backbone:
+        """The backbone written as the pretraining result (default: the trained one; DINO: its teacher)."""
+        return backbone
+
     # ---- loss
     def global_loss(self, model: Backbone, h: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
         if not hasattr(self, "global_head"):

@@ -695,7 +695,8 @@ def pretrain(
             extra += ["history.json", "metrics.json"]
             if _plot_history(history, baseline, tmp / "loss.png", title=f"{cfg.objective} pretraining"):
                 extra.append("loss.png")
-            manifest_out = save_backbone(backbone, meta, tmp, heads=objective, extra_files=extra)
+            exported = objective.export_backbone(backbone)  # e.g. DINO's EMA teacher
+            manifest_out = save_backbone(exported, meta, tmp, heads=objective, extra_files=extra)
             if ckpt_dir.resolve().is_relative_to(out_dir.resolve()):  # OUT/checkpoints (the default) stays
                 copy_checkpoint(ckpt_dir, tmp / ckpt_dir.resolve().relative_to(out_dir.resolve()))
         summary["backbone_version"] = manifest_out["backbone_version"]
