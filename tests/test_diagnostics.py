@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from physfm.models.diagnostics import alignment, effective_rank, uniformity
+from physfm.models.diagnostics import alignment, effective_rank, koleo, uniformity
 
 
 def test_alignment_of_identical_and_antipodal_pairs():
@@ -27,6 +27,14 @@ def test_uniformity_of_collapsed_and_spread_batches():
     assert float(uniformity(basis)) == pytest.approx(-4.0)  # every pair at |.|^2 = 2
     with pytest.raises(ValueError, match="at least two"):
         uniformity(torch.ones(1, 3))
+
+
+def test_koleo_is_minus_log_nearest_neighbour_distance():
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]])  # nearest neighbours all at sqrt(2)
+    assert float(koleo(x)) == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
+    assert float(koleo(torch.tensor([[1.0, 0.0], [-3.0, 0.0]]))) == pytest.approx(-math.log(2.0), rel=1e-5)
+    bunched = torch.tensor([[1.0, 0.0], [1.0, 0.01]])
+    assert float(koleo(bunched)) > 4  # close neighbours: a large penalty
 
 
 def test_effective_rank_counts_the_directions_used():

@@ -5,6 +5,8 @@
 * :func:`uniformity` (Wang & Isola 2020): log mean exp(−t ‖f(x) − f(y)‖²) over all pairs of a batch of
   L2-normalised embeddings; 0 for a collapsed batch (all equal), more negative the more uniformly the
   embeddings cover the sphere.
+* :func:`koleo` (Sablayrolles et al. 2019, DINOv2's regulariser): −mean log of each L2-normalised
+  embedding's distance to its nearest neighbour in the batch; large when embeddings bunch up.
 * :func:`effective_rank` (Roy & Vetterli 2007): exp of the entropy of the normalised singular values
   of the (centred) embedding matrix; between 1 (rank one, a collapsed representation) and
   min(n, d) (all directions used equally).
@@ -31,6 +33,16 @@ def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
         raise ValueError("uniformity needs at least two embeddings")
     x = F.normalize(x.float(), dim=-1)
     return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def koleo(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """−mean_i log(min_{j≠i} ‖x̂_i − x̂_j‖ + eps) over a batch of L2-normalised embeddings (>= 2 rows)."""
+    if x.shape[0] < 2:
+        raise ValueError("koleo needs at least two embeddings")
+    x = F.normalize(x.float(), dim=-1)
+    d = torch.cdist(x, x)
+    d = d + torch.eye(len(x), device=x.device) * 1e6  # not one's own neighbour
+    return -torch.log(d.min(dim=1).values + eps).mean()
 
 
 def effective_rank(x: Tensor, center: bool = True, eps: float = 1e-12) -> Tensor:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from physfm.models.backbone import Backbone
 from physfm.models.contrastive import JETCLR_VIEWS
+from physfm.models.diagnostics import effective_rank, koleo
 from physfm.models.multiview import MultiViewObjective, ViewOptions
 from physfm.models.objectives import Stats, _stat, register_objective
 
@@ -151,6 +152,7 @@ class DinoOptions(ViewOptions):
     collapse_check_every: int = 10
     collapse_patience: int = 5
     collapse_tolerance: float = 0.02
+    koleo_weight: float = 0.0  # DINOv2's KoLeo spread of the student's pooled global-view embeddings
     export: str = "teacher"  # the backbone written out: "teacher" (DINO's choice) or "student"
 
 
@@ -245,11 +247,11 @@ class Dino(MultiViewObjective):
         self._check_attached()
         o = self.options
         n_views, n_global = len(self.views()), len(o.global_views)
-        hidden, student, pooled0 = {}, [], None
+        hidden, student, pooled = {}, [], []
         for i in range(n_views):
             h, e = self.encode(model, batch, i)
             hidden[i] = h
-            pooled0 = e if pooled0 is None else pooled0
+            pooled.append(e)
             student.append(self.head(e).float())
         with torch.no_grad():
             teacher = []
@@ -277,6 +279,9 @@ class Dino(MultiViewObjective):
                 kl_sum = kl_sum + (ce.detach() - ent_t[i]).sum()
                 n_pairs += 1
         loss_dino = total / n_pairs
+        loss_koleo = loss_dino.new_zeros(())
+        if o.koleo_weight > 0 and n >= 2:
+            loss_koleo = sum(koleo(pooled[i]) for i in range(n_global)) / n_global
         with torch.no_grad():
             all_t = torch.cat(p_t)
             marginal = all_t.mean(0)
@@ -290,9 +295,9 @@ class Dino(MultiViewObjective):
                 "teacher_temp": _stat(torch.tensor(temp_t, device=all_t.device), 1),
             }
             if n >= 2:
-                from physfm.models.diagnostics import effective_rank
-
-                stats["embedding_rank"] = _stat(effective_rank(pooled0.detach()), 1)
+                stats["embedding_rank"] = _stat(effective_rank(pooled[0].detach()), 1)
+                if o.koleo_weight > 0:
+                    stats["loss_koleo"] = _stat(loss_koleo.detach(), 1)
             if self.training:
                 self._last = {
                     "loss": loss_dino.detach(),
@@ -304,6 +309,6 @@ class Dino(MultiViewObjective):
                     self.center.mul_(o.center_momentum).add_(batch_center * (1 - o.center_momentum))
         loss_g, gstats = self.view_global_loss(model, batch, hidden)
         stats.update(gstats)
-        loss = loss_dino + self.global_weight * loss_g
+        loss = loss_dino + o.koleo_weight * loss_koleo + self.global_weight * loss_g
         stats["loss"] = _stat(loss * n, n)
         return loss, stats
