@@ -4,6 +4,7 @@ and a deliberately collapsing DINO run that fails loudly."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -138,3 +139,24 @@ def test_a_collapsing_dino_config_fails_loudly(jet_dataset, tmp_path):
     with pytest.raises(CollapseError, match=r"collapsed \(uniform\) at step 3: 3 checks in a row.*ln K = 3.4657"):
         pretrain(cfg, jet_dataset, None, tmp_path / "hot", progress=False)
     assert not (tmp_path / "hot" / "backbone.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("balancing", ["center", "sinkhorn"])
+def test_dino_under_ddp_two_gloo_processes(jet_dataset, tmp_path, balancing):
+    """The collectives (centre, Sinkhorn, collapse check) agree across ranks: no deadlock, a result."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    opts = {**SMALL_DINO, "balancing": balancing, "collapse_check_every": 2, "collapse_patience": 10}
+    cfg = {**TINY, "steps": 6, "val_every": 3, "objective": "dino", "objectives": {"dino": opts}}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["-m", "physfm", "pretrain", "--data", str(jet_dataset), "--out", str(tmp_path / "two")]
+    cmd = [*torchrun, *args, "--config", json.dumps(cfg), "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "PHYSFM_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and 0 < metrics["val/teacher_entropy"] <= math.log(32) + 1e-5
