@@ -160,3 +160,32 @@ def test_dino_under_ddp_two_gloo_processes(jet_dataset, tmp_path, balancing):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and 0 < metrics["val/teacher_entropy"] <= math.log(32) + 1e-5
+
+
+def test_icecube_contrastive_pretrain_on_pulse_views(tmp_path):
+    """IceCube's views: pulse dropout and time jitter (real Prometheus events, continuous inputs)."""
+    from pathlib import Path
+
+    from physfm.data.convert import convert
+
+    prometheus = Path(__file__).parent / "data" / "graphnet" / "examples" / "parquet" / "prometheus" / "merged"
+    data = tmp_path / "data"
+    convert("prometheus", prometheus, data, shard_events=20, progress=False)
+    views = ["dropout+jitter", "dropout+jitter"]
+    cfg = PretrainConfig.from_dict(
+        {
+            **TINY,
+            "objective": "contrastive",
+            "features": ["t_cog", "log_charge", "aux", "x_cog", "y_cog", "z_cog"],
+            "objectives": {"contrastive": {"views": views, "dropout_fraction": 0.2}},
+            "global_targets": ["log10_qtot"],
+            "batch_size": 8,
+            "steps": 4,
+        }
+    )
+    result = pretrain(cfg, data, None, tmp_path / "bb", progress=False)
+    assert 0 < result["val/loss_contrastive"] < 10 and "val/mse_log10_qtot" in result
+    _, meta = load_backbone(tmp_path / "bb")
+    assert meta["objective"] == "contrastive" and meta["modality"] == "icecube"
+    with pytest.raises(ValueError, match="do not apply to this icecube dataset"):
+        pretrain(PretrainConfig.from_dict({**cfg.to_dict(), "objectives": {}}), data, None, tmp_path / "x")

@@ -241,3 +241,54 @@ def test_views_do_not_depend_on_batching():
 def test_views_refuse_other_modalities():
     with pytest.raises(ValueError, match="modality is 'icecube'"):
         JetColumns({**MANIFEST, "modality": "icecube"})
+
+
+ICE = {
+    "modality": "icecube",
+    "particle_features": [{"name": n} for n in ("sensor_id", "time", "charge", "auxiliary", "x", "y", "z")],
+    "event_features": [{"name": n} for n in ("event_id", "azimuth", "zenith")],
+}
+
+
+def pulses(counts: list[int]) -> EventBlock:
+    rng = np.random.default_rng(3)
+    rows = []
+    for n in counts:
+        t = np.sort(rng.uniform(9000, 12000, n))
+        rows += [[rng.integers(0, 5160), ti, rng.exponential(1.0), 0.0, *rng.normal(0, 100, 3)] for ti in t]
+    return EventBlock(
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        np.array(rows),
+        np.zeros((len(counts), 3)),
+        np.full(len(counts), -1),
+        np.arange(7, 7 + len(counts), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15),
+    )
+
+
+def test_pulse_dropout_and_time_jitter():
+    from physfm.data.views import PulseColumns
+
+    block = pulses([1, 5, 200])
+    cols = PulseColumns(ICE)
+    every = make_view(block, "dropout", cols, AugmentParams(dropout_fraction=1.0), salt=0, max_len=64)
+    assert list(np.diff(every.offsets)) == [1, 1, 1]  # all dropped but the one with the largest draw
+    some = make_view(block, "dropout", cols, AugmentParams(dropout_fraction=0.25), salt=0, max_len=64)
+    kept = np.diff(some.offsets)
+    assert kept[0] == 1 and 130 <= kept[2] <= 170  # about 75 % of 200
+    rows = {tuple(r) for r in block.particles.tolist()}
+    assert all(tuple(r) in rows for r in some.particles.tolist())  # a subset of the pulses, unchanged
+    none = make_view(block, "jitter", cols, AugmentParams(time_jitter=0.0), salt=0, max_len=64)
+    np.testing.assert_array_equal(none.particles, block.particles)
+    j = make_view(block, "jitter", cols, AugmentParams(time_jitter=3.0), salt=0, max_len=64)
+    dt = j.particles[:, 1] - block.particles[:, 1]
+    np.testing.assert_array_equal(np.delete(j.particles, 1, axis=1), np.delete(block.particles, 1, axis=1))
+    assert abs(dt.mean()) < 0.6 and 2.5 < dt.std() < 3.5  # N(0, 3^2) ns on 206 pulses
+    stats = {"features": ["t_rel", "log_charge"], "norm": {"mean": [0, 0], "std": [1, 1]}}
+    vm = ViewMaker(ViewSpec(("dropout+jitter", "full")), ICE, stats, max_len=16)
+    whole, halves = vm(block, salt=9), [vm(block.slice(0, 1), salt=9), vm(block.slice(1, 3), salt=9)]
+    for k, v in whole.items():
+        np.testing.assert_array_equal(v, np.concatenate([h[k] for h in halves]))
+    with pytest.raises(ValueError, match=r"steps \['rotate'\] do not apply to this icecube dataset"):
+        ViewMaker(ViewSpec(("rotate",)), ICE, stats, max_len=16)
+    with pytest.raises(ValueError, match=r"steps \['dropout'\] do not apply to this jets dataset"):
+        ViewMaker(ViewSpec(("dropout",)), MANIFEST, stats, max_len=16)

@@ -19,6 +19,9 @@ chain of steps, written as one string joined by ``+`` (e.g. ``"rotate+collinear+
 ``ktN``         the N exclusive-kT subjets of the jet (RINO's views; fastjet, E-scheme). When the jet
                 has fewer than N constituents, zero-momentum ghosts pad it to N (fastjet refuses to
                 cluster n < N particles into N jets) and are dropped again: the view is the jet.
+``dropout``     IceCube pulses: each pulse dropped with probability ``dropout_fraction`` (an event keeps
+                at least one), the views of a noisy, partly inefficient detector
+``jitter``      IceCube pulses: N(0, ``time_jitter``²) ns added to every pulse time
 ==============  ======================================================================================
 
 Every step works on each constituent's (pT, Δη, Δφ, m²) with respect to the stored jet axis
@@ -52,6 +55,8 @@ import numpy as np
 from physfm.data.shards import EventBlock, feature_names
 
 AUGMENTATIONS = ("rotate", "translate", "smear", "collinear")
+#: Steps for neutrino-telescope pulses (modality ``icecube``).
+PULSE_AUGMENTATIONS = ("dropout", "jitter")
 FULL = "full"
 _KT = re.compile(r"^kt([1-9][0-9]*)$")
 #: Stored columns a view rebuilds; a jets dataset has them all.
@@ -63,10 +68,11 @@ def parse_view(spec: str) -> tuple[str, ...]:
     """The steps of a view string, checked: ``"kt8"`` -> ``("kt8",)``, ``"rotate+smear"`` -> two steps."""
     steps = tuple(s.strip() for s in str(spec).split("+"))
     for s in steps:
-        if s not in AUGMENTATIONS and s != FULL and not _KT.match(s):
+        if s not in AUGMENTATIONS and s not in PULSE_AUGMENTATIONS and s != FULL and not _KT.match(s):
             raise ValueError(
                 f"unknown view step '{s}' in view '{spec}'; steps are {', '.join(AUGMENTATIONS)}, ktN (N >= 1, "
-                f"exclusive-kT subjets) and '{FULL}' (alone), joined by '+'"
+                f"exclusive-kT subjets) for jets, {', '.join(PULSE_AUGMENTATIONS)} for IceCube pulses, and "
+                f"'{FULL}' (alone), joined by '+'"
             )
     if FULL in steps and len(steps) > 1:
         raise ValueError(f"view '{spec}': '{FULL}' is the stored jet and cannot be combined with other steps")
@@ -92,9 +98,13 @@ class AugmentParams:
     smear_strength: float = 0.1  # sigma = strength / max(pT / GeV, pt_clip), in eta and in phi
     smear_pt_clip: float = 0.1  # GeV
     kt_radius: float = 10.0  # decides only pair vs beam merging; >> any jet's Delta R: subjets sum to the jet
+    dropout_fraction: float = 0.1  # IceCube: fraction of an event's pulses dropped (at least one is kept)
+    time_jitter: float = 3.0  # IceCube: ns, standard deviation of the Gaussian added to each pulse time
 
     def __post_init__(self) -> None:
-        for name in ("translate_width", "smear_strength", "smear_pt_clip", "kt_radius"):
+        if not 0 <= self.dropout_fraction <= 1:
+            raise ValueError(f"dropout_fraction must lie in [0, 1], got {self.dropout_fraction}")
+        for name in ("translate_width", "smear_strength", "smear_pt_clip", "kt_radius", "time_jitter"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"view parameter {name} must be >= 0, got {getattr(self, name)}")
         if self.kt_radius <= 0:
@@ -433,13 +443,71 @@ def _normals(event_key: np.ndarray, salt: int, tag: str, length: int) -> np.ndar
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
 
 
-def make_view(
-    block: EventBlock, spec: str, columns: JetColumns, params: AugmentParams, *, salt: int, max_len: int, tag: str = ""
+class PulseColumns:
+    """The columns pulse views change in an IceCube-modality dataset (from its manifest)."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        if manifest.get("modality") != "icecube":
+            raise ValueError(f"pulse views need an icecube dataset; this one is '{manifest.get('modality')}'")
+        names = feature_names(manifest, "particle")
+        if "time" not in names:
+            raise ValueError("pulse views need the stored pulse column 'time'")
+        self.time = names.index("time")
+
+
+def pulse_view(
+    block: EventBlock, steps: Sequence[str], columns: PulseColumns, params: AugmentParams, *, salt: int, tag: str
 ) -> EventBlock:
-    """One view of every jet of ``block``: a pure function of (event key, salt, ``tag``, spec)."""
+    """IceCube views: ``dropout`` removes each pulse with probability ``dropout_fraction`` (an event keeps at
+    least its pulse with the largest draw), ``jitter`` adds N(0, ``time_jitter``²) ns to each pulse time.
+    Pulses keep their stored order; the derived features (t_rel, ...) are recomputed from the view."""
+    keys = block.event_key
+    for k, step in enumerate(steps):
+        t = f"{tag}/{k}/{step}"
+        counts = np.diff(block.offsets)
+        ev = np.repeat(np.arange(len(counts)), counts)
+        pos = np.arange(len(ev)) - np.repeat(block.offsets[:-1], counts)
+        length = max(int(counts.max(initial=0)), 1)
+        if step == "dropout":
+            u = _uniforms(keys, salt, t, length)[ev, pos]
+            keep = u >= params.dropout_fraction
+            best = np.lexsort((-u, ev))[np.r_[0, np.cumsum(counts)[:-1]][counts > 0]]  # largest draw per event
+            keep[best] = True
+            n_new = np.bincount(ev[keep], minlength=len(counts))
+            block = EventBlock(
+                np.concatenate([[0], np.cumsum(n_new)]).astype(np.int64),
+                block.particles[keep],
+                block.events,
+                block.label,
+                block.event_key,
+            )
+        elif step == "jitter":
+            parts = block.particles.astype(np.float64, copy=True)
+            parts[:, columns.time] += params.time_jitter * _normals(keys, salt, t, length)[ev, pos]
+            block = EventBlock(block.offsets, parts, block.events, block.label, block.event_key)
+        else:
+            raise ValueError(f"view step '{step}' is for jets; IceCube pulses take {', '.join(PULSE_AUGMENTATIONS)}")
+    return block
+
+
+def make_view(
+    block: EventBlock,
+    spec: str,
+    columns: JetColumns | PulseColumns,
+    params: AugmentParams,
+    *,
+    salt: int,
+    max_len: int,
+    tag: str = "",
+) -> EventBlock:
+    """One view of every event of ``block``: a pure function of (event key, salt, ``tag``, spec)."""
     steps = parse_view(spec)
     if steps == (FULL,):
         return block
+    if isinstance(columns, PulseColumns):
+        return pulse_view(block, steps, columns, params, salt=salt, tag=tag)
+    if bad := [s for s in steps if s in PULSE_AUGMENTATIONS]:
+        raise ValueError(f"view steps {bad} are for IceCube pulses; jets take {', '.join(AUGMENTATIONS)} and ktN")
     c = columns.constituents(block)
     eta0, phi0 = columns.axis(block)
     keys = block.event_key
@@ -473,7 +541,20 @@ class ViewMaker:
 
     def __init__(self, spec: ViewSpec, manifest: dict[str, Any], stats: dict[str, Any], max_len: int) -> None:
         self.spec, self.manifest, self.stats, self.max_len = spec, manifest, stats, max_len
-        self.columns = JetColumns(manifest)
+        self.columns = PulseColumns(manifest) if manifest.get("modality") == "icecube" else JetColumns(manifest)
+        pulses = isinstance(self.columns, PulseColumns)
+        for v in spec.views:  # steps of the other modality fail here, before any worker starts
+            bad = [
+                step
+                for step in parse_view(v)
+                if step != FULL and (step not in PULSE_AUGMENTATIONS if pulses else step in PULSE_AUGMENTATIONS)
+            ]
+            if bad:
+                allowed = ", ".join(PULSE_AUGMENTATIONS) if pulses else ", ".join(AUGMENTATIONS) + ", ktN"
+                raise ValueError(
+                    f"view '{v}': steps {bad} do not apply to this {manifest['modality']} dataset; its steps are "
+                    f"{allowed} and '{FULL}'"
+                )
         self.lengths = [view_length(v, max_len) for v in spec.views]
 
     def blocks(self, block: EventBlock, salt: int) -> list[EventBlock]:
@@ -481,7 +562,7 @@ class ViewMaker:
         share one clustering."""
         kt = {i: int(m.group(1)) for i, v in enumerate(self.spec.views) if (m := _KT.match(v))}
         out: dict[int, EventBlock] = {}
-        if len(kt) > 1:
+        if len(kt) > 1 and isinstance(self.columns, JetColumns):
             eta0, phi0 = self.columns.axis(block)
             c = self.columns.constituents(block)
             subjets = kt_subjets_many(c, list(kt.values()), eta0, phi0, self.spec.params.kt_radius, self.columns.charge)

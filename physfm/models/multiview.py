@@ -27,6 +27,8 @@ class ViewOptions(ObjectiveOptions):
     smear_strength: float = 0.1
     smear_pt_clip: float = 0.1
     kt_radius: float = 10.0
+    dropout_fraction: float = 0.1
+    time_jitter: float = 3.0
 
 
 class MultiViewObjective(Objective):
@@ -45,7 +47,14 @@ class MultiViewObjective(Objective):
 
     def view_spec(self) -> ViewSpec:
         o = self.options
-        params = AugmentParams(o.translate_width, o.smear_strength, o.smear_pt_clip, o.kt_radius)
+        params = AugmentParams(
+            translate_width=o.translate_width,
+            smear_strength=o.smear_strength,
+            smear_pt_clip=o.smear_pt_clip,
+            kt_radius=o.kt_radius,
+            dropout_fraction=o.dropout_fraction,
+            time_jitter=o.time_jitter,
+        )
         return ViewSpec(tuple(self.views()), params)
 
     @classmethod
