@@ -12,6 +12,9 @@ Three numbers, all measured in the same run on the same machine:
 
     python benchmarks/train.py --data results/default/data --tokenizer results/default/tokenizers/kmeans-512
     python benchmarks/train.py --data DIR --tokenizer DIR --size gpu --device cuda   # 8 x 512, bf16
+    python benchmarks/train.py --data DIR --objective contrastive                     # views, no tokenizer
+    python benchmarks/train.py --data DIR --objective dino --set 'objectives.dino.global_views=[full,kt16]' \
+        --set 'objectives.dino.local_views=[kt2,kt4,kt8]'                             # RINO's kT views
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from pathlib import Path
 import torch
 
 from physfm.data.shards import load_manifest
+from physfm.data.views import view_length
 from physfm.models import OBJECTIVES, Backbone
 from physfm.pretrain.data import PretrainShards, fit_stats, make_loader, raw_feature_names
-from physfm.pretrain.train import PretrainConfig, Pretrainer, build_backbone_config, make_optimizer
+from physfm.pretrain.train import Pretrainer, build_backbone_config, make_optimizer, resolve_config
 from physfm.runtime import autocast
 from physfm.tokenizers import load_tokenizer
 
@@ -62,10 +66,11 @@ def sync(device: torch.device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path, help="converted dataset")
-    ap.add_argument("--tokenizer", required=True, type=Path, help="fitted tokenizer directory")
+    ap.add_argument("--tokenizer", type=Path, help="fitted tokenizer directory (objectives that predict codes)")
     ap.add_argument("--objective", default="mpm", choices=sorted(OBJECTIVES))
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES), help="cpu: 4 x 128; gpu: 8 x 512")
     ap.add_argument("--batch-size", type=int, help="override the size's batch")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain setting, as in pretrain")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
     ap.add_argument("--loader-batches", type=int, default=30)
@@ -88,17 +93,21 @@ def main() -> None:
     size = dict(SIZES[args.size])
     if args.batch_size:
         size["batch_size"] = args.batch_size
-    cfg = PretrainConfig.from_dict({**size, "objective": args.objective})
-    tok = load_tokenizer(args.tokenizer)
+    cfg = resolve_config({**size, "objective": args.objective}, overrides=args.set)
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if tok is None and OBJECTIVES[cfg.objective].needs_tokenizer:
+        ap.error(f"--objective {cfg.objective} predicts tokenizer codes: pass --tokenizer DIR")
+    k = tok.codebook_size if tok is not None else 0
     obj_cls = OBJECTIVES[cfg.objective]
     opts = cfg.objectives.get(cfg.objective, {})
     features = obj_cls.input_features(opts, list(cfg.features), tok)
-    bcfg = build_backbone_config(cfg, len(features), tok.codebook_size)
+    bcfg = build_backbone_config(cfg, len(features), k)
     objective = obj_cls(
         bcfg.d_model,
         opts,
-        codebook_size=tok.codebook_size,
+        codebook_size=k,
         n_features=len(features),
+        features=features,
         global_names=cfg.global_targets,
         global_weight=cfg.global_weight,
     )
@@ -131,8 +140,9 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "size": args.size,
         "config": {**cfg.model, "max_len": cfg.max_len, "batch_size": cfg.batch_size, "objective": cfg.objective},
+        "objective_options": opts,
         "data_version": load_manifest(args.data)["data_version"],
-        "tokenizer": f"{tok.method}-{tok.codebook_size}",
+        "tokenizer": f"{tok.method}-{tok.codebook_size}" if tok is not None else None,
     }
 
     # 1. loader
@@ -166,13 +176,18 @@ def main() -> None:
     ds.set_epoch(0)
     batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]
 
+    n_step = 0
+
     def step(b: dict) -> None:
+        nonlocal n_step
         with autocast(dev):
             loss, _ = model(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
         opt.step()
+        n_step += 1
+        objective.after_step(n_step, 10**6)  # e.g. the EMA teacher update, as in the loop
 
     for i in range(3):
         step(batches[i % len(batches)])
@@ -184,19 +199,21 @@ def main() -> None:
     for i in range(args.steps):
         b = batches[i % len(batches)]
         step(b)
-        real_tokens += int(b["mask"].sum())
+        real_tokens += sum(int(v.sum()) for k, v in b.items() if k.startswith("mask_v")) or int(b["mask"].sum())
     sync(dev)
     dt = time.perf_counter() - t0
     jets = args.steps * cfg.batch_size / dt
-    seq = cfg.max_len + bcfg.n_cls
-    achieved = trainer.backbone.flops_per_token(cfg.max_len) * seq * args.steps * cfg.batch_size / dt
+    spec = objective.view_spec()  # objectives over views run the backbone once per view (lengths differ)
+    lengths = [view_length(v, cfg.max_len) for v in spec.views] if spec is not None else [cfg.max_len]
+    flops_per_jet = sum(trainer.backbone.flops_per_token(n) * (n + bcfg.n_cls) for n in lengths)
+    achieved = flops_per_jet * args.steps * cfg.batch_size / dt  # student passes only: a lower bound with a teacher
     peak = peak_flops(dev)
     result.update(
         {
             "n_params": trainer.backbone.n_params(),
             "model_jets_per_second": jets,
             "seconds_per_step": dt / args.steps,
-            "tokens_per_second_padded": seq * args.steps * cfg.batch_size / dt,
+            "tokens_per_second_padded": sum(n + bcfg.n_cls for n in lengths) * args.steps * cfg.batch_size / dt,
             "tokens_per_second_real": real_tokens / dt,
             "achieved_tflops": achieved / 1e12,
             "measured_peak_tflops": peak / 1e12,

@@ -58,3 +58,13 @@ def row_hash(values: np.ndarray) -> np.ndarray:
                 np.right_shift(ht, _U64(29), out=st)
                 ht ^= st
     return mix64(h)
+
+
+def hash_uniform(event_key: np.ndarray, salt: int, length: int) -> np.ndarray:
+    """``(B, length)`` uniforms in [0, 1) from (event key, salt, position): same event, same numbers."""
+    keys = np.asarray(event_key).astype(np.uint64)
+    base = mix64(keys ^ mix64(np.asarray([salt & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)))
+    pos = np.arange(1, length + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        bits = mix64((base[:, None] + pos[None, :]).ravel()).reshape(len(keys), length)
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53

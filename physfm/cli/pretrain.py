@@ -18,6 +18,10 @@ objectives (--set objective=NAME or the config's backbone entry):
   mpm         masked particle modelling: predict the tokenizer code of masked particles
   next_token  causal next-token prediction over pT-ordered particles (can generate jets)
   regression  masked feature regression (no tokenizer needed)
+  contrastive JetCLR: NT-Xent between two augmented views of each jet (no tokenizer)
+  dino        self-distillation from an EMA teacher over views (no tokenizer); RINO with
+              kT-subjet views: --set 'objectives.dino.global_views=[full,kt16]'
+              --set 'objectives.dino.local_views=[kt2,kt4,kt8]'
 Every objective also trains the class token on label-free event targets (log jet mass,
 log multiplicity), weight `global_weight`.
 

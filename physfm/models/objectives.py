@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physfm.features import NpBatch
-from physfm.hashing import mix64
+from physfm.hashing import hash_uniform
 from physfm.models.backbone import Backbone
 
 Stats = dict[str, Tensor]
@@ -47,16 +47,6 @@ PID_FEATURES = ("is_charged_hadron", "is_neutral_hadron", "is_photon", "is_elect
 
 
 # --------------------------------------------------------------------------- deterministic masking
-def hash_uniform(event_key: np.ndarray, salt: int, length: int) -> np.ndarray:
-    """``(B, length)`` uniforms in [0, 1) from (event key, salt, position): same event, same numbers."""
-    keys = np.asarray(event_key).astype(np.uint64)
-    base = mix64(keys ^ mix64(np.asarray([salt & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)))
-    pos = np.arange(1, length + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        bits = mix64((base[:, None] + pos[None, :]).ravel()).reshape(len(keys), length)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
 def choose_masked(event_key: np.ndarray, mask: np.ndarray, fraction: float, salt: int) -> np.ndarray:
     """``(B, L)`` bool: ``max(1, round(fraction * n))`` of each event's ``n`` real particles, chosen
     uniformly at random from the hash of the event key, never a padding position."""
@@ -140,6 +130,24 @@ class Objective(nn.Module):
     def prepare(self, batch: NpBatch, *, salt: int) -> NpBatch:
         """Add this objective's inputs/targets to a numpy batch (runs in loader workers)."""
         return batch
+
+    def view_spec(self) -> Any:
+        """The views of each event the loader adds to a batch (a :class:`physfm.data.views.ViewSpec`), or
+        ``None``: objectives that compare views (``contrastive``, ``dino``) return theirs."""
+        return None
+
+    # ---- training-loop hooks
+    def attach(self, backbone: Backbone) -> None:
+        """Called once with the backbone under training, before any checkpoint is loaded (e.g. to copy
+        it into an EMA teacher)."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called by the training loop after every optimizer step (``step`` steps done of ``total_steps``),
+        e.g. for an EMA teacher update or a collapse check."""
+
+    def export_backbone(self, backbone: Backbone) -> Backbone:
+        """The backbone written as the pretraining result (default: the trained one; DINO: its teacher)."""
+        return backbone
 
     # ---- loss
     def global_loss(self, model: Backbone, h: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from physfm.data.loader import ShardDataset, load_arrays, pad
 from physfm.data.shards import EventBlock
+from physfm.data.views import ViewMaker
 from physfm.features import GLOBAL_TARGETS, global_targets
 from physfm.models.backbone import normalize
 from physfm.models.objectives import Objective, salt_for
@@ -91,7 +92,8 @@ def fit_stats(
 
 class PretrainShards(ShardDataset):
     """ShardDataset whose batches are ready for an objective: dict of tensors with ``x``, ``mask``,
-    ``event_key``, ``n_particles``, ``label``, ``global``, ``tokens`` (with a tokenizer) and the
+    ``event_key``, ``n_particles``, ``label``, ``global``, ``tokens`` (with a tokenizer), the views
+    ``x_v{i}``/``mask_v{i}`` of an objective that compares views (:mod:`physfm.data.views`) and the
     objective's own entries. ``skip`` batches at the start of the iteration are passed over cheaply."""
 
     def __init__(
@@ -133,6 +135,8 @@ class PretrainShards(ShardDataset):
         self.skip = 0  # batches to pass over (no loader workers)
         self._worker_skip: list[int] | None = None  # per worker (with loader workers)
         self._skip_left = 0
+        spec = objective.view_spec()  # views of each event (contrastive, dino), built in the workers
+        self.views = ViewMaker(spec, self.split.manifest, stats, max_len) if spec is not None else None
 
     # ------------------------------------------------------------------ batch contents
     def _batch(self, block: EventBlock) -> dict[str, torch.Tensor] | None:  # type: ignore[override]
@@ -156,7 +160,10 @@ class PretrainShards(ShardDataset):
         g = self.stats["global"]
         b["global"] = (global_targets(g["names"], raw, mask) - np.asarray(g["mean"])) / np.asarray(g["std"])
         b["raw"] = raw
-        b = self.objective.prepare(b, salt=salt_for(self.seed, self.epoch, self.split_name))
+        salt = salt_for(self.seed, self.epoch, self.split_name)
+        if self.views is not None:
+            b.update(self.views(block, salt))
+        b = self.objective.prepare(b, salt=salt)
         del b["raw"]
         out = {}
         for k, v in b.items():

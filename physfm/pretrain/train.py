@@ -292,6 +292,7 @@ class Pretrainer(nn.Module):
     def __init__(self, backbone: Backbone, objective: Objective) -> None:
         super().__init__()
         self.backbone, self.objective = backbone, objective
+        objective.attach(backbone)  # e.g. the EMA teacher starts as a copy of the backbone
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(self.backbone, batch)
@@ -626,6 +627,7 @@ def pretrain(
             optimizer.step()
             scheduler.step()
             step += 1
+            objective.after_step(step, cfg.steps)  # the objective's own update (EMA teacher, collapse check)
             _accumulate(window, st)
             n_real = int(batch["mask"].sum())
             window_tokens += n_real
@@ -705,7 +707,8 @@ def pretrain(
             _plot_history(history, baseline, tmp / "loss.png", title=f"{cfg.objective} pretraining")
             inside = ckpt_dir.resolve().is_relative_to(out_dir.resolve())  # OUT/checkpoints (the default) stays
             rel_ckpt = ckpt_dir.resolve().relative_to(out_dir.resolve()).as_posix() if inside else None
-            artifact = save_backbone(backbone, meta, tmp, heads=objective, excluded=(rel_ckpt,) if inside else ())
+            exported = objective.export_backbone(backbone)  # e.g. DINO's EMA teacher
+            artifact = save_backbone(exported, meta, tmp, heads=objective, excluded=(rel_ckpt,) if inside else ())
             if rel_ckpt is not None:
                 copy_checkpoint(ckpt_dir, tmp / rel_ckpt)
         summary["backbone_version"] = artifact.version
