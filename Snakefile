@@ -16,6 +16,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/report.smk"
 
 
 onstart:

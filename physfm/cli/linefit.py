@@ -11,7 +11,7 @@ import argparse
 import math
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, parse_tags
+from physfm.cli.common import add_config_arg, add_parent_args, add_tracking_args, parent_run_id, parse_tags
 
 DESCRIPTION = """\
 Score the LineFit baselines of the IceCube direction task on a split (default test).
@@ -39,12 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subsets", type=Path, help="linefit_refined: subsets directory (physfm subsets)")
     p.add_argument("--labels", help="linefit_refined: label spec of the budget (e.g. 300)")
     p.add_argument("--seed", type=int, default=1, help="seed: which subset draw, and the trees' seed (default 1)")
-    p.add_argument("--split", default="test", help="split to score (default test)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the test metrics")
-    p.add_argument("--max-rounds", type=int, default=300, help="linefit_refined: boosting rounds at most")
+    add_config_arg(p, "baselines.linefit (max_rounds, learning_rate, max_leaf_nodes, min_samples_leaf, ...)")
+    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the trees (default 1)")
     p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
-    p.add_argument("--parent-run-id", help="MLflow run to nest this run under (the study's parent run)")
+    add_parent_args(p)
     add_tracking_args(p)
     p.set_defaults(func=run_linefit)
 
@@ -53,7 +52,9 @@ def run_linefit(args: argparse.Namespace) -> int:
     from physfm import tracking
     from physfm.baselines.linefit import RefineConfig, linefit_baseline
     from physfm.data.shards import load_manifest
+    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.io import write_json
+    from physfm.stage import build, load_text
 
     manifest = load_manifest(args.data, verify=True)
     labels = "0" if args.mode == "linefit" else args.labels
@@ -66,9 +67,10 @@ def run_linefit(args: argparse.Namespace) -> int:
         **parse_tags(args.tag),
     }
     run_name = args.run_name or f"baseline n={labels} mode={args.mode} seed={args.seed}"
-    cfg = RefineConfig(max_rounds=args.max_rounds)
+    cfg = build(RefineConfig, load_text(args.config), "baselines.linefit.")
+    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
     with tracking.stage_run(
-        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=args.parent_run_id
+        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=parent_run_id(args)
     ) as run:
         record = linefit_baseline(
             args.data,
@@ -76,9 +78,9 @@ def run_linefit(args: argparse.Namespace) -> int:
             subsets_dir=args.subsets,
             labels=args.labels,
             seed=args.seed,
-            split=args.split,
+            split=ev.split,
             config=cfg,
-            n_bootstrap=args.bootstrap,
+            n_bootstrap=ev.bootstrap,
             threads=args.threads,
         )
         budget = record["budget"]
@@ -94,12 +96,12 @@ def run_linefit(args: argparse.Namespace) -> int:
         )
         if budget.get("digest"):
             run.set_tags({"subset.digest": budget["digest"], "protocol": protocol.get("name")})
-        logged = {f"{args.split}_{k}": v for k, v in record["metrics"].items()}
-        logged.update({f"{args.split}_{k}_std": v for k, v in record["std"].items()})
+        logged = {f"{ev.split}_{k}": v for k, v in record["metrics"].items()}
+        logged.update({f"{ev.split}_{k}_std": v for k, v in record["std"].items()})
         run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
         record["run_id"], record["run_name"] = run.run_id, run_name
         write_json(args.out, record)
     m = record["metrics"]
     shown = [k for k in m if k.startswith(("mean_angular", "median_angular"))]
-    print(f"{run_name} on {record['n_events']} {args.split} events: " + ", ".join(f"{k} {m[k]:.1f}" for k in shown))
+    print(f"{run_name} on {record['n_events']} {ev.split} events: " + ", ".join(f"{k} {m[k]:.1f}" for k in shown))
     return 0

@@ -53,6 +53,12 @@ def run_report(args: argparse.Namespace) -> int:
     results = [read_json(p) for p in args.results]
     knn = [read_json(p) for p in args.knn]
     study = dict(kv.split("=", 1) for kv in args.study_info if "=" in kv)
+    if args.subsets:  # the label-budget protocol every run of the study followed
+        from physfm.artifacts import open_artifact
+
+        protocol = open_artifact(args.subsets, "subsets").info.get("protocol") or {}
+        study["label budget protocol"] = ", ".join(f"{k}={v}" for k, v in protocol.items() if k != "rule")
+        study["label budget rule"] = protocol.get("rule", "")
     data = build_report(
         args.out,
         results,
@@ -72,6 +78,9 @@ def run_report(args: argparse.Namespace) -> int:
         for e in data["efficiency"]:
             key = f"label_efficiency_{e['mode']}_n{int(e['n'])}" + ("" if e["backbone"] == "-" else f"_{e['backbone']}")
             metrics[key] = e["factor"]
+        for e in data["best_method"]:
+            name = f"factor_vs_best_{e['metric_name']}_{e['mode'].replace(' ', '_')}_n{int(e['n'])}"
+            metrics[name] = e["factor"]
         for k in data["knn"]:
             metrics[f"knn_accuracy_{k['name'].replace(' ', '_')}"] = k["accuracy"]
         for c in data["cells"]:

@@ -27,10 +27,23 @@ import numpy as np  # noqa: E402
 
 from physfm import __version__  # noqa: E402
 from physfm.artifacts import VERSION_KEYS, write_artifact  # noqa: E402
-from physfm.evaluate.efficiency import efficiency_table, format_factor  # noqa: E402
+from physfm.evaluate.efficiency import best_method_factors, efficiency_table, format_factor  # noqa: E402
 from physfm.io import atomic_path, read_json, write_json  # noqa: E402
 
-MODE_STYLE = {"scratch": ("tab:gray", "o"), "finetune": ("tab:blue", "s"), "frozen": ("tab:orange", "^")}
+MODE_STYLE = {
+    "scratch": ("tab:gray", "o"),
+    "finetune": ("tab:blue", "s"),
+    "frozen": ("tab:orange", "^"),
+    "bdt": ("tab:green", "D"),
+    "pfn": ("tab:purple", "v"),
+    "cut": ("black", ""),
+    "linefit": ("black", ""),
+    "linefit_refined": ("tab:green", "D"),
+}
+#: Modes that start from a pretrained backbone: the ones whose label-efficiency factor is measured.
+PRETRAINED_MODES = ("finetune", "frozen")
+#: Everything trained (or not trained) without pretraining: the references of the factor.
+REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined")
 METRIC_LABELS = {
     "accuracy": "accuracy",
     "auc": "ROC AUC (one-vs-rest mean)",
@@ -49,6 +62,7 @@ SECTIONS = (
     "finetune-curves",
     "results",
     "label-efficiency",
+    "best-method",
     "embeddings",
 )
 
@@ -157,11 +171,14 @@ def plot_efficiency(rows: list[dict[str, Any]], metrics: Sequence[str], path: Pa
                     continue
                 n, y, e = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
                 color, marker = MODE_STYLE[mode]
-                label = mode if len(backbones) == 1 else f"{backbone} {mode}"
+                label = mode if len(backbones) == 1 or backbone in ("-", "none") else f"{backbone} {mode}"
+                if (n == 0).all():  # a zero-label floor (cut, LineFit): a horizontal line
+                    ax.axhline(y[0], color=color, ls=":", lw=1.2, label=f"{label} (0 labels)")
+                    continue
                 ls = ["-", "--", ":", "-."][b_i % 4]
                 ax.errorbar(n, y, yerr=e, color=color, marker=marker, ls=ls, capsize=3, label=label)
         ax.set_xscale("log")
-        ns = sorted({r["n_labels"] for r in rows})
+        ns = sorted({r["n_labels"] for r in rows if r["n_labels"] > 0})
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
         if m.startswith("rej"):
@@ -414,6 +431,30 @@ def _fmt(v: Any, err: Any = None) -> str:
     return s
 
 
+def best_method_rows(results: Sequence[dict[str, Any]], metrics: Sequence[str], metric: str) -> list[dict[str, Any]]:
+    """The factor of each pretrained mode against the best method without pretraining, for the headline
+    ``metric`` and every background rejection shown (:func:`physfm.evaluate.efficiency.best_method_factors`)."""
+    several = len({r.get("backbone") or "-" for r in results if r["mode"] in PRETRAINED_MODES}) > 1
+    out: list[dict[str, Any]] = []
+    for name in [metric, *(m for m in metrics if m.startswith("rej") and m != metric)]:
+        runs = []
+        for r in results:
+            value = r["metrics"].get(name)
+            if value is None or not np.isfinite(value):
+                continue
+            mode = r["mode"]
+            if mode in PRETRAINED_MODES and several:
+                mode = f"{mode} {r.get('backbone') or '-'}"
+            runs.append({"mode": mode, "n": float(r["n_labels"]), "seed": r.get("seed"), "value": float(value)})
+        refs = [m for m in REFERENCE_MODES if any(x["mode"] == m for x in runs)]
+        rated = sorted({x["mode"] for x in runs if x["mode"].split(" ")[0] in PRETRAINED_MODES})
+        if not refs or not rated:
+            continue
+        rows = best_method_factors(runs, refs, methods=rated, higher_is_better=name not in LOWER_IS_BETTER)
+        out += [{"metric_name": name, **row} for row in rows]
+    return out
+
+
 def build_report(
     out_html: str | Path,
     results: Sequence[dict[str, Any]],
@@ -447,7 +488,7 @@ def build_report(
 
     eff_rows: list[dict[str, Any]] = []
     usable = [r for r in results if np.isfinite(r["metrics"].get(metric, np.nan))]
-    for backbone in sorted({r["backbone"] for r in rows if r["mode"] != "scratch"}):
+    for backbone in sorted({r["backbone"] for r in rows if r["mode"] in PRETRAINED_MODES}):
         own = [r for r in usable if (r.get("backbone") or "-") == backbone]
         # scratch models borrow only an architecture: a shared scratch curve serves every backbone
         reference = [r for r in own if r["mode"] == "scratch"] or [r for r in usable if r["mode"] == "scratch"]
@@ -459,12 +500,14 @@ def build_report(
                 "value": sign * r["metrics"][metric],
                 "std": r["std"].get(metric, 0.0),
             }
-            for r in [*(r for r in own if r["mode"] != "scratch"), *reference]
+            for r in [*(r for r in own if r["mode"] in PRETRAINED_MODES), *reference]
         ]
         for e in efficiency_table(runs, n_bootstrap=n_bootstrap):
             for k in ("metric", "reference_metric"):
                 e[k] = None if e.get(k) is None else sign * e[k]
             eff_rows.append({"backbone": backbone, **e})
+
+    best_rows = best_method_rows(results, metrics, metric)
 
     fig_paths = {
         "efficiency": plot_efficiency(rows, metrics[: min(len(metrics), 6)], figs / "label_efficiency.png"),
@@ -532,7 +575,15 @@ def build_report(
         )
     for e in eff_rows:
         if e["mode"] == "finetune":
-            lines.append(f"label-efficiency factor at {int(e['n'])} labels: {format_factor(e)}")
+            lines.append(f"label-efficiency factor against same-architecture scratch at {int(e['n'])} labels: "
+                         f"{format_factor(e)}")  # fmt: skip
+    for e in best_rows:
+        if e["metric_name"] == metric and e["mode"].startswith("finetune"):
+            span = "" if not np.isfinite(e["low"]) else f" (68 %: {e['low']:.2g}–{e['high']:.2g}×)"
+            lines.append(
+                f"factor against the best method without pretraining ({e['best_reference']}) at {int(e['n'])} "
+                f"labels: {format_factor(e)}{span}"
+            )
     if lines:
         add(
             '<div class="hl"><b>Headline</b> ('
@@ -664,6 +715,42 @@ def build_report(
     else:
         add('<p class="missing">needs scratch and fine-tuned runs</p>')
 
+    # ---- factor against the best method without pretraining
+    add('<h2 id="best-method">Label-efficiency factor against the best method without pretraining</h2>')
+    refs = sorted({m for r in best_rows for m in r["references"]})
+    add(
+        '<p class="note">Labels the best method trained without pretraining ('
+        + html.escape(", ".join(refs) or "none in this study")
+        + ") needs to match the pretrained model's mean, divided by the labels it used; the reference curve is the "
+        "upper envelope of their seed-mean curves, piecewise linear in log(labels), read off where it is "
+        "interpolated. A zero-label method (cut, LineFit) is the floor: 0× when it already matches. ≥ / ≤: "
+        "outside the tried label counts (a bound). Interval: 68 % jackknife-t over seeds (each seed has its own "
+        "label subset and initialisation); flagged when fewer than 5 seeds. Every label a run touches is counted: "
+        "the budget includes its in-budget validation part.</p>"
+    )
+    if best_rows:
+        add(
+            _table(
+                ["metric", "pretrained", "labels", "mean", "best reference at same labels", "seeds", "factor", "68 %"],
+                [
+                    [
+                        metric_label(e["metric_name"]),
+                        e["mode"],
+                        int(e["n"]),
+                        _fmt(e["metric"]),
+                        _fmt(e["reference_metric"]),
+                        str(e["n_seeds"]) + (" (few)" if e["few_seeds"] else ""),
+                        format_factor(e),
+                        "–" if not np.isfinite(e["low"]) else f"{e['low']:.2g}–{e['high']:.2g}×",
+                    ]
+                    for e in best_rows
+                ],
+                left=2,
+            )
+        )
+    else:
+        add('<p class="missing">needs pretrained runs and runs without pretraining</p>')
+
     # ---- embeddings
     add('<h2 id="embeddings">Embeddings: k-NN accuracy</h2>')
     if knn:
@@ -696,6 +783,8 @@ def build_report(
         "metrics": metrics,
         "cells": rows,
         "efficiency": eff_rows,
+        "best_method": best_rows,
+        "study": dict(study or {}),
         "runs": [
             {k: r.get(k) for k in ("run_id", "run_name", "backbone", "mode", "n_labels", "seed", "metrics", "std")}
             for r in results

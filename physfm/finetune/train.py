@@ -59,6 +59,7 @@ GRID_KEYS = (
     "seeds",
     "scratch_per_backbone",
     "budget",
+    "baselines",
     "resources",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.

@@ -1,0 +1,52 @@
+# Stage 5: the study's report: every fine-tuning cell and baseline, k-NN probes, data summary,
+# tokenizer health and pretraining curves in results/<study>/report/ (and the study's MLflow parent run).
+
+
+rule report:
+    input:
+        results=CELL_RESULTS,
+        baselines=BASELINE_RESULTS,
+        knn=KNN_RESULTS,
+        summary=f"{R}/summary/summary.json",
+        subsets=f"{FT_DIR}/subsets",
+        parent=f"{FT_DIR}/study_run.json",
+        backbones=expand(BACKBONE_DIR, backbone=FT_BACKBONES),
+        tokenizers=[f"{R}/tokenizers/{t}" for t in STUDY_TOKENIZERS],
+    output:
+        html=report(f"{R}/report/report.html", caption="../report/report.rst", category="Report"),
+        efficiency=report(
+            f"{R}/report/figures/label_efficiency.png", caption="../report/efficiency.rst", category="Label efficiency"
+        ),
+        factor=report(
+            f"{R}/report/figures/efficiency_factor.png", caption="../report/factor.rst", category="Label efficiency"
+        ),
+        roc=report(f"{R}/report/figures/roc.png", caption="../report/roc.rst", category="Label efficiency"),
+        curves=report(
+            f"{R}/report/figures/finetune_curves.png", caption="../report/curves.rst", category="Fine-tuning"
+        ),
+        pretraining=report(
+            f"{R}/report/figures/pretraining.png", caption="../report/pretraining.rst", category="Pretraining"
+        ),
+        data=f"{R}/report/report.json",
+    params:
+        summary=lambda wc, input: str(Path(input.summary).parent),
+        pretrain=lambda wc, input: " ".join(f"--pretrain {b}={d}" for b, d in zip(FT_BACKBONES, input.backbones)),
+        tokenizers=lambda wc, input: " ".join(
+            f"--tokenizer {t}={d}" for t, d in zip(STUDY_TOKENIZERS, input.tokenizers)
+        ),
+        knn=lambda wc, input: ("--knn " + " ".join(input.knn)) if input.knn else "",
+        figures=lambda wc, output: str(Path(output.efficiency).parent),
+        config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
+        study=STUDY,
+    log:
+        f"{R}/logs/report.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "physfm report --results {input.results} {input.baselines} {params.knn} --out {output.html} --figures {params.figures} "
+        "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} "
+        "--subsets {input.subsets} --parent-run-file {input.parent} "
+        "--study-info study={params.study} > {log} 2>&1"
+
+
+ALL_TARGETS += [f"{R}/report/report.html"]
