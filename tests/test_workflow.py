@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,7 @@ def _study_env() -> dict[str, str]:
 
 
 def _copy_workflow(dest: Path) -> Path:
-    for item in ("Snakefile", "workflow", "config", "envs"):
+    for item in ("Snakefile", "workflow", "profiles", "config", "envs"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     return dest
@@ -123,6 +127,83 @@ def test_every_stage_logged_an_mlflow_run_with_provenance(smoke_study: Path) -> 
     artifacts = [a.path for a in client.list_artifacts(convert.info.run_id)]
     assert "manifest.json" in artifacts
     assert by_rule["summarize"][0].data.tags["data_version.in"] == data_version
+
+
+def _report_numbers(report_json: Path) -> dict[str, object]:
+    """Every number of a study's report.json; run ids and figure paths differ between workdirs."""
+    report = json.loads(report_json.read_text())
+    runs = sorted(
+        ({k: v for k, v in r.items() if k != "run_id"} for r in report["runs"]),
+        key=lambda r: (str(r["backbone"]), r["mode"], r["n_labels"], r["seed"]),
+    )
+    return {**{k: v for k, v in report.items() if k not in ("runs", "figures")}, "runs": runs}
+
+
+def _wait_until_pretraining(work: Path, backbone: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> None:
+    """Return once the `physfm pretrain` process of ``backbone`` in ``work`` is in its training loop
+    (it has installed its SIGTERM handler: bit 15 of SigCgt in /proc/PID/status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"snakemake ended before pretraining started:\n{(work / 'interrupted.log').read_text()}"
+            )
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                cmd = (status.parent / "cmdline").read_bytes().split(b"\0")
+                if (
+                    b"pretrain" not in cmd
+                    or b"--backbone" not in cmd
+                    or cmd[cmd.index(b"--backbone") + 1] != backbone.encode()
+                ):
+                    continue
+                if Path(os.readlink(status.parent / "cwd")) != work:
+                    continue
+                caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status.read_text(), re.M).group(1), 16)
+            except (OSError, AttributeError, IndexError):
+                continue  # the process ended or is not ours to read
+            if caught & (1 << (signal.SIGTERM - 1)):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"pretraining of {backbone} did not start within {timeout} s")
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_with_the_plain_command(smoke_study: Path, tmp_path: Path) -> None:
+    """Ctrl-C during pretraining, then the README's command again (no --rerun-incomplete): the
+    workflow's default profile (profiles/default) reruns the incomplete jobs and the report has the
+    numbers of the uninterrupted `smoke_study`."""
+    work = _copy_workflow(tmp_path).resolve()
+    command = ["--cores", "2", "all", "--configfile", "config/smoke.yaml"]
+    rng = random.Random(17)  # the seeded moment: which backbone is training, and how long into it
+    backbone = rng.choice(sorted(yaml.safe_load((work / "config/smoke.yaml").read_text())["pretrain"]["backbones"]))
+    delay = rng.uniform(0.0, 0.5)
+    with open(work / "interrupted.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*SNAKEMAKE, *command], cwd=work, env=_study_env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            _wait_until_pretraining(work, backbone, proc)
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    interrupted = (work / "interrupted.log").read_text(errors="replace")
+    assert proc.returncode != 0, interrupted[-3000:]
+    assert not (work / "results/smoke/report/report.json").exists()
+    assert not (work / f"results/smoke/pretrain/{backbone}/backbone.safetensors").exists(), (
+        f"the interrupt came after pretraining of {backbone} had finished:\n{interrupted[-3000:]}"
+    )
+
+    out = _snakemake(work, *command)  # the plain command again
+    assert "IncompleteFilesException" not in out.stdout + out.stderr
+    assert _report_numbers(work / "results/smoke/report/report.json") == _report_numbers(
+        smoke_study / "results/smoke/report/report.json"
+    )
 
 
 @pytest.mark.slow

@@ -137,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--effs", default="0.5,0.3", help="signal efficiencies for 1/eB")
     e.add_argument("--predictions", type=Path, help="also write probabilities/labels/keys to this .npz")
     e.add_argument("--threads", type=int, default=None)
-    e.set_defaults(func=run_evaluate)
+    e.set_defaults(func=run_evaluate, tracked=True)  # logs into the fine-tuning run
 
     # ---------------------------------------------------------------- embed
     m = sub.add_parser(
@@ -512,6 +512,7 @@ def run_report(args: argparse.Namespace) -> int:
         pretrain=_named(args.pretrain),
         knn=knn,
         n_bootstrap=args.bootstrap,
+        mlflow_runs=tracking.runs_view_url(),
     )
     parent = _parent_run_id(args)
     with tracking.resume_run(parent) as run:
