@@ -178,13 +178,11 @@ def runtime_tags() -> dict[str, str]:
 
     libs = sorted(threadpool_info(), key=lambda i: (i["user_api"], i["internal_api"], i.get("prefix", "")))
     for api in ("blas", "openmp"):
-        found = [
-            f"{i['internal_api']} {i.get('version') or ''} ({i.get('prefix')}"
-            + (f", {i['architecture']}" if i.get("architecture") else "")
-            + f"): {i['num_threads']} threads"
-            for i in libs
-            if i["user_api"] == api
-        ]
+        found = []
+        for i in (i for i in libs if i["user_api"] == api):
+            what = " ".join(str(x) for x in (i["internal_api"], i.get("version")) if x)
+            where = ", ".join(str(x) for x in (i.get("prefix"), i.get("architecture")) if x)
+            found.append(f"{what} ({where}): {i['num_threads']} thread{'s' if i['num_threads'] != 1 else ''}")
         tags[f"env.{api}"] = "; ".join(found) or "none loaded"
     torch = sys.modules.get("torch")
     if torch is None:
@@ -385,7 +383,9 @@ class StageRun:
     def _end(self, status: str) -> None:
         """Close the run with ``status`` once everything sent before is in the store; raise if any of it failed."""
         if self._worker is not None:
-            self._worker.call("end", status=status, tags={} if self._resumed else runtime_tags())
+            run_id = self._worker.call("end", status=status, tags={} if self._resumed else runtime_tags())
+            self._run_id = self._run_id or run_id
+            self._worker = None  # the run is over: later calls on this handle do nothing
 
 
 @contextlib.contextmanager
@@ -594,11 +594,13 @@ class _Server:
         artifact_uri = client.get_run(run_id).info.artifact_uri
         client.create_model_version(name, source=f"{artifact_uri}/backbone", run_id=run_id, tags=tags)
 
-    def end(self, status: str, tags: dict[str, str]) -> None:
-        if self.mlflow.active_run() is not None:
+    def end(self, status: str, tags: dict[str, str]) -> str | None:
+        run_id = self.run_id()
+        if run_id is not None:
             if tags:
                 self.mlflow.set_tags(tags)
             self.mlflow.end_run(status=status)
+        return run_id
 
     def start_parent_run(self, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
         client = self.mlflow.MlflowClient()
