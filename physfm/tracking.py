@@ -275,7 +275,10 @@ def _server_path() -> Path:
     for part in (sys.executable, __file__, os.environ.get("SLURM_JOB_ID", "")):
         key.update(part.encode() + b"\0")
     key.update(Path(__file__).read_bytes())
-    base = Path(tempfile.gettempdir()) / f"physfm-tracking-{os.getuid()}"
+    tmp = tempfile.gettempdir()
+    if len(tmp) > 60:  # a socket path has at most 107 bytes (a cluster's per-job TMPDIR can be long)
+        tmp = "/tmp"
+    base = Path(tmp) / f"physfm-tracking-{os.getuid()}"
     base.mkdir(mode=0o700, exist_ok=True)
     return base / f"{key.hexdigest()[:16]}.sock"
 
@@ -283,7 +286,7 @@ def _server_path() -> Path:
 def _connect(timeout: float = 300.0) -> socket.socket:
     """Connect to the tracking server, starting it if none is listening."""
     path = _server_path()
-    started = False
+    server: subprocess.Popen[bytes] | None = None
     deadline = time.monotonic() + timeout
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -296,18 +299,22 @@ def _connect(timeout: float = 300.0) -> socket.socket:
                 raise RuntimeError(
                     f"cannot reach the MLflow tracking server at {path} ({exc}); see {path}.log"
                 ) from exc
-        if not started:
+        if server is not None and server.poll() is not None:
+            if server.returncode != 0:
+                log = Path(f"{path}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the MLflow tracking server failed to start (exit {server.returncode}):\n{log}")
+            server = None  # it found another server listening: connect to that one (or start anew)
+        if server is None:
             package_root = str(Path(__file__).resolve().parent.parent)
             code = f"import sys; sys.path.insert(0, {package_root!r}); from physfm.tracking import _zygote; _zygote()"
             with open(f"{path}.log", "ab") as log:
-                subprocess.Popen(
+                server = subprocess.Popen(
                     [sys.executable, "-c", code, str(path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     start_new_session=True,  # outlives this stage; Ctrl-C of the workflow does not reach it
                 )
-            started = True
         time.sleep(0.02)
 
 
@@ -693,7 +700,10 @@ def _zygote() -> None:
         finally:
             probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
+        try:
+            listener.bind(str(path))
+        except OSError:
+            return  # another server bound it meanwhile
         listener.listen(64)
     # everything a session needs, imported once (the run's git context, alembic's migration check)
     _mlflow()
@@ -718,6 +728,9 @@ def _zygote() -> None:
                 try:
                     conn, _ = listener.accept()
                 except BlockingIOError:
+                    log = Path(f"{path}.log")
+                    if log.exists() and log.stat().st_size == 0:
+                        log.unlink(missing_ok=True)
                     return
                 _fork_session(listener, conn)
         _fork_session(listener, conn)

@@ -139,54 +139,54 @@ def _report_numbers(report_json: Path) -> dict[str, object]:
     return {**{k: v for k, v in report.items() if k not in ("runs", "figures")}, "runs": runs}
 
 
-def _wait_until_pretraining(work: Path, backbone: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> None:
-    """Return once the `physfm pretrain` process of ``backbone`` in ``work`` is in its training loop
-    (it has installed its SIGTERM handler: bit 15 of SigCgt in /proc/PID/status)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"snakemake ended before pretraining started:\n{(work / 'interrupted.log').read_text()}"
-            )
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                cmd = (status.parent / "cmdline").read_bytes().split(b"\0")
-                if (
-                    b"pretrain" not in cmd
-                    or b"--backbone" not in cmd
-                    or cmd[cmd.index(b"--backbone") + 1] != backbone.encode()
-                ):
-                    continue
-                if Path(os.readlink(status.parent / "cwd")) != work:
-                    continue
-                caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status.read_text(), re.M).group(1), 16)
-            except (OSError, AttributeError, IndexError):
-                continue  # the process ended or is not ours to read
-            if caught & (1 << (signal.SIGTERM - 1)):
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"pretraining of {backbone} did not start within {timeout} s")
+def _pretrain_pid(work: Path, backbone: str) -> int | None:
+    """Process id of the `physfm pretrain` process of ``backbone`` in ``work``, if it is running."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = cmdline.read_bytes().split(b"\0")
+            if (
+                b"pretrain" not in cmd
+                or b"--backbone" not in cmd
+                or cmd[cmd.index(b"--backbone") + 1] != backbone.encode()
+            ):
+                continue
+            if Path(os.readlink(cmdline.parent / "cwd")) == work:
+                return int(cmdline.parent.name)
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended or is not ours to read
+    return None
 
 
 @pytest.mark.slow
 def test_interrupted_study_resumes_with_the_plain_command(smoke_study: Path, tmp_path: Path) -> None:
     """Ctrl-C during pretraining, then the README's command again (no --rerun-incomplete): the
-    workflow's default profile (profiles/default) reruns the incomplete jobs and the report has the
-    numbers of the uninterrupted `smoke_study`."""
+    workflow's default profile (profiles/default) reruns the incomplete jobs, pretraining resumes from
+    its checkpoint, and the report has the numbers of the uninterrupted `smoke_study`."""
     work = _copy_workflow(tmp_path).resolve()
     command = ["--cores", "2", "all", "--configfile", "config/smoke.yaml"]
-    rng = random.Random(17)  # the seeded moment: which backbone is training, and how long into it
+    rng = random.Random(17)  # the seeded moment: which backbone, and how long after its first checkpoint
     backbone = rng.choice(sorted(yaml.safe_load((work / "config/smoke.yaml").read_text())["pretrain"]["backbones"]))
-    delay = rng.uniform(0.0, 0.5)
+    delay = rng.uniform(0.0, 0.3)
+    checkpoint = work / "results/smoke/pretrain/.checkpoints" / backbone / "last.json"
     with open(work / "interrupted.log", "wb") as log:
         proc = subprocess.Popen(
             [*SNAKEMAKE, *command], cwd=work, env=_study_env(), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         try:
-            _wait_until_pretraining(work, backbone, proc)
+            deadline = time.monotonic() + 900
+            while not checkpoint.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, "no pretraining checkpoint appeared"
+                time.sleep(0.02)
             time.sleep(delay)
-            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+            pid = _pretrain_pid(work, backbone)
+            assert pid is not None, f"pretraining of {backbone} ended before the interrupt"
+            os.kill(pid, signal.SIGSTOP)  # hold it mid-training while the interrupt is delivered
+            try:
+                assert not (work / f"results/smoke/pretrain/{backbone}/backbone.safetensors").exists()
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+            finally:
+                os.kill(pid, signal.SIGCONT)
             proc.wait(timeout=300)
         finally:
             if proc.poll() is None:
@@ -195,12 +195,13 @@ def test_interrupted_study_resumes_with_the_plain_command(smoke_study: Path, tmp
     interrupted = (work / "interrupted.log").read_text(errors="replace")
     assert proc.returncode != 0, interrupted[-3000:]
     assert not (work / "results/smoke/report/report.json").exists()
-    assert not (work / f"results/smoke/pretrain/{backbone}/backbone.safetensors").exists(), (
-        f"the interrupt came after pretraining of {backbone} had finished:\n{interrupted[-3000:]}"
-    )
+    assert not (work / f"results/smoke/pretrain/{backbone}/backbone.safetensors").exists(), interrupted[-3000:]
 
     out = _snakemake(work, *command)  # the plain command again
     assert "IncompleteFilesException" not in out.stdout + out.stderr
+    log_text = (work / f"results/smoke/logs/pretrain/{backbone}.log").read_text()
+    resumed = re.search(r"resuming from step (\d+)", log_text)
+    assert resumed and int(resumed.group(1)) > 0, log_text[-3000:]
     assert _report_numbers(work / "results/smoke/report/report.json") == _report_numbers(
         smoke_study / "results/smoke/report/report.json"
     )
