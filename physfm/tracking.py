@@ -202,8 +202,10 @@ def runtime_tags() -> dict[str, str]:
             "env.torch.deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
         }
     )
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # the stage used the GPU
         tags["env.torch.cuda"] = f"{torch.version.cuda}, {torch.cuda.get_device_name()}"
+        cudnn = torch.backends.cudnn
+        tags["env.torch.cudnn"] = f"deterministic={cudnn.deterministic}, benchmark={cudnn.benchmark}"
     return tags
 
 
@@ -226,6 +228,7 @@ class _Worker:
         self.reader = self.sock.makefile("r", encoding="utf-8")
         self.pid = os.getpid()  # a forked child must not write into its parent's session
         self._next = 0
+        self._io = threading.RLock()  # one call's line, and a call's answer, at a time
 
     @classmethod
     def get(cls) -> _Worker:
@@ -238,23 +241,26 @@ class _Worker:
     def send(self, op: str, **payload: Any) -> None:
         """Queue one call; the session runs it after the previous ones."""
         payload["env"] = {k: v for k, v in os.environ.items() if k.startswith(_TRACKING_ENV)}
+        payload["cwd"] = os.getcwd()  # relative paths (default results/) are the stage's
         line = json.dumps({"op": op, **payload}, default=str) + "\n"
         try:
-            self.sock.sendall(line.encode())
+            with self._io:
+                self.sock.sendall(line.encode())
         except OSError as exc:
             raise RuntimeError(f"the MLflow tracking session ended ({exc}); its error is above in stderr") from exc
 
     def call(self, op: str, **payload: Any) -> Any:
         """Run one call and wait for its result (and for everything queued before it)."""
-        self._next += 1
-        self.send(op, id=self._next, **payload)
-        while True:
-            line = self.reader.readline()
-            if not line:
-                raise RuntimeError(f"the MLflow tracking session ended before answering '{op}'; see stderr above")
-            reply = json.loads(line)
-            if reply.get("id") == self._next:
-                break
+        with self._io:
+            self._next += 1
+            self.send(op, id=self._next, **payload)
+            while True:
+                line = self.reader.readline()
+                if not line:
+                    raise RuntimeError(f"the MLflow tracking session ended before answering '{op}'; see stderr above")
+                reply = json.loads(line)
+                if reply.get("id") == self._next:
+                    break
         if reply.get("errors"):
             raise RuntimeError(f"MLflow logging failed ({tracking_uri()}):\n" + "\n".join(reply["errors"]))
         return reply.get("result")
@@ -528,8 +534,12 @@ class _Server:
         self.errors: list[str] = []
         self.mlflow = _mlflow()
         self.fixed: dict[str, str] = {}  # git commit and machine facts, the same for every run
+        self.cwd: str | None = None
 
-    def apply_env(self, env: dict[str, str]) -> None:
+    def apply_env(self, env: dict[str, str], cwd: str | None) -> None:
+        if cwd and cwd != self.cwd:
+            os.chdir(cwd)
+            self.cwd = cwd
         for k in [k for k in os.environ if k.startswith(_TRACKING_ENV) and k not in env]:
             del os.environ[k]
         os.environ.update(env)
@@ -606,7 +616,7 @@ class _Server:
         if run_id is not None:
             if tags:
                 self.mlflow.set_tags(tags)
-            self.mlflow.end_run(status=status)
+            self.mlflow.end_run(status="FAILED" if self.errors else status)  # a run missing records failed
         return run_id
 
     def start_parent_run(self, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
@@ -641,7 +651,7 @@ class _Server:
         op, ident = msg.pop("op"), msg.pop("id", None)
         if op == "exit":
             return False
-        self.apply_env(msg.pop("env", {}))
+        self.apply_env(msg.pop("env", {}), msg.pop("cwd", None))
         result = None
         try:
             result = getattr(self, op)(**msg)
@@ -689,6 +699,7 @@ def _zygote() -> None:
 
     path = Path(sys.argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.chdir("/")  # each session works in its stage's directory; this one may be deleted meanwhile
     with open(f"{path}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -148,3 +148,24 @@ def test_a_killed_stage_leaves_its_run_killed_with_what_it_logged(tmp_path: Path
         time.sleep(0.2)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.metrics["before_kill"] == 1.0
+
+
+FAILING_CALL = r"""
+from physfm import tracking
+with tracking.stage_run("bad", run_name="bad tag") as run:
+    run.set_tags({"k" * 300: "v"})  # MLflow refuses keys over 250 characters
+    run.log_metrics({"after": 1.0})
+"""
+
+
+def test_a_logging_call_that_fails_fails_the_stage_at_the_end_of_its_run(tmp_path: Path) -> None:
+    """Calls are carried out asynchronously; an MLflow error is not dropped: the stage gets it when its run
+    ends, and the run, missing a record, ends FAILED."""
+    env = {**os.environ, "PHYSFM_TRACKING": "1", "PHYSFM_RESULTS": str(tmp_path), "PHYSFM_EXPERIMENT": "bad"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run([sys.executable, "-m", "physfm", "tracking-init"], env=env, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", FAILING_CALL], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "MLflow logging failed" in out.stderr and "set_tags" in out.stderr
+    (run,) = _runs(tmp_path, "bad").values()
+    assert run.info.status == "FAILED" and run.data.metrics["after"] == 1.0
