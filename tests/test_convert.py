@@ -145,7 +145,11 @@ def test_generic_root_file_gives_clear_error_naming_file_and_branches(tmp_path: 
     path = Path(data_path("dst/mcv5.1.km3_numuCC.ALL.dst.bdt.10events.root"))
     with pytest.raises(DataError) as err:
         convert("jetclass", str(path), tmp_path / "x", progress=False)
-    assert path.name in str(err.value) and "no TTree named 'tree'" in str(err.value) and "E, T" in str(err.value)
+    assert (
+        path.name in str(err.value)
+        and "no TTree or RNTuple named 'tree'" in str(err.value)
+        and "E, T" in str(err.value)
+    )
     with pytest.raises(DataError) as err:
         convert("jetclass", str(path), tmp_path / "x", reader_options={"tree": "T"}, progress=False)
     msg = str(err.value)
@@ -321,3 +325,54 @@ def test_shard_layout_is_contiguous_ragged(jet_dataset: Path) -> None:
         assert f["offsets"][0] == 0 and f["offsets"][-1] == f["particles"].shape[0]
         assert f["particles"].shape[1] == len(PARTICLE_BRANCHES)
         assert f["particles"].chunks is None  # contiguous: a slice is one read
+
+
+# --------------------------------------------------------------------------- RNTuple inputs (issue 17)
+def _as_rntuple(src: Path, dest: Path) -> Path:
+    """The events of a TTree file rewritten as an RNTuple: what uproot >= 5.7 writes for ``file["tree"] = {...}``."""
+    branches = list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + list(ALL_LABELS)
+    arrays = uproot.open(src)["tree"].arrays(branches, library="ak")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with uproot.recreate(dest) as f:
+        f["tree"] = {b: arrays[b] for b in branches}
+    assert uproot.open(dest).classnames()["tree;1"] == "ROOT::RNTuple"
+    return dest
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rntuple_and_ttree_of_the_same_events_give_the_same_data(
+    jet_files: list[Path], tmp_path: Path, workers: int
+) -> None:
+    """Real Pythia 8 jets as TTree (physfm generate) and as RNTuple: one data_version, identical shard bytes."""
+    assert uproot.open(jet_files[0]).classnames()["tree;1"] == "TTree"
+    rntuples = [_as_rntuple(p, tmp_path / "rntuple" / p.name) for p in jet_files]
+    kw = {"reader_options": {"labels": LABELS}, "shard_events": 100, "step": 150, "workers": workers, "progress": False}
+    m_tree, _ = convert("jetclass", [str(p) for p in jet_files], tmp_path / "from_ttree", **kw)
+    m_rnt, _ = convert("jetclass", [str(p) for p in rntuples], tmp_path / "from_rntuple", **kw)
+    assert m_rnt["data_version"] == m_tree["data_version"]
+    assert sum(m_rnt["n_events"].values()) == sum(m_tree["n_events"].values()) > 0
+    for a, b in zip(m_tree["shards"], m_rnt["shards"], strict=True):
+        assert (tmp_path / "from_ttree" / a["path"]).read_bytes() == (
+            tmp_path / "from_rntuple" / b["path"]
+        ).read_bytes()
+
+
+def test_rntuple_inputs_get_the_same_checks(tmp_path: Path) -> None:
+    """Missing branches are named, bad values stop the conversion (or are skipped) by file and entry."""
+    bad = _as_rntuple(_write_jetclass(tmp_path / "t" / "bad.root", 50, seed=1, nan_at=7), tmp_path / "r" / "bad.root")
+    opts = {"reader_options": {"labels": LABELS}, "progress": False}
+    with pytest.raises(DataError, match="bad.root: entry 7: non-finite"):
+        convert("jetclass", str(bad), tmp_path / "x", **opts)
+    m, _ = convert("jetclass", str(bad), tmp_path / "y", on_error="skip", **opts)
+    assert [(s["source"], s["entry"]) for s in m["skipped"]] == [("bad.root", 7)]
+
+    arrays = uproot.open(bad)["tree"].arrays(library="ak")
+    partial = tmp_path / "partial.root"
+    with uproot.recreate(partial) as f:
+        f["tree"] = {b: arrays[b] for b in arrays.fields if b not in ("part_energy", "jet_sdmass")}
+    with pytest.raises(DataError) as err:
+        convert("jetclass", str(partial), tmp_path / "z", **opts)
+    assert "partial.root" in str(err.value) and "missing branches: part_energy, jet_sdmass" in str(err.value)
+    with pytest.raises(DataError, match="no TTree or RNTuple named 'jets'"):
+        convert("jetclass", str(partial), tmp_path / "z", reader_options={"labels": LABELS, "tree": "jets"})
+    assert not any((tmp_path / d).exists() for d in ("x", "z"))

@@ -219,6 +219,7 @@ def test_tiny_study_end_to_end_with_nested_mlflow_runs(
     assert "Label-efficiency factor" in page and "k-NN accuracy" in page
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'results' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
+    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in page  # the runs view, linked
     data_version = load_manifest(jet_dataset)["data_version"]
     parent_id = json.loads((root / "study_run.json").read_text())["run_id"]
     parent = client.get_run(parent_id)

@@ -225,3 +225,12 @@ def test_report_says_what_is_missing_and_rejects_unknown_metric(tmp_path: Path) 
     assert (tmp_path / "figures" / "pretraining.png").is_file()  # a placeholder, so workflow outputs exist
     with pytest.raises(ValueError, match="not in the results"):
         build_report(tmp_path / "r2.html", results, metric="f1")
+
+
+def test_report_links_the_mlflow_runs_view(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:5000/#/experiments/7/runs"
+    build_report(tmp_path / "r.html", _fake_results(), n_bootstrap=10, mlflow_runs=url)
+    page = (tmp_path / "r.html").read_text()
+    assert f'<a href="{url}">' in page and "Model training" in page
+    build_report(tmp_path / "q.html", _fake_results(), n_bootstrap=10)
+    assert "#/experiments/" not in (tmp_path / "q.html").read_text()

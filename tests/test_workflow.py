@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,7 @@ def _study_env() -> dict[str, str]:
 
 
 def _copy_workflow(dest: Path) -> Path:
-    for item in ("Snakefile", "workflow", "config", "envs"):
+    for item in ("Snakefile", "workflow", "profiles", "config", "envs"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     return dest
@@ -123,6 +127,84 @@ def test_every_stage_logged_an_mlflow_run_with_provenance(smoke_study: Path) -> 
     artifacts = [a.path for a in client.list_artifacts(convert.info.run_id)]
     assert "manifest.json" in artifacts
     assert by_rule["summarize"][0].data.tags["data_version.in"] == data_version
+
+
+def _report_numbers(report_json: Path) -> dict[str, object]:
+    """Every number of a study's report.json; run ids and figure paths differ between workdirs."""
+    report = json.loads(report_json.read_text())
+    runs = sorted(
+        ({k: v for k, v in r.items() if k != "run_id"} for r in report["runs"]),
+        key=lambda r: (str(r["backbone"]), r["mode"], r["n_labels"], r["seed"]),
+    )
+    return {**{k: v for k, v in report.items() if k not in ("runs", "figures")}, "runs": runs}
+
+
+def _pretrain_pid(work: Path, backbone: str) -> int | None:
+    """Process id of the `physfm pretrain` process of ``backbone`` in ``work``, if it is running."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = cmdline.read_bytes().split(b"\0")
+            if (
+                b"pretrain" not in cmd
+                or b"--backbone" not in cmd
+                or cmd[cmd.index(b"--backbone") + 1] != backbone.encode()
+            ):
+                continue
+            if Path(os.readlink(cmdline.parent / "cwd")) == work:
+                return int(cmdline.parent.name)
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended or is not ours to read
+    return None
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_with_the_plain_command(smoke_study: Path, tmp_path: Path) -> None:
+    """Ctrl-C during pretraining, then the README's command again (no --rerun-incomplete): the
+    workflow's default profile (profiles/default) reruns the incomplete jobs, pretraining resumes from
+    its checkpoint, and the report has the numbers of the uninterrupted `smoke_study`."""
+    work = _copy_workflow(tmp_path).resolve()
+    command = ["--cores", "2", "all", "--configfile", "config/smoke.yaml"]
+    rng = random.Random(17)  # the seeded moment: which backbone, and how long after its first checkpoint
+    backbone = rng.choice(sorted(yaml.safe_load((work / "config/smoke.yaml").read_text())["pretrain"]["backbones"]))
+    delay = rng.uniform(0.0, 0.3)
+    checkpoint = work / "results/smoke/pretrain/.checkpoints" / backbone / "last.json"
+    with open(work / "interrupted.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*SNAKEMAKE, *command], cwd=work, env=_study_env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 900
+            while not checkpoint.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, "no pretraining checkpoint appeared"
+                time.sleep(0.02)
+            time.sleep(delay)
+            pid = _pretrain_pid(work, backbone)
+            assert pid is not None, f"pretraining of {backbone} ended before the interrupt"
+            os.kill(pid, signal.SIGSTOP)  # hold it mid-training while the interrupt is delivered
+            try:
+                assert not (work / f"results/smoke/pretrain/{backbone}/backbone.safetensors").exists()
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    interrupted = (work / "interrupted.log").read_text(errors="replace")
+    assert proc.returncode != 0, interrupted[-3000:]
+    assert not (work / "results/smoke/report/report.json").exists()
+    assert not (work / f"results/smoke/pretrain/{backbone}/backbone.safetensors").exists(), interrupted[-3000:]
+
+    out = _snakemake(work, *command)  # the plain command again
+    assert "IncompleteFilesException" not in out.stdout + out.stderr
+    log_text = (work / f"results/smoke/logs/pretrain/{backbone}.log").read_text()
+    resumed = re.search(r"resuming from step (\d+)", log_text)
+    assert resumed and int(resumed.group(1)) > 0, log_text[-3000:]
+    assert _report_numbers(work / "results/smoke/report/report.json") == _report_numbers(
+        smoke_study / "results/smoke/report/report.json"
+    )
 
 
 @pytest.mark.slow

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "tag") or hasattr(args, "parent_run_file") or getattr(args, "tracked", False):
+        from physfm import tracking
+
+        tracking.prestart()  # MLflow starts up in its own process while the stage works
     from physfm.data.shards import DataError
 
     try:

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(e, "evaluate (split, bootstrap, pairs, effs)")
     e.add_argument("--predictions", type=Path, help="also write probabilities/labels/keys to this .npz")
     e.add_argument("--threads", type=int, default=None)
-    e.set_defaults(func=run_evaluate)
+    e.set_defaults(func=run_evaluate, tracked=True)  # logs into the fine-tuning run
 
     # ---------------------------------------------------------------- embed
     m = sub.add_parser(

@@ -71,6 +71,7 @@ def run_report(args: argparse.Namespace) -> int:
         pretrain=_named(args.pretrain),
         knn=knn,
         n_bootstrap=cfg.bootstrap,
+        mlflow_runs=tracking.runs_view_url(),
     )
     parent = parent_run_id(args)
     with tracking.resume_run(parent) as run:

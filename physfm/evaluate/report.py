@@ -468,8 +468,11 @@ def build_report(
     pretrain: dict[str, Path] | None = None,
     knn: Sequence[dict[str, Any]] | None = None,
     n_bootstrap: int = 1000,
+    mlflow_runs: str | None = None,
 ) -> dict[str, Any]:
     """Render the report; write figures to ``figures_dir`` and every number to ``report.json`` beside the HTML.
+
+    ``mlflow_runs``: address of the study's runs in the MLflow UI, linked in the study section.
 
     ``results``: evaluation records (``physfm evaluate`` JSONs, with ``backbone`` added by the grid).
     ``knn``: records ``{"name", "k", "accuracy", ...}`` from ``physfm embed --knn``.
@@ -550,6 +553,12 @@ def build_report(
     ]
     info += [(k, v) for k, v in (study or {}).items()]
     add(_table(["", ""], info))
+    if mlflow_runs:
+        url = html.escape(mlflow_runs)
+        add(
+            f'<p class="note">MLflow runs of this study: <a href="{url}">{url}</a> (start the UI first, see the '
+            'README; it opens on the GenAI "Overview": the runs are under "Model training").</p>'
+        )
 
     # ---- headline
     lines = []

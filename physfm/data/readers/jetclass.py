@@ -14,6 +14,11 @@ from physfm.data.jetclass import ALL_LABELS, JET_BRANCHES, PARTICLE_BRANCHES, TR
 from physfm.data.readers.base import RawBlock, Reader
 from physfm.data.shards import DataError
 
+#: ROOT classes holding the events: the classic TTree, and RNTuple (what uproot >= 5.7 writes for
+#: ``file["tree"] = {...}`` and ROOT 7's default). uproot reads both with the same calls (``keys``,
+#: ``num_entries``, ``arrays``, ``iterate``), so both take exactly the same path below.
+TREE_CLASSES = ("TTree", "ROOT::RNTuple")
+
 
 def _flat(arr: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     """Content and zero-based offsets of a jagged 1-D-per-event array, without copies if possible."""
@@ -44,8 +49,8 @@ class JetClassReader(Reader):
 
     Options: ``labels`` — the label branches that define the classes, in class-index order
     (default: all ten JetClass labels). Events whose one-hot label is not among them get label -1
-    and are counted by the converter as filtered, never silently dropped. ``tree`` — the TTree
-    name (default ``tree``).
+    and are counted by the converter as filtered, never silently dropped. ``tree`` — the name of
+    the TTree or RNTuple (default ``tree``); both are read the same way and give the same shards.
     """
 
     modality = "jets"
@@ -92,13 +97,16 @@ class JetClassReader(Reader):
             )
         classes = {k.split(";")[0]: v for k, v in f.classnames(recursive=False).items()}
         if self._tree_name not in classes:
-            trees = [k for k, v in classes.items() if v == "TTree"]
+            trees = [k for k, v in classes.items() if v in TREE_CLASSES]
             raise DataError(
-                f"{path}: no TTree named '{self._tree_name}' (TTrees in the file: {', '.join(trees) or 'none'}); "
-                "a JetClass-schema file has its jets in tree 'tree' (choose another with --tree)"
+                f"{path}: no TTree or RNTuple named '{self._tree_name}' (trees in the file: "
+                f"{', '.join(trees) or 'none'}); a JetClass-schema file has its jets in tree 'tree' "
+                "(choose another with --tree)"
             )
-        if classes[self._tree_name] != "TTree":
-            raise DataError(f"{path}: '{self._tree_name}' is a {classes[self._tree_name]}, expected a TTree")
+        if classes[self._tree_name] not in TREE_CLASSES:
+            raise DataError(
+                f"{path}: '{self._tree_name}' is a {classes[self._tree_name]}, expected a TTree or an RNTuple"
+            )
         tree = f[self._tree_name]
         return tree
 
