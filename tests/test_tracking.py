@@ -83,8 +83,8 @@ def test_stage_runs_record_what_decides_reproducibility(tmp_path: Path, jet_file
     subprocess.run([sys.executable, "-c", STAGE_WITH_TORCH], env=env, check=True)
     out = tmp_path / "data"
     convert = [sys.executable, "-m", "physfm", "convert", "--format", "jetclass", "--input", str(jet_files[0]),
-               "--out", str(out), "--labels", "label_QCD,label_Tbqq,label_Wqq,label_Zqq", "--shard-events", "100",
-               "--no-progress", "--tag", "rule=convert"]  # fmt: skip
+               "--out", str(out), "--config", '{"shard_events": 100}', "--no-progress",
+               "--tag", "rule=convert"]  # fmt: skip
     subprocess.run(convert, env=env, check=True, capture_output=True)
 
     runs = _runs(tmp_path, "repro")
