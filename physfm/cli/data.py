@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_generate_jets(args: argparse.Namespace) -> int:
     from physfm.data.generate_jets import JetGenConfig, generate_jets
-    from physfm.io import sha256_file, sha256_json, write_json
+    from physfm.data.generation import write_generation_record
 
     cfg = stage_config(JetGenConfig, args.config)
     cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
@@ -111,13 +111,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         wall = time.perf_counter() - t0
-        info = {
-            "generator": "pythia8+fastjet",
-            "params": params,
-            "files": [{"name": p.name, "sha256": sha256_file(p)} for p in paths],
-        }
-        info["content_version"] = sha256_json(params)[:16]
-        write_json(Path(args.out) / "generation.json", info)
+        info = write_generation_record(args.out, "pythia8+fastjet", params, paths)
         run.set_tags({"data_version.out": info["content_version"]})
         run.log_metrics({"jets": cfg.n_jets, "wall_seconds": wall, "jets_per_second": cfg.n_jets / max(wall, 1e-9)})
         run.log_artifact(Path(args.out) / "generation.json")

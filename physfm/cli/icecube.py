@@ -60,7 +60,7 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from physfm.data.generate_icecube import IceCubeGenConfig, SimConfig, generate_icecube
-    from physfm.io import sha256_file, sha256_json, write_json
+    from physfm.data.generation import write_generation_record
 
     gen = stage_config(IceCubeGenConfig, args.config)
     gen.n_events = args.n_events if args.n_events is not None else gen.n_events
@@ -91,14 +91,7 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t0
         meta = pq.read_table(Path(args.out) / "train_meta.parquet", columns=["first_pulse_index", "last_pulse_index"])
         n_pulses = int(np.sum(meta.column(1).to_numpy() - meta.column(0).to_numpy() + 1))
-        info = {
-            "generator": "physfm icecube simulator",
-            "params": params,
-            "sim_config": asdict(cfg),
-            "files": [{"name": str(p.relative_to(args.out)), "sha256": sha256_file(p)} for p in paths],
-        }
-        info["content_version"] = sha256_json({"params": params, "sim_config": info["sim_config"]})[:16]
-        write_json(Path(args.out) / "generation.json", info)
+        info = write_generation_record(args.out, "physfm icecube simulator", params, paths, asdict(cfg))
         run.set_tags({"data_version.out": info["content_version"]})
         run.log_metrics(
             {

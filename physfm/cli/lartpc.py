@@ -56,7 +56,7 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
 
     from physfm import tracking
     from physfm.data.generate_lartpc import LArConfig, generate_lartpc
-    from physfm.io import sha256_file, sha256_json, write_json
+    from physfm.data.generation import write_generation_record
 
     cfg = LArConfig(cluster_columns=args.cluster_columns)
     params = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
@@ -75,14 +75,7 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
         )
         wall = time.perf_counter() - t0
         n_points = sum(int(np.load(p.with_name(p.stem + "_points.npy")).sum()) for p in paths)
-        info = {
-            "generator": "physfm lartpc simulator",
-            "params": params,
-            "sim_config": asdict(cfg),
-            "files": [{"name": p.name, "sha256": sha256_file(p)} for p in paths],
-        }
-        info["content_version"] = sha256_json({"params": params, "sim_config": info["sim_config"]})[:16]
-        write_json(Path(args.out) / "generation.json", info)
+        info = write_generation_record(args.out, "physfm lartpc simulator", params, paths, asdict(cfg))
         run.set_tags({"data_version.out": info["content_version"]})
         run.log_metrics(
             {

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from physfm.cli.common import add_tracking_args, open_stage_run, print_json
 
@@ -65,28 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_pretrain)
 
 
-def _load_config(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
-    path = Path(text)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {text}: no such file (pass a YAML/JSON file or inline JSON)")
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def run_pretrain(args: argparse.Namespace) -> int:
     import torch
 
     from physfm import tracking
     from physfm.pretrain.checkpoints import PREEMPTED_EXIT_CODE, Preempted, checkpoint_info
     from physfm.pretrain.train import pretrain, resolve_config
+    from physfm.stage import load_text
 
     overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
-    cfg = resolve_config(_load_config(args.config), args.backbone, overrides)
+    cfg = resolve_config(load_text(args.config), args.backbone, overrides)
     if args.print_config:
         print_json(cfg.to_dict())
         return 0
