@@ -13,7 +13,7 @@ new SQLite database race. ``PHYSFM_TRACKING=0`` turns tracking off (for quick ru
 **The tracking server.** Importing MLflow and opening its store costs about 2.5 CPU seconds per
 process (``import mlflow`` ~1.3 s, the SQLAlchemy store with alembic and its ORM ~0.9 s, the first
 run's context ~0.2 s), more than a small stage's own work. So a stage process never imports MLflow.
-The first stage that tracks starts a small server on this machine (:func:`_zygote`, one per user,
+The first stage that tracks starts a small server on this machine (:func:`serve_tracking`, one per user,
 physfm code and SLURM job, behind a Unix socket in the temporary directory) that imports MLflow
 once and forks a session process for each stage process that connects; the session opens its own
 store connection and runs the stage's calls (start, params, tags, metrics, artifacts, inputs, end),
@@ -214,7 +214,7 @@ _TRACKING_ENV = ("MLFLOW_", "PHYSFM_")
 
 
 class _Worker:
-    """This process's session with the tracking server (:func:`_zygote`): JSON lines over a Unix socket, in order."""
+    """This process's session with the tracking server (:func:`serve_tracking`): JSON lines over a Unix socket, in order."""
 
     _current: _Worker | None = None
     _lock = threading.Lock()
@@ -312,7 +312,7 @@ def _connect(timeout: float = 300.0) -> socket.socket:
             server = None  # it found another server listening: connect to that one (or start anew)
         if server is None:
             package_root = str(Path(__file__).resolve().parent.parent)
-            code = f"import sys; sys.path.insert(0, {package_root!r}); from physfm.tracking import _zygote; _zygote()"
+            code = f"import sys; sys.path.insert(0, {package_root!r}); from physfm.tracking import serve_tracking; serve_tracking()"
             with open(f"{path}.log", "ab") as log:
                 server = subprocess.Popen(
                     [sys.executable, "-c", code, str(path)],
@@ -675,7 +675,7 @@ class _Server:
 
 
 def _session(conn: socket.socket) -> None:
-    """One stage process's calls, run in a process forked from the tracking server (see :func:`_zygote`)."""
+    """One stage process's calls, run in a process forked from the tracking server (see :func:`serve_tracking`)."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # the stage decides when its runs end; EOF ends the rest
         signal.signal(sig, signal.SIG_IGN)
     _, fds, _, _ = socket.recv_fds(conn, 1, 1)
@@ -695,7 +695,7 @@ def _session(conn: socket.socket) -> None:
 IDLE_SECONDS = 120.0
 
 
-def _zygote() -> None:
+def serve_tracking() -> None:
     """The tracking server: imports MLflow once, then forks one session process per stage process.
 
     Started by the first stage that tracks (:func:`_connect`) in its own session, so it serves the
