@@ -214,7 +214,8 @@ _TRACKING_ENV = ("MLFLOW_", "PHYSFM_")
 
 
 class _Worker:
-    """This process's session with the tracking server (:func:`serve_tracking`): JSON lines over a Unix socket, in order."""
+    """This process's session with the tracking server (:func:`serve_tracking`): JSON lines over a Unix
+    socket, in order."""
 
     _current: _Worker | None = None
     _lock = threading.Lock()
@@ -312,7 +313,10 @@ def _connect(timeout: float = 300.0) -> socket.socket:
             server = None  # it found another server listening: connect to that one (or start anew)
         if server is None:
             package_root = str(Path(__file__).resolve().parent.parent)
-            code = f"import sys; sys.path.insert(0, {package_root!r}); from physfm.tracking import serve_tracking; serve_tracking()"
+            code = (
+                f"import sys; sys.path.insert(0, {package_root!r}); "
+                "from physfm.tracking import serve_tracking; serve_tracking()"
+            )
             with open(f"{path}.log", "ab") as log:
                 server = subprocess.Popen(
                     [sys.executable, "-c", code, str(path)],
