@@ -115,9 +115,9 @@ def _jobs(log: str) -> list[Job]:
 
 #: Outputs that must be byte-identical between two runs of the same study (weights, indices, shards).
 BYTE_EXACT = (".safetensors", ".npy", ".npz", ".faiss", ".h5")
-#: JSON keys that legitimately differ between runs: timings, MLflow run ids, hashes of files that hold
-#: timings (the files themselves are compared), and pretrain's backbone_version, which hashes
-#: metrics.json with its train_seconds (its weights are compared byte for byte instead).
+#: JSON keys that legitimately differ between runs: timings, MLflow run ids and hashes of files that
+#: hold timings (the files themselves are compared). ``backbone_version`` no longer hashes the
+#: timings, but stays listed: the weights are compared byte for byte anyway.
 VOLATILE_KEYS = re.compile(r"seconds|per_second|run_id|^files$|sha256|backbone_version|time|date|created|host")
 
 
@@ -148,7 +148,10 @@ def _differences(a: Path, b: Path) -> list[str]:
             right = dict(_json_leaves(json.loads((b / rel).read_text())))
             for key in sorted(left.keys() | right.keys()):
                 x, y = left.get(key, "<missing>"), right.get(key, "<missing>")
-                same = math.isclose(x, y, rel_tol=1e-9) if isinstance(x, float) and isinstance(y, float) else x == y
+                if isinstance(x, float) and isinstance(y, float):  # NaN (an undefined interval) equals NaN
+                    same = math.isclose(x, y, rel_tol=1e-9) or (math.isnan(x) and math.isnan(y))
+                else:
+                    same = x == y
                 if not same:
                     diffs.append(f"{rel}{key}: {x!r} != {y!r}")
     return diffs
