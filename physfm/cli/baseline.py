@@ -59,9 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a supervised (bdt, pfn) or zero-label (cut) baseline cell: train on a subset, score the test split",
         description=wrap(
             "bdt: scikit-learn HistGradientBoosting on the jet observables. pfn: a Particle Flow Network (Deep "
-            "Sets) from scratch on the backbone's per-particle inputs. Both use only the N labels of the subset: "
-            "a stratified fraction of them (val_fraction, default 0.2) is held out for early stopping; the "
-            "dataset's val split is never read. cut: the soft-drop-mass-window tagger, no labels (QCD: -m_SD; "
+            "Sets) from scratch on the backbone's per-particle inputs. Both use only the N labels of seed --seed's "
+            "subset: they train on its train part and early-stop on its in-budget validation part (the study's "
+            "budget protocol, the same parts every fine-tuning run of the cell uses); the dataset's val split is "
+            "never read. cut: the soft-drop-mass-window tagger, no labels (QCD: -m_SD; "
             "t, W, Z, H: -|m_SD - m_PDG|). Writes OUT/test.json in the shape `physfm evaluate` writes (plus "
             "n_labels_used) and logs one MLflow run tagged like a fine-tuning run (mode = the method)."
         ),
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--subsets", type=Path, help="subsets directory (physfm subsets); bdt and pfn")
     b.add_argument("--labels", help="label spec of the subset: a count (300), a fraction (1%%) or 'all'; bdt and pfn")
     b.add_argument(
-        "--seed", type=int, default=1, help="seed: in-budget validation carve, init, batch order (default 1)"
+        "--seed", type=int, default=1, help="seed: which subset draw (physfm subsets), init, batch order (default 1)"
     )
     add_config_arg(b, "baselines.<method>")
     b.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap, pairs, effs")
