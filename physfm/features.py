@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from physfm.data.jetclass import OPTIONAL_GROUPS
 from physfm.data.shards import EventBlock, feature_names
 
 #: Default continuous inputs for jet models (MPM / OmniJet-α style) and for tokenizers.
@@ -52,6 +53,25 @@ JET_DEFAULT = (
     "is_muon",
 )
 JET_TOKEN_DEFAULT = ("log_pt", "deta", "dphi")
+
+#: Derived jet features that read one stored column of an optional input group
+#: (:data:`physfm.data.jetclass.OPTIONAL_GROUPS`); a stored column passes through as its own name.
+_SOURCE_COLUMN = {
+    "charge": "part_charge",
+    "is_charged_hadron": "part_isChargedHadron",
+    "is_neutral_hadron": "part_isNeutralHadron",
+    "is_photon": "part_isPhoton",
+    "is_electron": "part_isElectron",
+    "is_muon": "part_isMuon",
+}
+
+
+def input_group(name: str) -> str | None:
+    """The optional input group (``charge``, ``pid``, ``impact_parameters``) a model feature belongs
+    to, or None for the kinematic features every data set has."""
+    column = _SOURCE_COLUMN.get(name, name)
+    return next((g for g, cols in OPTIONAL_GROUPS.items() if column in cols), None)
+
 
 _EPS = 1e-8
 

@@ -529,6 +529,18 @@ def register_backbone(
         run._send("register_backbone", directory=str(Path(directory).resolve()), name=name, skip=list(skip))
 
 
+def registered_backbone(name: str, version: str, dst: str | Path | None = None) -> dict[str, Any]:
+    """Look up version ``version`` (a number, ``latest`` or ``@alias``) of registered model ``name``
+        in the store (:func:`tracking_uri`) and, with ``dst``, download its files into the empty directory
+        ``dst``. Returns ``{"version", "run_id", "source", "tags", "path"}`` (``path``: where the files
+    are, below ``dst``), or ``{"error": ...}`` saying what is
+        not there (the registered models, or the model's versions). Reading the registry works with
+        tracking off too (``PHYSFM_TRACKING=0`` only stops logging)."""
+    return dict(
+        _Worker.get().call("registered_backbone", name=name, version=version, dst=None if dst is None else str(dst))
+    )
+
+
 # --------------------------------------------------------------------------- the worker process
 class _Server:
     """Runs the calls of one stage process against MLflow (in the worker process)."""
@@ -622,6 +634,35 @@ class _Server:
         tags = {k: str(v) for k, v in tags.items()}
         artifact_uri = client.get_run(run_id).info.artifact_uri
         client.create_model_version(name, source=f"{artifact_uri}/backbone", run_id=run_id, tags=tags)
+
+    def registered_backbone(self, name: str, version: str, dst: str | None) -> dict[str, Any]:
+        client = self.mlflow.MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except Exception:
+            known = sorted(m.name for m in client.search_registered_models())
+            listed = ", ".join(known) or "none"
+            return {"error": f"no registered model '{name}' in {tracking_uri()} (registered: {listed})"}
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        try:
+            if version == "latest":
+                if not versions:
+                    raise LookupError
+                mv = client.get_model_version(name, str(versions[-1]))
+            elif version.startswith("@"):
+                mv = client.get_model_version_by_alias(name, version[1:])
+            else:
+                mv = client.get_model_version(name, version)
+        except Exception:
+            return {
+                "error": f"registered model '{name}' has no version {version} "
+                f"(versions: {', '.join(map(str, versions)) or 'none'})"
+            }
+        path = None
+        if dst is not None:
+            path = self.mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst)
+        info = {"version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags)}
+        return {**info, "path": path}
 
     def end(self, status: str, tags: dict[str, str]) -> str | None:
         run_id = self.run_id()

@@ -70,7 +70,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
-    f.add_argument("--backbone", default="none", help="pretrained backbone directory (physfm pretrain), or 'none'")
+    f.add_argument(
+        "--backbone",
+        default="none",
+        help="pretrained backbone: a directory (physfm pretrain, of this or another study), a model-registry URI "
+        "models:/<name>/<version> (pretraining registers <study>.<backbone>; version a number or latest), or 'none'",
+    )
+    f.add_argument(
+        "--allow-missing-inputs",
+        action="store_true",
+        default=None,
+        help="fine-tune although the data set lacks inputs the backbone reads (manifest missing_inputs) and the "
+        "backbone was not pretrained with feature dropout: zero-fill them (recorded); overrides --config",
+    )
     f.add_argument("--backbone-name", default=None, help="short name of the backbone for run names and tags")
     f.add_argument("--mode", required=True, choices=["scratch", "finetune", "frozen"])
     lab = f.add_mutually_exclusive_group(required=True)
@@ -132,6 +144,8 @@ def _arch(text: str) -> dict[str, Any]:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from physfm.data.dataset import open_dataset
+    from physfm.finetune import backbone_source
+    from physfm.finetune.backbone_source import input_fill_tags
     from physfm.finetune.direction import finetune_direction
     from physfm.finetune.grid import cell_run_name
     from physfm.finetune.subsets import spec_name
@@ -144,10 +158,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     if clash := sorted(set(settings) & set(CELL_KEYS)):
         raise ValueError(f"--config sets {clash}: the grid cell comes from --mode, --labels, --seed and --device")
     cell = {"mode": args.mode, "labels": str(spec), "seed": args.seed, "device": args.device}
+    if args.allow_missing_inputs:
+        settings["allow_missing_inputs"] = True
     cfg = build(FinetuneConfig, {**settings, **cell})
-    backbone = None if args.backbone == "none" else Path(args.backbone)
-    if backbone is not None and not backbone.is_dir():
-        raise FileNotFoundError(f"--backbone {backbone}: no such directory (run `physfm pretrain` or pass 'none')")
+    source = backbone_source.resolve(args.backbone)  # a registry URI is downloaded (once) and verified here
+    backbone = source.path
     run_name = args.run_name or cell_run_name(
         args.backbone_name or "", spec, args.mode, args.seed, bool(args.backbone_name)
     )
@@ -158,8 +173,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         "labels": str(spec),
         "labels.name": spec_name(spec),
         "seed": args.seed,
-        "backbone": args.backbone_name or ("none" if backbone is None else backbone.name),
+        "backbone": args.backbone_name or ("none" if backbone is None else source.name or backbone.name),
         "data_version.in": manifest["data_version"],
+        "backbone.source": source.kind,
+        **({"backbone.registry": f"{source.name}/{source.version}"} if source.kind == "registry" else {}),
     }
     params = {**cfg.to_dict(), "backbone_dir": str(args.backbone), "data": str(args.data)}
     with open_stage_run(args, "finetune", run_name, params, tags) as run:
@@ -168,7 +185,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             ds,
             args.out,
             cfg,
-            backbone_dir=backbone,
+            backbone_dir=source if source.path else None,
             subsets_dir=args.subsets,
             arch=_arch(args.arch),
             run=run,
@@ -181,6 +198,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                 "backbone.objective": meta["backbone"].get("objective"),
                 "backbone.data_version": meta["backbone"].get("data_version"),
                 "tokenizer_version": meta["backbone"].get("tokenizer_version"),
+                **input_fill_tags(meta["backbone"].get("input_fill")),
             }
         )
         budget = meta["budget"]
@@ -204,6 +222,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             }
         )
         run.log_artifact(Path(args.out) / ("classifier.json" if manifest["classes"] else "direction.json"))
+    if fill := (meta["backbone"].get("input_fill") or {}).get("features"):
+        reason = meta["backbone"]["input_fill"]["reason"]
+        print(f"note: {args.data} lacks {', '.join(fill)}: filled with zeros ({reason})")
     print(
         f"{run_name}: {meta['n_labels']} labels, best val loss {tr['best_val_loss']:.4f} at step {tr['best_step']} "
         f"({tr['steps']} steps, {tr['wall_seconds']:.0f} s) -> {args.out}"

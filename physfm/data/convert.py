@@ -420,6 +420,18 @@ def _duplicates(
     return drop, records
 
 
+def missing_inputs(
+    reader: Reader, columns: list[str], nonzero: np.ndarray, absent: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The manifest's ``missing_inputs``: the reader's input groups (:attr:`Reader.input_groups`) whose
+    every column is absent or all zero in the written events, those columns, and the files that lacked
+    each absent column (stored as zeros there)."""
+    zero = {c for c, nz in zip(columns, nonzero, strict=True) if not nz}
+    groups = sorted(g for g, cols in reader.input_groups.items() if cols and set(cols) <= zero)
+    missing_cols = [c for g in groups for c in reader.input_groups[g]]
+    return {"groups": groups, "columns": missing_cols, "absent_in_files": dict(sorted(absent.items()))}
+
+
 def convert(
     fmt: str,
     inputs: str | Path | list[str | Path],
@@ -482,6 +494,7 @@ def convert(
     names = [p.name for p, _ in readable]
     sources = []
     n_filtered = 0
+    nonzero = np.zeros(len(reader.particle_features), dtype=bool)  # columns with a nonzero value written
     with atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, shard_events, {"modality": reader.modality, "format_version": 1})
         bar = tqdm(total=sum(n for _, n in readable), unit="ev", desc="convert", disable=not progress)
@@ -516,6 +529,8 @@ def convert(
                     counts = np.bincount(segment[~drop], minlength=len(SPLITS)).tolist()
                     block, where = block.select(~drop), where[~drop]
                 seen.add(block.event_key, where)
+                if reader.input_groups and not nonzero.all() and len(block.particles):
+                    nonzero |= (block.particles != 0).any(axis=0)
                 stats.skipped += skipped
                 start = 0
                 for s_name, n in zip(SPLITS, counts, strict=True):
@@ -543,6 +558,10 @@ def convert(
             extras=extras,
         )
         manifest["n_filtered_by_label"] = n_filtered
+        if reader.input_groups:  # not part of the data_version: a function of the shards' content
+            manifest["missing_inputs"] = missing_inputs(
+                reader, list(reader.particle_features), nonzero, reader.absent_columns()
+            )
         if sum(n_events.values()) == 0:
             raise DataError(f"no events left to write from {len(readable)} file(s); see skipped reasons")
         write_manifest(tmp, manifest)

@@ -60,5 +60,17 @@ PROCESS_LABELS: dict[str, str] = {
     "zqq": "label_Zqq",
 }
 
-#: Branches that must exist for a file to be read as JetClass.
-REQUIRED_BRANCHES: tuple[str, ...] = tuple(PARTICLE_BRANCHES) + tuple(JET_BRANCHES)
+#: Per-particle inputs that real data sets often lack (the public top-tagging and quark/gluon sets
+#: carry four-momenta only), by group. A file may omit these branches: the converter stores zeros and
+#: the dataset's manifest names the groups that are absent or all zero (``missing_inputs``).
+OPTIONAL_GROUPS: dict[str, tuple[str, ...]] = {
+    "charge": ("part_charge",),
+    "pid": ("part_isChargedHadron", "part_isNeutralHadron", "part_isPhoton", "part_isElectron", "part_isMuon"),
+    "impact_parameters": ("part_d0val", "part_d0err", "part_dzval", "part_dzerr"),
+}
+OPTIONAL_BRANCHES: tuple[str, ...] = tuple(b for group in OPTIONAL_GROUPS.values() for b in group)
+
+#: Branches that must exist for a file to be read as JetClass (the optional inputs may be absent).
+REQUIRED_BRANCHES: tuple[str, ...] = tuple(b for b in PARTICLE_BRANCHES if b not in OPTIONAL_BRANCHES) + tuple(
+    JET_BRANCHES
+)

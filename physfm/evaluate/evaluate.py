@@ -98,6 +98,8 @@ def evaluate_classifier(
         "backbone_objective": meta["backbone"].get("objective"),
         "tokenizer_version": meta["backbone"].get("tokenizer_version"),
         "backbone_version": meta["backbone"].get("backbone_version"),
+        "backbone_source": meta["backbone"].get("source"),  # directory or models:/ URI (backbone_source)
+        "input_fill": meta["backbone"].get("input_fill"),  # inputs the data lacks and how they were filled
         "train": meta["train"],
         "history": meta.get("history", []),
         **result,

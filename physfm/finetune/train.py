@@ -89,6 +89,7 @@ class FinetuneConfig:
     eval_every: int = 25  # steps between validation-loss evaluations
     patience: int = 6  # evaluations without improvement before stopping
     device: str = "auto"
+    allow_missing_inputs: bool = False  # fill inputs the data lacks though the backbone never saw them absent
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -119,9 +120,20 @@ def fit_norm(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
 
 
 def prepare_backbone(
-    backbone_dir: str | Path | None, mode: str, data: Dataset | str | Path, arch: dict[str, Any] | None, seed: int
+    backbone_dir: str | Path | None,
+    mode: str,
+    data: Dataset | str | Path,
+    arch: dict[str, Any] | None,
+    seed: int,
+    allow_missing_inputs: bool = False,
 ) -> tuple[Backbone, dict[str, Any]]:
-    """The backbone to train and its meta (features, norm, max_len, config, versions)."""
+    """The backbone to train and its meta (features, norm, max_len, config, versions, source, input_fill).
+
+    ``backbone_dir``: a backbone directory, a ``models:/`` URI or None
+    (:mod:`physfm.finetune.backbone_source`, which also decides how inputs the data lacks are filled).
+    """
+    from physfm.finetune import backbone_source
+
     data = open_dataset(data)
     if backbone_dir is None or str(backbone_dir) == "none":
         if mode != "scratch":
@@ -145,12 +157,13 @@ def prepare_backbone(
             "tokenizer_version": None,
             "objective": "none",
         }
+        meta["input_fill"] = backbone_source.input_fill(meta, data, mode=mode)
         torch.manual_seed(seed + 7919)
         return Backbone(cfg), meta
 
-    from physfm.pretrain.checkpoints import load_backbone
-
-    model, meta = load_backbone(backbone_dir, map_location="cpu")
+    model, meta = backbone_source.open_backbone(
+        backbone_dir, data, mode=mode, allow_missing_inputs=allow_missing_inputs
+    )
     if model.config.vocab_size > 0 and model.config.n_features == 0:
         raise ValueError(
             f"{backbone_dir}: this backbone reads token ids only; fine-tuning uses continuous features. "
@@ -199,7 +212,7 @@ def finetune(
     train_idx, val_idx = load_split(subsets_dir, cfg.labels, cfg.seed, ds)  # both parts count in the budget
     budget = subset_info(subsets_dir, cfg.labels, cfg.seed)
 
-    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
+    backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed, cfg.allow_missing_inputs)
     if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
         print(
             f"note: backbone pretrained on data_version {bmeta['data_version']}, "
@@ -315,7 +328,7 @@ def finetune(
         "backbone": {
             k: bmeta.get(k)
             for k in ("features", "norm", "max_len", "config", "data_version", "tokenizer_version", "objective")
-            + ("backbone_version",)
+            + ("backbone_version", "source", "input_fill")
         },
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
         "subset": {  # the whole budget: train part + validation part

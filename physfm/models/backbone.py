@@ -253,11 +253,17 @@ def normalize(x: Any, mask: Any, meta: dict[str, Any]) -> Any:
     """Apply ``meta["norm"]`` (per-feature mean/std fitted on the train split) and zero the padding.
 
     Works on numpy arrays and torch tensors; ``x`` is ``(..., L, F)`` raw features in
-    ``meta["features"]`` order and ``mask`` is ``(..., L)`` bool.
+    ``meta["features"]`` order and ``mask`` is ``(..., L)`` bool. The features listed in
+    ``meta["input_fill"]["features"]`` (inputs the data set lacks, see
+    :mod:`physfm.finetune.backbone_source`) are set to a raw zero first, the backbone's convention.
     """
     mean, std = meta["norm"]["mean"], meta["norm"]["std"]
     if x.shape[-1] != len(mean):
         raise ValueError(f"x has {x.shape[-1]} features; the backbone was trained on {meta.get('features', len(mean))}")
+    if fill := (meta.get("input_fill") or {}).get("features"):
+        cols = [list(meta["features"]).index(f) for f in fill]
+        x = x.clone() if isinstance(x, Tensor) else np.array(x, dtype=np.float32)
+        x[..., cols] = 0
     if isinstance(x, Tensor):
         m = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
         s = torch.as_tensor(std, dtype=x.dtype, device=x.device)

@@ -6,6 +6,14 @@ Everything here runs on CPU in the data-loader workers, from numpy. The randomne
 stream from any step on can be reproduced exactly: :class:`PretrainShards` takes a number of
 batches to ``skip`` and skips them cheaply (no feature, tokenizer or mask work), also with several
 loader workers.
+
+**Feature dropout** (OmniLearn): with probability ``feature_dropout`` per jet, a training batch has the
+jet's optional inputs (charge, particle ID, impact parameters: :func:`physfm.features.input_group`)
+set to zero before normalisation, as in a data set that lacks them, so the backbone learns to live
+without them. The choice is a function of the event key and the epoch, like masking; it fires on the
+``train`` split only, never on validation (nor in fine-tuning and evaluation, which do not use these
+batches). A data set without an input has zeros there too (the converter's convention), so
+fine-tuning on it shows the backbone what it saw under dropout.
 """
 
 from __future__ import annotations
@@ -22,11 +30,51 @@ from torch.utils.data import DataLoader, get_worker_info
 from physfm.data.loader import ShardDataset, load_arrays, pad
 from physfm.data.shards import EventBlock
 from physfm.data.views import ViewMaker
-from physfm.features import GLOBAL_TARGETS, global_targets
+from physfm.features import GLOBAL_TARGETS, global_targets, input_group
+from physfm.hashing import hash_uniform
 from physfm.models.backbone import normalize
 from physfm.models.objectives import Objective, salt_for
 
 _STD_FLOOR = 1e-6
+_DROPOUT_SALT = 0x0F1DD209  # feature dropout's own stream of the event hash
+
+
+def dropout_features(features: Sequence[str]) -> list[str]:
+    """The model features feature dropout zeroes: those of an optional input group."""
+    return [f for f in features if input_group(f) is not None]
+
+
+def feature_dropout_meta(p: float, features: Sequence[str]) -> dict[str, Any]:
+    """What a backbone's ``backbone.json`` records of its feature dropout: the probability, the
+    features it zeroes and their groups, and the fill (a raw zero, before normalisation). Fine-tuning
+    reads it (:mod:`physfm.finetune.backbone_source`) to decide whether a data set may lack them."""
+    dropped = dropout_features(features)
+    return {
+        "p": float(p),
+        "features": dropped,
+        "groups": sorted({str(input_group(f)) for f in dropped}),
+        "fill": "zero",
+    }
+
+
+def dropped_events(event_key: np.ndarray, salt: int, p: float) -> np.ndarray:
+    """``(B,)`` bool: the events feature dropout drops the optional inputs of (probability ``p`` each)."""
+    return hash_uniform(event_key, salt ^ _DROPOUT_SALT, 1)[:, 0] < p
+
+
+def drop_features(
+    x: np.ndarray, mask: np.ndarray, drop: np.ndarray, columns: Sequence[int], norm: dict[str, Any]
+) -> None:
+    """Set ``columns`` of the *normalised* ``x`` (B, L, F) of the ``drop`` events, in place, to the
+    normalised value of a raw zero (what a data set without those inputs gives); padding stays zero."""
+    if not drop.any() or not len(columns):
+        return
+    cols = np.asarray(columns)
+    fill = -np.asarray(norm["mean"], np.float32)[cols] / np.asarray(norm["std"], np.float32)[cols]
+    rows = np.flatnonzero(drop)
+    sub = x[rows]
+    sub[..., cols] = fill * mask[rows][..., None]
+    x[rows] = sub
 
 
 def raw_feature_names(model_features: Sequence[str], tokenizer: Any, objective: Objective) -> list[str]:
@@ -113,7 +161,10 @@ class PretrainShards(ShardDataset):
         world_size: int = 1,
         drop_last: bool = False,
         quantized_inputs: bool = False,
+        feature_dropout: float = 0.0,
     ) -> None:
+        if not 0.0 <= feature_dropout <= 1.0:
+            raise ValueError(f"pretrain feature_dropout must be a probability in [0, 1], got {feature_dropout}")
         super().__init__(
             data_dir,
             split,
@@ -132,6 +183,10 @@ class PretrainShards(ShardDataset):
         self.tok_idx = [col[f] for f in tokenizer.features] if tokenizer is not None else []
         self.col = col
         self.quantized_inputs = quantized_inputs
+        # feature dropout: training batches only (validation measures the model on the inputs as they are)
+        self.feature_dropout = feature_dropout if split == "train" else 0.0
+        dropped = set(dropout_features(stats["features"]))
+        self.dropout_idx = [j for j, f in enumerate(stats["features"]) if f in dropped]
         self.skip = 0  # batches to pass over (no loader workers)
         self._worker_skip: list[int] | None = None  # per worker (with loader workers)
         self._skip_left = 0
@@ -156,13 +211,20 @@ class PretrainShards(ShardDataset):
         if self.quantized_inputs and self.tokenizer is not None:
             xm = self.tokenizer.decode(b["tokens"], mask)
         b["x"] = normalize(xm, mask, self.stats)
+        salt = salt_for(self.seed, self.epoch, self.split_name)
+        dropped = None
+        if self.feature_dropout > 0:
+            dropped = dropped_events(block.event_key, salt, self.feature_dropout)
+            drop_features(b["x"], mask, dropped, self.dropout_idx, self.stats["norm"])
         raw = {n: xr[..., j] for n, j in self.col.items()}
         g = self.stats["global"]
         b["global"] = (global_targets(g["names"], raw, mask) - np.asarray(g["mean"])) / np.asarray(g["std"])
         b["raw"] = raw
-        salt = salt_for(self.seed, self.epoch, self.split_name)
         if self.views is not None:
             b.update(self.views(block, salt))
+            if dropped is not None:  # a dropped jet lacks the inputs in every view
+                for key in [k for k in b if k.startswith("x_v")]:
+                    drop_features(b[key], b[key.replace("x_", "mask_")], dropped, self.dropout_idx, self.stats["norm"])
         b = self.objective.prepare(b, salt=salt)
         del b["raw"]
         out = {}

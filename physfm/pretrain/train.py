@@ -44,7 +44,14 @@ from physfm.pretrain.checkpoints import (
     save_backbone,
     save_checkpoint,
 )
-from physfm.pretrain.data import PretrainShards, epoch_batches, fit_stats, make_loader, raw_feature_names
+from physfm.pretrain.data import (
+    PretrainShards,
+    epoch_batches,
+    feature_dropout_meta,
+    fit_stats,
+    make_loader,
+    raw_feature_names,
+)
 from physfm.runtime import autocast, warmup_cosine
 
 #: Backbone sizes used when the config does not give them (a CPU-sized model).
@@ -95,6 +102,7 @@ class PretrainConfig:
     num_workers: int = 0
     seed: int = 0
     compile: bool = False
+    feature_dropout: float = 0.0  # per-jet probability of zeroing the charge/PID/IP inputs (training only)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
@@ -114,6 +122,8 @@ class PretrainConfig:
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective '{self.objective}'; choose from {sorted(OBJECTIVES)}")
+        if not 0.0 <= self.feature_dropout <= 1.0:
+            raise ValueError(f"pretrain feature_dropout must be a probability in [0, 1], got {self.feature_dropout}")
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("max_len", self.max_len)):
             if value < 1:
                 raise ValueError(f"pretrain {name} must be >= 1, got {value}")
@@ -522,7 +532,7 @@ def pretrain(
         world_size=info.world_size,
         quantized_inputs=bool(obj_opts.get("quantized_inputs", False)),
     )
-    train_ds = PretrainShards(ds, "train", shuffle=True, drop_last=True, **common)
+    train_ds = PretrainShards(ds, "train", shuffle=True, drop_last=True, feature_dropout=cfg.feature_dropout, **common)
     val_ds = PretrainShards(ds, "val", shuffle=False, drop_last=False, **common)
 
     meta = {
@@ -539,6 +549,7 @@ def pretrain(
         "modality": manifest.get("modality"),
         "pretrain": cfg.to_dict(),
         "config_hash": config_hash,
+        "feature_dropout": feature_dropout_meta(cfg.feature_dropout, features),
     }
     if run is not None and info.main:
         run.set_tags(

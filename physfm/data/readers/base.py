@@ -72,6 +72,16 @@ class Reader:
         """Entries ``[start, stop)`` of the file as one block (only where ``splittable``)."""
         raise NotImplementedError(f"{type(self).__name__} reads files sequentially only")
 
+    @property
+    def input_groups(self) -> dict[str, tuple[str, ...]]:
+        """Groups of particle columns a data set of this format may lack (absent or all zero), by name;
+        the converter records the missing ones in the manifest's ``missing_inputs``."""
+        return {}
+
+    def absent_columns(self) -> dict[str, list[str]]:
+        """Column -> names of the checked files that lack it (stored as zeros); see :attr:`input_groups`."""
+        return {}
+
     def extras(self) -> dict[str, Path]:
         """Files stored once per dataset (e.g. detector geometry), by name."""
         return {}

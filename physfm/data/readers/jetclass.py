@@ -10,7 +10,15 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from physfm.data.jetclass import ALL_LABELS, JET_BRANCHES, PARTICLE_BRANCHES, TREE_NAME
+from physfm.data.jetclass import (
+    ALL_LABELS,
+    JET_BRANCHES,
+    OPTIONAL_BRANCHES,
+    OPTIONAL_GROUPS,
+    PARTICLE_BRANCHES,
+    REQUIRED_BRANCHES,
+    TREE_NAME,
+)
 from physfm.data.readers.base import RawBlock, Reader
 from physfm.data.shards import DataError
 
@@ -51,6 +59,11 @@ class JetClassReader(Reader):
     (default: all ten JetClass labels). Events whose one-hot label is not among them get label -1
     and are counted by the converter as filtered, never silently dropped. ``tree`` — the name of
     the TTree or RNTuple (default ``tree``); both are read the same way and give the same shards.
+
+    Kinematics-only files (the public top-tagging and quark/gluon sets in this schema) may lack the
+    charge, particle-ID and impact-parameter branches (:data:`~physfm.data.jetclass.OPTIONAL_GROUPS`):
+    their columns are stored as zeros, :meth:`absent_columns` names the files that lacked each, and
+    the converter records the missing groups in the manifest (``missing_inputs``).
     """
 
     modality = "jets"
@@ -67,6 +80,7 @@ class JetClassReader(Reader):
         self._labels = list(labels)
         self._tree_name = str(self.options.get("tree") or TREE_NAME)
         self._checked: dict[Path, Any] = {}
+        self._absent: dict[str, list[str]] = {}  # optional branch -> files without it (set by check)
 
     def __getstate__(self) -> dict[str, Any]:
         # open files stay behind when the reader is pickled (to a spawned worker): it reopens them
@@ -83,6 +97,14 @@ class JetClassReader(Reader):
     @property
     def classes(self) -> list[str]:
         return [lab.removeprefix("label_") for lab in self._labels]
+
+    @property
+    def input_groups(self) -> dict[str, tuple[str, ...]]:
+        return dict(OPTIONAL_GROUPS)
+
+    def absent_columns(self) -> dict[str, list[str]]:
+        """Optional branch -> names of the checked files that lack it (their column is stored as zeros)."""
+        return {b: sorted(set(files)) for b, files in self._absent.items()}
 
     def _tree(self, path: Path) -> Any:
         try:
@@ -113,13 +135,17 @@ class JetClassReader(Reader):
     def check(self, path: Path) -> int:
         tree = self._tree(path)
         present = set(tree.keys())
-        required = list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + self._labels
+        required = list(REQUIRED_BRANCHES) + self._labels
         missing = [b for b in required if b not in present]
         if missing:
             raise DataError(
                 f"{path}: not in the JetClass schema; missing branches: {', '.join(missing)}. "
-                "Convert it to the JetClass schema, or choose `--labels` to match its label branches."
+                "Convert it to the JetClass schema, or choose `--labels` to match its label branches "
+                f"(only {', '.join(OPTIONAL_BRANCHES)} may be absent)."
             )
+        for b in OPTIONAL_BRANCHES:
+            if b not in present:
+                self._absent.setdefault(b, []).append(Path(path).name)
         if len(self._checked) < self.keep_open:
             self._checked[Path(path)] = tree
         return int(tree.num_entries)
@@ -132,7 +158,7 @@ class JetClassReader(Reader):
     def read(self, path: Path, step: int) -> Iterator[RawBlock]:
         tree = self._open(path, done=True)
         entry = 0
-        chunks = tree.iterate(self._branches, step_size=step, library="ak", how=dict)
+        chunks = tree.iterate(self._present(tree), step_size=step, library="ak", how=dict)
         while True:
             try:
                 chunk = next(chunks)
@@ -147,28 +173,33 @@ class JetClassReader(Reader):
     def read_range(self, path: Path, start: int, stop: int) -> RawBlock:
         tree = self._open(path, done=False)
         try:
-            chunk = tree.arrays(self._branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
+            chunk = tree.arrays(self._present(tree), entry_start=start, entry_stop=stop, library="ak", how=dict)
         except Exception as exc:  # corrupt baskets surface as many exception types
             raise DataError(f"{path}: cannot read entries {start} to {stop} ({type(exc).__name__}: {exc})") from exc
         return self._block(path, chunk, start)
 
-    @property
-    def _branches(self) -> list[str]:
-        return list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + self._labels
+    def _present(self, tree: Any) -> list[str]:
+        """The branches to read from ``tree``: every schema branch it has (optional ones may be absent)."""
+        have = set(tree.keys())
+        return [b for b in list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + self._labels if b in have]
 
     def _block(self, path: Path, chunk: dict[str, ak.Array], entry: int) -> RawBlock:
         """The arrays of consecutive entries from ``entry`` on, as a :class:`RawBlock`."""
         pnames, enames = list(PARTICLE_BRANCHES), list(JET_BRANCHES)
         offsets = None
         cols = []
-        for name in pnames:
+        present = [name for name in pnames if name in chunk]
+        for name in present:
             content, offs = _flat(chunk[name])
             if offsets is None:
                 offsets = offs
             elif not np.array_equal(offs, offsets):
                 raise DataError(f"{path}: branch {name} has a different particle count than {pnames[0]}")
             cols.append(content)
-        particles = _interleave(cols)
+        assert offsets is not None  # the kinematic branches are required (check)
+        by_name = dict(zip(present, cols, strict=True))
+        zeros = np.zeros(int(offsets[-1]), dtype=np.result_type(*cols))  # an absent optional input
+        particles = _interleave([by_name.get(name, zeros) for name in pnames])
         ecols = [np.asarray(chunk[name]) for name in enames]
         events = np.empty((len(ecols[0]), len(ecols)), dtype=np.result_type(*[c.dtype for c in ecols]))
         for j, c in enumerate(ecols):
@@ -179,5 +210,4 @@ class JetClassReader(Reader):
             bad = int(np.flatnonzero(nset > 1)[0]) + entry
             raise DataError(f"{path}: entry {bad} has more than one of {self._labels} set")
         label = np.where(nset == 1, onehot.argmax(axis=1), -1).astype(np.int64)
-        assert offsets is not None
         return RawBlock(offsets.astype(np.int64), particles, events, label, entry)
