@@ -165,6 +165,16 @@ def test_finetune_another_studys_backbone_on_a_kinematics_only_set(
     record = evaluate_classifier(tmp_path / "ft", kin_dataset, "test", pairs=[("top", "qcd")], n_bootstrap=0)
     assert record["input_fill"] == fill and record["backbone_source"]["kind"] == "directory"
     assert 0.0 <= record["metrics"]["auc"] <= 1.0 and record["n_per_class"]["top"] > 0
+    from physfm.evaluate.report import build_report
+
+    data = build_report(tmp_path / "report.html", [{**record, "backbone": "reg"}], n_bootstrap=10)
+    page = (tmp_path / "report.html").read_text()
+    assert "Inputs the data set lacks" in page and "pretrained with feature dropout" in page
+    assert data["input_fill"] == [
+        "1 run(s): the data lacks charge, impact_parameters, pid; charge, is_charged_hadron, is_neutral_hadron, "
+        "is_photon, is_electron, is_muon set to zero "
+        "(the backbone's convention: it was pretrained with feature dropout)"
+    ]
 
     # a backbone pretrained without feature dropout is refused, unless the user allows it
     plain = save_tiny_backbone(jet_dataset, tmp_path / "plain")

@@ -455,6 +455,26 @@ def best_method_rows(results: Sequence[dict[str, Any]], metrics: Sequence[str], 
     return out
 
 
+def input_fill_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per way inputs were filled: runs whose data set lacked some of the backbone's inputs
+    (the evaluation record's ``input_fill``), what was set to zero, and why it was allowed."""
+    why = {
+        "feature_dropout": "the backbone's convention: it was pretrained with feature dropout",
+        "allowed_by_user": "allowed by finetune.allow_missing_inputs; the backbone never saw them absent",
+        "scratch": "scratch: trained from random weights on the inputs as they are",
+    }
+    groups: dict[tuple[str, str, str], int] = {}
+    for r in results:
+        fill = r.get("input_fill") or {}
+        if fill.get("features"):
+            key = (", ".join(fill["data_lacks"]), ", ".join(fill["features"]), str(fill["reason"]))
+            groups[key] = groups.get(key, 0) + 1
+    return [
+        f"{n} run(s): the data lacks {lacks}; {feats} set to zero ({why.get(reason, reason)})"
+        for (lacks, feats, reason), n in sorted(groups.items())
+    ]
+
+
 def build_report(
     out_html: str | Path,
     results: Sequence[dict[str, Any]],
@@ -599,6 +619,14 @@ def build_report(
             + html.escape(metric_label(metric))
             + ")<ul>"
             + "".join(f"<li>{html.escape(s)}</li>" for s in lines)
+            + "</ul></div>"
+        )
+
+    # ---- inputs the data lacked (physfm.finetune.backbone_source.input_fill)
+    if fills := input_fill_lines(results):
+        add(
+            '<div class="hl"><b>Inputs the data set lacks</b><ul>'
+            + "".join(f"<li>{html.escape(s)}</li>" for s in fills)
             + "</ul></div>"
         )
 
@@ -801,6 +829,7 @@ def build_report(
         "knn": list(knn or []),
         "figures": {k: str(v) for k, v in fig_paths.items() if v is not None},
         "headline": lines,
+        "input_fill": input_fill_lines(results),
     }
     out_json = out_html.with_name(out_html.stem + ".json")
     write_json(out_json, data)
