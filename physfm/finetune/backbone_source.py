@@ -121,8 +121,8 @@ def _from_registry(uri: str) -> BackboneSource:
 def resolve(spec: str | Path | BackboneSource | None) -> BackboneSource:
     """The backbone ``spec`` names: ``None``/``"none"``, a backbone directory, or a ``models:/`` URI.
 
-    A registry URI is looked up and its files downloaded (once) and verified; a directory is only
-    checked to exist here (:func:`load` verifies it). Raises with what is wrong and how to fix it.
+    A registry URI is looked up and its files downloaded (once); a directory is only checked to
+    exist. :func:`load` verifies either. Raises with what is wrong and how to fix it.
     """
     if isinstance(spec, BackboneSource):
         return spec
