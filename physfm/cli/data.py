@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Deterministic for a given seed, whatever the number of workers.",
     )
     jets.add_argument("--out", required=True, type=Path, help="output directory for jets_NNN.root")
-    add_config_arg(jets, "data.generate (n_jets, seed, processes, files)")
+    add_config_arg(jets, "data.generate (n_jets, seed, processes, files, tune, smear_energy, smear_angle)")
     jets.add_argument(
         "--n-jets", type=int, help="total number of jets, split evenly over processes (overrides --config)"
     )
@@ -99,6 +99,8 @@ def run_generate_jets(args: argparse.Namespace) -> int:
     cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
     cfg.seed = args.seed if args.seed is not None else cfg.seed
     params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
+    shift = {"tune": cfg.tune, "smear_energy": cfg.smear_energy, "smear_angle": cfg.smear_angle}
+    params.update({k: v for k, v in shift.items() if v != getattr(JetGenConfig(), k)})  # only a shifted domain
     with open_stage_run(args, "generate", "generate jets", params) as run:
         t0 = time.perf_counter()
         paths = generate_jets(
@@ -109,6 +111,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             n_files=cfg.files,
             workers=args.workers,
             progress=not args.no_progress,
+            **shift,
         )
         wall = time.perf_counter() - t0
         info = write_generation_record(args.out, "pythia8+fastjet", params, paths)

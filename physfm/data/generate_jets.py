@@ -5,6 +5,11 @@ interactions, parton showers and hadronisation on. Visible final-state particles
 neutrinos) are clustered with anti-kt R = 0.8; jets with 500 < pT < 1000 GeV and |eta| < 2 that
 match the hard-process objects of their process (as in JetClass) are kept.
 
+Simulation settings for domain-shift studies ("trained on simulation, tested on data"): ``tune``
+selects Pythia's ``Tune:pp`` (14, Monash 2013, is Pythia's default; 21 is ATLAS A14 with
+NNPDF2.3LO), and ``smear_energy`` / ``smear_angle`` a simple detector smearing of every visible
+particle before clustering (:func:`smear_particles`). The defaults leave the events as they were.
+
 The work is split into deterministic *work units* (one process, one output file, at most
 ``UNIT_JETS`` jets, with a Pythia seed derived from the user's seed), which run in a process
 pool and are assembled in unit order, so the result does not depend on the number of workers.
@@ -56,6 +61,7 @@ MAX_BATCH_EVENTS = 50  #: events asked of Pythia per call
 MAX_EVENTS_PER_JET = 200  #: give up on a unit whose selection efficiency is below 1/this
 PYTHIA_SEED_MAX = 900_000_000  #: Pythia accepts seeds 0..900_000_000 (0 means "use the clock")
 WRITE_CHUNK_JETS = 20_000  #: jets per TTree.extend call (one basket per branch)
+DEFAULT_TUNE = 14  #: Pythia's Tune:pp default (Monash 2013)
 
 NEUTRINO_IDS = (12, 14, 16)
 FILE_NAME = "jets_{index:03d}.root"
@@ -114,6 +120,9 @@ class JetGenConfig:
     seed: int = 1
     processes: list[str] = field(default_factory=lambda: list(DEFAULT_PROCESSES))
     files: int = 2  # output ROOT files
+    tune: int = DEFAULT_TUNE  # Pythia Tune:pp (14 Monash 2013, Pythia's default; 21 ATLAS A14)
+    smear_energy: float = 0.0  # detector smearing: relative Gaussian resolution of each particle's energy
+    smear_angle: float = 0.0  # detector smearing: Gaussian resolution of each particle's eta and phi (rad)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,9 @@ class WorkUnit:
     chunk_index: int
     n_jets: int
     pythia_seed: int
+    tune: int = DEFAULT_TUNE
+    smear_energy: float = 0.0
+    smear_angle: float = 0.0
 
 
 def derive_seed(*parts: object) -> int:
@@ -140,8 +152,9 @@ def split_evenly(total: int, n_parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n_parts)]
 
 
-def plan_units(n_jets: int, seed: int, processes: Sequence[str], n_files: int) -> list[WorkUnit]:
-    """Lay out the work units, ordered by file, then process, then chunk."""
+def plan_units(n_jets: int, seed: int, processes: Sequence[str], n_files: int, **simulation: Any) -> list[WorkUnit]:
+    """Lay out the work units, ordered by file, then process, then chunk; ``simulation``: the
+    :class:`WorkUnit` settings ``tune``, ``smear_energy``, ``smear_angle`` (defaults: none changed)."""
     per_process = dict(zip(processes, split_evenly(n_jets, len(processes)), strict=True))
     units: list[WorkUnit] = []
     for file_index in range(n_files):
@@ -150,7 +163,7 @@ def plan_units(n_jets: int, seed: int, processes: Sequence[str], n_files: int) -
             n_chunks = math.ceil(n_file / UNIT_JETS)
             for chunk_index, n_chunk in enumerate(split_evenly(n_file, n_chunks) if n_chunks else []):
                 unit_seed = derive_seed(seed, process, file_index, chunk_index)
-                units.append(WorkUnit(process, file_index, chunk_index, n_chunk, unit_seed))
+                units.append(WorkUnit(process, file_index, chunk_index, n_chunk, unit_seed, **simulation))
     return units
 
 
@@ -159,10 +172,11 @@ def plan_units(n_jets: int, seed: int, processes: Sequence[str], n_files: int) -
 # ----------------------------------------------------------------------------------------------
 
 
-def make_pythia(process: str, pythia_seed: int) -> pythia8.Pythia:
-    """Return an initialised, quiet Pythia for ``process`` seeded with ``pythia_seed``."""
+def make_pythia(process: str, pythia_seed: int, tune: int = DEFAULT_TUNE) -> pythia8.Pythia:
+    """Return an initialised, quiet Pythia for ``process`` seeded with ``pythia_seed``, with ``Tune:pp = tune``."""
     pythia = pythia8.Pythia("", False)
-    for setting in (*_COMMON_SETTINGS, f"Random:seed = {pythia_seed}", *PROCESS_SETTINGS[process]):
+    tune_setting = () if tune == DEFAULT_TUNE else (f"Tune:pp = {tune}",)  # set first: a tune resets parameters
+    for setting in (*_COMMON_SETTINGS, *tune_setting, f"Random:seed = {pythia_seed}", *PROCESS_SETTINGS[process]):
         if not pythia.readString(setting):
             raise RuntimeError(f"Pythia rejected the setting {setting!r}")
     if not pythia.init():
@@ -416,6 +430,26 @@ def _visible_particles(record: EventRecord) -> tuple[np.ndarray, np.ndarray]:
     return index, offsets
 
 
+def smear_particles(record: EventRecord, rng: np.random.Generator, energy: float, angle: float) -> None:
+    """A simple detector: smear every visible final-state particle of ``record`` in place, its
+    energy by a relative Gaussian resolution ``energy`` and its eta and phi by Gaussian ``angle``
+    (rad), keeping its mass (an energy smeared below the mass is set to the mass)."""
+    index, _ = _visible_particles(record)
+    px, py, pz, e = (getattr(record, k)[index].astype(np.float64) for k in ("px", "py", "pz", "energy"))
+    pt, eta, phi = four_vector_kinematics(px, py, pz)
+    ok = (pt > 0) & np.isfinite(eta)  # a particle along the beam has no direction to smear
+    index, px, py, pz, e, eta, phi = (a[ok] for a in (index, px, py, pz, e, eta, phi))
+    m2 = np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0)
+    noise = rng.standard_normal((3, len(index)))
+    if energy > 0:
+        e = np.maximum(e * (1.0 + energy * noise[0]), np.sqrt(m2))
+    if angle > 0:
+        eta, phi = eta + angle * noise[1], phi + angle * noise[2]
+    pt = np.sqrt(np.maximum(e**2 - m2, 0.0)) / np.cosh(eta)
+    record.px[index], record.py[index] = pt * np.cos(phi), pt * np.sin(phi)
+    record.pz[index], record.energy[index] = pt * np.sinh(eta), e
+
+
 def _select_jets(record: EventRecord, process: str) -> _Selection:
     """Cluster each event, apply the jet cuts and the truth matching."""
     index, offsets = _visible_particles(record)
@@ -508,8 +542,10 @@ def _jet_features(record: EventRecord, selection: _Selection, charges: ChargeTab
 def generate_unit(unit: WorkUnit) -> JetBlock:
     """Run one work unit: generate events until ``unit.n_jets`` jets are selected."""
     silence_fastjet_banner()
-    pythia = make_pythia(unit.process, unit.pythia_seed)
+    pythia = make_pythia(unit.process, unit.pythia_seed, unit.tune)
     charges = ChargeTable(pythia.particleData)
+    smear = unit.smear_energy > 0 or unit.smear_angle > 0
+    rng = np.random.default_rng([unit.pythia_seed, 0x5EA5]) if smear else None  # the unit's own detector noise
     blocks: list[JetBlock] = []
     n_selected, n_events = 0, 0
     while n_selected < unit.n_jets:
@@ -520,6 +556,8 @@ def generate_unit(unit: WorkUnit) -> JetBlock:
             )
         batch = min(MAX_BATCH_EVENTS, max(10, unit.n_jets - n_selected))
         record = EventRecord.from_batch(pythia.nextBatch(batch))
+        if rng is not None:
+            smear_particles(record, rng, unit.smear_energy, unit.smear_angle)
         n_events += record.n_events
         block = _jet_features(record, _select_jets(record, unit.process), charges, unit.process)
         blocks.append(block)
@@ -637,12 +675,18 @@ def generate_jets(
     n_files: int = 1,
     workers: int | None = None,
     progress: bool = True,
+    *,
+    tune: int = DEFAULT_TUNE,
+    smear_energy: float = 0.0,
+    smear_angle: float = 0.0,
 ) -> list[Path]:
     """Generate n_jets jets (split as evenly as possible over processes; each file holds a mix of
     all processes, in a deterministic order), write n_files ROOT files out_dir/jets_{i:03d}.root in
     the JetClass schema, return their paths.
 
-    The content is a deterministic function of (n_jets, seed, processes, n_files); ``workers``
+    ``tune``, ``smear_energy``, ``smear_angle``: simulation settings for a shifted domain (see the
+    module docstring). The content is a deterministic function of (n_jets, seed, processes,
+    n_files) and these; ``workers``
     (default: all usable cores) and ``progress`` (a tqdm bar of jets done) only change how it is made.
     """
     n_jets = _check_int("n_jets", n_jets, 1)
@@ -655,7 +699,13 @@ def generate_jets(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    units = plan_units(n_jets, seed, processes, n_files)
+    for name, value in (("smear_energy", smear_energy), ("smear_angle", smear_angle)):
+        if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+            raise ValueError(f"{name} must be a resolution in [0, 1), got {value!r}")
+    tune = _check_int("tune", tune, 0)
+    units = plan_units(
+        n_jets, seed, processes, n_files, tune=tune, smear_energy=float(smear_energy), smear_angle=float(smear_angle)
+    )
     workers = min(workers, len(units))
     paths: list[Path] = []
     pending: list[JetBlock] = []
