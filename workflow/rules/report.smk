@@ -10,7 +10,7 @@ rule report:
         summary=f"{R}/summary/summary.json",
         subsets=f"{FT_DIR}/subsets",
         parent=f"{FT_DIR}/study_run.json",
-        backbones=expand(BACKBONE_DIR, backbone=FT_BACKBONES),
+        backbones=expand(BACKBONE_DIR, backbone=[*FT_BACKBONES, *ABLATION["backbones"]]),
         tokenizers=[f"{R}/tokenizers/{t}" for t in STUDY_TOKENIZERS],
     output:
         html=report(f"{R}/report/report.html", caption="../report/report.rst", category="Report"),
@@ -30,7 +30,9 @@ rule report:
         data=f"{R}/report/report.json",
     params:
         summary=lambda wc, input: str(Path(input.summary).parent),
-        pretrain=lambda wc, input: " ".join(f"--pretrain {b}={d}" for b, d in zip(FT_BACKBONES, input.backbones)),
+        pretrain=lambda wc, input: " ".join(
+            f"--pretrain {b}={d}" for b, d in zip([*FT_BACKBONES, *ABLATION["backbones"]], input.backbones)
+        ),
         tokenizers=lambda wc, input: " ".join(
             f"--tokenizer {t}={d}" for t, d in zip(STUDY_TOKENIZERS, input.tokenizers)
         ),
