@@ -122,3 +122,21 @@ def cell_settings(section: dict[str, Any], mode: str, pretrain: dict[str, Any]) 
     else:
         out["global_aux_weight"] = 0.0
     return out
+
+
+def pretraining_note(pretrain: dict[str, Any], backbones: Sequence[str], pool: dict[str, list[str]]) -> str:
+    """How many pretraining runs the study has and how the report combines them (a line of its study table)."""
+    from physfm.pretrain.train import backbone_slice
+
+    seeds = {b: backbone_slice(pretrain, b).get("seed", 0) for b in backbones}
+    runs = ", ".join(f"{b} (seed {s})" for b, s in seeds.items())
+    if not pool:
+        return (
+            f"one pretraining run per backbone: {runs}; the intervals resample label subsets and initialisations, "
+            "not pretraining (config/full.yaml repeats pretraining)"
+        )
+    pools = "; ".join(f"{name} = mean over {', '.join(m)}" for name, m in pool.items())
+    return (
+        f"pretraining runs: {runs}; pooled: {pools} (each label seed's value is the mean over the pretraining runs, "
+        "the interval resamples label seeds; each run's own factor is listed too)"
+    )

@@ -40,6 +40,11 @@ rule report:
         figures=lambda wc, output: str(Path(output.efficiency).parent),
         config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
         study=STUDY,
+        ablation=" ".join(f"--ablation-backbone {b}" for b in ABLATION["backbones"]),
+        pretraining=shlex.quote(
+            "pretraining="
+            + grid.pretraining_note(config["pretrain"], [*FT_BACKBONES, *ABLATION["backbones"]], EV["report"]["pool_backbones"])
+        ),
     log:
         f"{R}/logs/report.log",
     conda:
@@ -48,7 +53,7 @@ rule report:
         "physfm report --results {input.results} {input.baselines} {params.knn} --out {output.html} --figures {params.figures} "
         "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} "
         "--subsets {input.subsets} --parent-run-file {input.parent} "
-        "--study-info study={params.study} > {log} 2>&1"
+        "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} > {log} 2>&1"
 
 
 ALL_TARGETS += [f"{R}/report/report.html"]
