@@ -24,6 +24,9 @@ def test_candidates_expand_the_grid_and_refuse_bad_keys() -> None:
     cands = candidates(grid)
     assert len(cands) == 4 and {c["lr"] for c in cands} == {1e-3, 1e-2} and all(c["max_steps"] == 4 for c in cands)
     assert candidates({}) == [{}]
+    declared = [{"lr": 1e-3, "max_steps": 8}, {"weight_decay": 0.1, "lr": 1e-2}]
+    assert candidates(declared) == [{"lr": 1e-3, "max_steps": 8}, {"lr": 1e-2, "weight_decay": 0.1}]
+    assert mlflow_params({"grid": declared, "candidates": [{"settings": declared[0]}], "chosen": 0})["search.c1"]
     with pytest.raises(ValueError, match="cannot search over"):
         candidates({"dropuot": [0.1]})
     with pytest.raises(ValueError, match="non-empty list"):
@@ -157,3 +160,20 @@ def test_ablations_and_search_are_wired_into_the_dag(tmp_path: Path) -> None:
     assert all('"global_aux_weight": 0.5' in j for j in jobs if "scratch_global" in j)
     assert all('"global_aux_weight": 0.0' in j for j in jobs if "scratch_global" not in j)
     assert "physfm pretrain" in out.stdout and "--backbone nog" in out.stdout
+
+
+def test_full_config_repeats_pretraining_and_runs_every_ablation() -> None:
+    """config/full.yaml: two pretraining seeds pooled in the report, the global-targets-off backbone, both
+    ablation modes and the 12-candidate grid (snakemake -n)."""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "all", "--configfile", "config/full.yaml"],
+        cwd=repo, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    for backbone in ("mpm", "mpm_s1", "mpm_noglobal"):
+        assert f"--backbone {backbone} " in text  # pretrained
+    assert "--mode scratch_global" in text and "--mode linear" in text and "--backbone-name mpm_noglobal" in text
+    report = next(line for line in text.splitlines() if "physfm report" in line)
+    assert "--ablation-backbone mpm_noglobal" in report and "mpm_pooled" in report and "mean over mpm, mpm_s1" in report

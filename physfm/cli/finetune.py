@@ -159,7 +159,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     base_mode, settings = resolve(args.mode, settings)  # an ablation mode is a base mode with fixed settings
     cell = {"mode": base_mode, "labels": str(spec), "seed": args.seed, "device": args.device}
     cfg = build(FinetuneConfig, {**settings, **cell})
-    grid = load_text(args.search) if args.search else {}
+    grid = json.loads(args.search) if args.search and args.search.lstrip()[:1] in "{[" else load_text(args.search)
     backbone = None if args.backbone == "none" else Path(args.backbone)
     if backbone is not None and not backbone.is_dir():
         raise FileNotFoundError(f"--backbone {backbone}: no such directory (run `physfm pretrain` or pass 'none')")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +38,19 @@ SEARCHABLE = (
 )
 
 
-def candidates(grid: dict[str, list[Any]] | None) -> list[dict[str, Any]]:
-    """Every combination of the grid (keys sorted), as ``{key: value}``; ``[{}]`` for an empty grid."""
+def candidates(grid: dict[str, list[Any]] | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Every combination of the grid (keys sorted), as ``{key: value}``; ``[{}]`` for an empty grid.
+
+    A list of mappings is taken as the candidates themselves (a declared set of points, e.g. two
+    candidates that differ in lr, weight decay and max_steps together, where a product would be too big).
+    """
+    if isinstance(grid, list):
+        if not grid or not all(isinstance(c, dict) for c in grid):
+            raise ValueError("finetune.search as a list: give a non-empty list of mappings (one per candidate)")
+        for c in grid:
+            if bad := sorted(set(c) - set(SEARCHABLE)):
+                raise ValueError(f"finetune.search: cannot search over {bad}; choose among {list(SEARCHABLE)}")
+        return [dict(sorted(c.items())) for c in grid]
     grid = dict(grid or {})
     if bad := sorted(set(grid) - set(SEARCHABLE)):
         raise ValueError(f"finetune.search: cannot search over {bad}; choose among {list(SEARCHABLE)}")
@@ -92,7 +104,7 @@ def search(
     data: Any,
     out_dir: str | Path,
     cfg: Any,
-    grid: dict[str, list[Any]] | None,
+    grid: dict[str, list[Any]] | list[dict[str, Any]] | None,
     *,
     run: Any = None,
     extra_meta: dict[str, Any] | None = None,
@@ -106,7 +118,8 @@ def search(
     """
     out_dir = Path(out_dir)
     cands = candidates(grid)
-    record: dict[str, Any] = {"grid": dict(grid or {}), "criterion": "in-budget validation loss", "candidates": []}
+    declared = list(grid) if isinstance(grid, list) else dict(grid or {})
+    record: dict[str, Any] = {"grid": declared, "criterion": "in-budget validation loss", "candidates": []}
     if len(cands) == 1:  # nothing to choose: trained straight into out_dir (its score is meta["train"])
         one = {**record, "candidates": [{"settings": cands[0]}], "chosen": 0}
         meta = train_fn(
@@ -162,7 +175,11 @@ def _summary(settings: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 def mlflow_params(record: dict[str, Any]) -> dict[str, Any]:
     """The search's grid and choice as flat MLflow params."""
     chosen = record["candidates"][record["chosen"]]["settings"]
-    out: dict[str, Any] = {f"search.grid.{k}": ",".join(map(str, v)) for k, v in record["grid"].items()}
+    grid = record["grid"]
+    if isinstance(grid, list):  # declared candidates: each one's settings
+        out: dict[str, Any] = {f"search.c{i}": json.dumps(c, sort_keys=True) for i, c in enumerate(grid)}
+    else:
+        out = {f"search.grid.{k}": ",".join(map(str, v)) for k, v in grid.items()}
     out["search.n_candidates"] = len(record["candidates"])
     out["search.chosen"] = record["chosen"]
     out.update({f"search.chosen.{k}": v for k, v in chosen.items()})
