@@ -73,3 +73,17 @@ def test_report_has_the_ablations_section_and_the_rejection_factors(tmp_path: Pa
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["ablations"] and {r["against"] for r in saved["best_method"]} == {"best", "scratch", "scratch_global"}
     assert {r["metric_name"] for r in data["best_method"]} == set(METRICS)
+
+
+def test_search_rows_count_the_chosen_candidates() -> None:
+    from physfm.evaluate.report import search_rows
+
+    grid = [{"lr": 5e-4}, {"lr": 2e-3}]
+    runs = []
+    for seed, chosen in ((1, 0), (2, 1), (3, 1)):
+        r = _record("scratch", 100, seed, 0.0)
+        cands = [{"settings": g, "val_loss": 1.0 + 0.1 * seed + i} for i, g in enumerate(grid)]
+        runs.append({**r, "search": {"grid": grid, "candidates": cands, "chosen": chosen}})
+    rows = search_rows([*runs, _record("bdt", 100, 1, 0.5)])
+    assert len(rows) == 1 and rows[0]["chosen"] == {"0": 1, "1": 2}
+    assert np.mean(rows[0]["val_loss"]["1"]) == pytest.approx(2.2)

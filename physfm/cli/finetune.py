@@ -168,6 +168,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     ds = open_dataset(args.data, verify=True)  # opened once, shards re-hashed once; the library takes it
     manifest = ds.manifest
+    if not manifest["classes"] and base_mode != args.mode:
+        raise ValueError(f"mode {args.mode} is an ablation of the classification grid; direction runs have none")
     tags = {
         "mode": args.mode,
         "labels": str(spec),

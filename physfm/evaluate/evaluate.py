@@ -100,6 +100,7 @@ def evaluate_classifier(
         "backbone_version": meta["backbone"].get("backbone_version"),
         "train": meta["train"],
         "history": meta.get("history", []),
+        "search": meta.get("search"),  # the in-budget hyperparameter search (physfm/finetune/search.py)
         **result,
     }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,6 +497,24 @@ def best_method_rows(
     return out
 
 
+def search_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (backbone, mode, labels): the in-budget search's candidates and how often each was chosen."""
+    out: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in results:
+        rec = r.get("search")
+        if not rec or len(rec.get("candidates") or []) < 2:
+            continue
+        key = (r.get("backbone") or "-", r["mode"], int(r["n_labels"]))
+        row = out.setdefault(
+            key,
+            {"backbone": key[0], "mode": key[1], "n_labels": key[2], "grid": rec["grid"], "chosen": {}, "val_loss": {}},
+        )
+        row["chosen"][str(rec["chosen"])] = row["chosen"].get(str(rec["chosen"]), 0) + 1
+        for i, c in enumerate(rec["candidates"]):
+            row["val_loss"].setdefault(str(i), []).append(c["val_loss"])
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], k[2]))]
+
+
 def ablation_rows(best_rows: Sequence[dict[str, Any]], ablation_backbones: Sequence[str]) -> list[dict[str, Any]]:
     """The factors of the ablations: scratch_global against scratch and the pretrained modes against
     scratch_global, the linear probe, and the modes of the ablation backbones (e.g. global targets off)."""
@@ -568,6 +587,7 @@ def build_report(
 
     best_rows = best_method_rows(results, metrics, metric, pool_backbones)
     abl_rows = ablation_rows(best_rows, ablation_backbones)
+    srch_rows = search_rows(results)
 
     fig_paths = {
         "efficiency": plot_efficiency(rows, metrics[: min(len(metrics), 6)], figs / "label_efficiency.png"),
@@ -752,6 +772,31 @@ def build_report(
         )
     add(_table(["run", "MLflow run id", "best step", *[metric_label(m) for m in metrics]], run_rows, left=2))
 
+    if srch_rows:
+        grid = srch_rows[0]["grid"]
+        add(
+            '<p class="note">In-budget hyperparameter search (the same candidates for every mode, chosen by the '
+            "lowest loss on the subset's own validation part; the val and test splits are never read): "
+            + html.escape(json.dumps(grid))
+            + ". Candidate chosen, runs per candidate, and mean in-budget validation loss per candidate:</p>"
+        )
+        add(
+            _table(
+                ["backbone", "mode", "labels", "chosen (candidate × runs)", "mean validation loss per candidate"],
+                [
+                    [
+                        r["backbone"],
+                        r["mode"],
+                        r["n_labels"],
+                        ", ".join(f"c{i} × {n}" for i, n in sorted(r["chosen"].items())),
+                        ", ".join(f"c{i} {np.mean(v):.4g}" for i, v in sorted(r["val_loss"].items())),
+                    ]
+                    for r in srch_rows
+                ],
+                left=3,
+            )
+        )
+
     # ---- label efficiency
     add('<h2 id="label-efficiency">Label-efficiency factor</h2>')
     add(
@@ -889,6 +934,7 @@ def build_report(
         "efficiency": eff_rows,
         "best_method": best_rows,
         "ablations": abl_rows,
+        "search": srch_rows,
         "study": dict(study or {}),
         "runs": [
             {k: r.get(k) for k in ("run_id", "run_name", "backbone", "mode", "n_labels", "seed", "metrics", "std")}
