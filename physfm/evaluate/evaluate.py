@@ -102,6 +102,7 @@ def evaluate_classifier(
         "input_fill": meta["backbone"].get("input_fill"),  # inputs the data lacks and how they were filled
         "train": meta["train"],
         "history": meta.get("history", []),
+        "search": meta.get("search"),  # the in-budget hyperparameter search (physfm/finetune/search.py)
         **result,
     }
 

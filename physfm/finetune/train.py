@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays, open_split
 from physfm.data.shards import DataError
+from physfm.finetune.auxiliary import maybe_global_aux
 from physfm.finetune.model import (
     Classifier,
     HeadConfig,
@@ -61,6 +62,9 @@ GRID_KEYS = (
     "budget",
     "baselines",
     "resources",
+    "search",
+    "ablation",
+    "seeds_at",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
 CELL_KEYS = ("mode", "labels", "seed", "device")
@@ -88,6 +92,8 @@ class FinetuneConfig:
     warmup_steps: int = 20
     eval_every: int = 25  # steps between validation-loss evaluations
     patience: int = 6  # evaluations without improvement before stopping
+    global_aux_weight: float = 0.0  # scratch_global ablation: weight of the global-target loss (0 = off)
+    global_aux_targets: list[str] = field(default_factory=lambda: ["log_mass", "log_multiplicity"])
     device: str = "auto"
     allow_missing_inputs: bool = False  # fill inputs the data lacks though the backbone never saw them absent
 
@@ -230,6 +236,8 @@ def finetune(
     if cfg.mode == "frozen":
         for p in model.backbone.parameters():
             p.requires_grad_(False)
+    aux = maybe_global_aux(cfg, model, ds, train_idx, max_len)  # scratch_global ablation (physfm.finetune.auxiliary)
+    groups += [{"params": list(aux.parameters()), "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": 0.0}] if aux else []
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
@@ -282,7 +290,7 @@ def finetune(
             logits = model.head(cache_tr[idx].to(device), m_tr[idx].to(device))
         else:
             logits = model(x_tr_t[idx].to(device), m_tr[idx].to(device))
-        loss = F.cross_entropy(logits, y_tr[idx].to(device))
+        loss = F.cross_entropy(logits, y_tr[idx].to(device)) + (aux.loss(idx) if aux else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
