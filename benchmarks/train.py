@@ -29,9 +29,10 @@ import torch
 from physfm.data.shards import load_manifest
 from physfm.data.views import view_length
 from physfm.models import OBJECTIVES, Backbone
+from physfm.pretrain.config import build_backbone_config, resolve_config
 from physfm.pretrain.data import PretrainShards, fit_stats, make_loader, raw_feature_names
-from physfm.pretrain.train import Pretrainer, build_backbone_config, make_optimizer, resolve_config
-from physfm.runtime import autocast
+from physfm.pretrain.trainer import Pretrainer
+from physfm.runtime import adamw, autocast, decay_groups, optimizer_step
 from physfm.tokenizers import load_tokenizer
 
 SIZES = {
@@ -171,7 +172,7 @@ def main() -> None:
     # 2. model consumption and 3. MFU
     torch.manual_seed(0)
     trainer = Pretrainer(Backbone(bcfg), objective).to(dev)
-    opt = make_optimizer(trainer, cfg, fused=dev.type == "cuda")
+    opt = adamw(decay_groups(trainer, cfg.weight_decay), cfg.lr, cfg.betas, fused=dev.type == "cuda")
     model = torch.compile(trainer) if args.compile else trainer
     ds.set_epoch(0)
     batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]
@@ -182,12 +183,17 @@ def main() -> None:
         nonlocal n_step
         with autocast(dev):
             loss, _ = model(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        opt.step()
-        n_step += 1
-        objective.after_step(n_step, 10**6)  # e.g. the EMA teacher update, as in the loop
+        n_step += 1  # the loop's step: backward, clip, AdamW, then the EMA teacher update (after_step)
+        optimizer_step(
+            loss,
+            opt,
+            None,
+            trainer.parameters(),
+            1.0,
+            step=n_step,
+            total_steps=10**6,
+            after_step=[objective.after_step],
+        )
 
     for i in range(3):
         step(batches[i % len(batches)])
