@@ -31,6 +31,7 @@ def test_collapse_numbers_tell_a_collapsed_embedding_from_a_spread_one():
         collapse_numbers(spread[:1])
 
 
+@pytest.mark.slow
 def test_embed_reports_knn_at_each_label_budget_of_the_subsets(jet_dataset: Path, tmp_path: Path):
     from physfm.cli import main
     from physfm.finetune.subsets import subset_info
