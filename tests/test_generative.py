@@ -307,3 +307,14 @@ def test_mpm2_pretrains_and_its_encoder_is_a_plain_backbone(jet_dataset, tokeniz
     model, meta = load_backbone(tmp_path / "mpm2")
     assert model.config.n_cls == 3 and not model.config.mask_token and model.config.local == "knn"
     assert meta["objective_options"]["mask_fraction"] == 0.35 and meta["objective_options"]["pid_weight"] == 0.3
+
+
+def test_edge_conv_equals_the_edge_by_edge_mlp():
+    from physfm.models.pet import EdgeConv
+
+    torch.manual_seed(0)
+    conv = EdgeConv(8, 8)
+    x, mask = _jets(f=8)
+    h = torch.randn(*mask.shape, 8)
+    idx, has = knn_indices(x[..., 1:3], mask, 4)
+    assert torch.allclose(conv(h, idx, has), conv.reference(h, idx, has), atol=1e-5)

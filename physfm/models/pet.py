@@ -7,7 +7,8 @@ and every fine-tuning mode can use it with the same inputs.
 * **Layer 1**: the ``local_k`` nearest neighbours of each particle in (Δη, Δφ) (the input columns
   ``local_coords``; the default ``[1, 2]`` are ``deta`` and ``dphi`` in physfm's jet feature lists, in
   the backbone's normalised units), edge features ``[h_j − h_i, h_i]`` of the embedded particles, an
-  MLP, the mean over the neighbours.
+  MLP (Linear, GELU, Linear), the mean over the neighbours, a GELU. :class:`EdgeConv` computes it
+  without building the ``(B, L, K, 2d)`` edge tensor (the same function at about a tenth of the FLOPs).
 * **Layer 2**: the same on layer 1's output, with the kNN re-run in that feature space (DGCNN's
   dynamic graph, as PET does).
 * **Padding**: a padded particle (``valid`` False) is never anyone's neighbour, and its own output is
@@ -48,18 +49,38 @@ def gather_neighbours(h: Tensor, idx: Tensor) -> Tensor:
 
 
 class EdgeConv(nn.Module):
-    """One edge convolution: MLP([h_j − h_i, h_i]) averaged over the neighbours j of i."""
+    """One edge convolution: the mean over the neighbours j of i of MLP([h_j − h_i, h_i]), with the
+    MLP Linear → GELU → Linear.
+
+    Computed without materialising the edge features (exactly, up to float rounding): the first
+    Linear of ``[h_j − h_i, h_i]`` is ``W_n h_j + (W_c − W_n) h_i + b``, two per-particle products, and
+    the second Linear commutes with the mean. Per particle that costs 3 d² multiply-adds plus K d
+    for the GELUs, instead of 3 K d² edge by edge."""
 
     def __init__(self, d_in: int, d_out: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out), nn.GELU())
+        self.neighbour = nn.Linear(d_in, d_out, bias=False)  # W_n, applied to h_j - h_i
+        self.centre = nn.Linear(d_in, d_out)  # W_c, applied to h_i
+        self.proj = nn.Linear(d_out, d_out)
 
     def forward(self, h: Tensor, idx: Tensor, has: Tensor) -> Tensor:
+        p = self.neighbour(h)
+        q = self.centre(h) - p
+        pre = gather_neighbours(p, idx) + q.unsqueeze(2)
+        w = has.unsqueeze(-1).to(pre.dtype)
+        n = w.sum(2)
+        mean_act = (torch.nn.functional.gelu(pre) * w).sum(2) / n.clamp(min=1.0)
+        return self.proj(mean_act) * (n > 0).to(pre.dtype)  # no neighbours: no message (not the bias)
+
+    def reference(self, h: Tensor, idx: Tensor, has: Tensor) -> Tensor:
+        """The same, edge by edge: MLP([h_j − h_i, h_i]) then the mean (for tests)."""
         nb = gather_neighbours(h, idx)
         centre = h.unsqueeze(2).expand_as(nb)
-        msg = self.mlp(torch.cat([nb - centre, centre], dim=-1))
+        e = torch.cat([nb - centre, centre], dim=-1)
+        w1 = torch.cat([self.neighbour.weight, self.centre.weight], dim=1)
+        msg = self.proj(torch.nn.functional.gelu(e @ w1.T + self.centre.bias))
         w = has.unsqueeze(-1).to(msg.dtype)
-        return (msg * w).sum(2) / w.sum(2).clamp(min=1.0)
+        return (msg * w).sum(2) / w.sum(2).clamp(min=1.0) * (w.sum(2) > 0).to(msg.dtype)
 
 
 class LocalBlock(nn.Module):
@@ -77,7 +98,7 @@ class LocalBlock(nn.Module):
         coordinates of the first kNN; ``valid`` ``(B, L)`` bool marks the particles that take part."""
         w = valid.unsqueeze(-1).to(h.dtype)
         idx, has = knn_indices(x[..., self.coords], valid, self.k)
-        l1 = self.edge1(h, idx, has) * w
+        l1 = torch.nn.functional.gelu(self.edge1(h, idx, has)) * w
         idx, has = knn_indices(l1.detach(), valid, self.k)
         l2 = self.edge2(l1, idx, has) * w
         return self.out(l2) * w
