@@ -234,6 +234,30 @@ def test_mae_encoder_never_sees_masked_particles():
     assert float(obj(backbone, {**batch, "x": x2})[0]) == float(loss)
 
 
+def test_mpm2_flow_head_trains_on_masked_features_only():
+    torch.manual_seed(0)
+    opts = {"registers": 1, "decoder_dim": 8, "decoder_heads": 2, "decoder_layers": 1}
+    opts.update(flow_weight=1.0, pid_weight=0.0)
+    model_cfg = MaskedParticleModelling2.configure_backbone({"n_features": 5, "d_model": 16, "n_heads": 2}, opts, 8)
+    backbone = Backbone(BackboneConfig(**model_cfg, n_layers=1, max_len=16))
+    obj = MaskedParticleModelling2(16, opts, codebook_size=8, n_features=5)
+    obj.attach(backbone)
+    obj.eval()
+    x, mask = _jets()
+    masked = torch.zeros_like(mask)
+    masked[0, [1, 2]] = masked[2, [0, 9]] = True
+    tokens = torch.randint(0, 8, mask.shape)
+    batch = {"x": x, "mask": mask, "masked": masked, "tokens": tokens, "event_key": torch.arange(3)}
+    loss, stats = obj(backbone, batch)
+    assert float(stats["loss_flow"][1]) == 4 and float(stats["loss"][0]) > 0
+    x2 = x.clone()
+    x2[~mask] = 4.0  # padding is no target
+    assert float(obj(backbone, {**batch, "x": x2})[0].detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    x3 = x.clone()
+    x3[masked] += 1.0  # the masked features are the flow's targets
+    assert float(obj(backbone, {**batch, "x": x3})[0].detach()) != float(loss.detach())
+
+
 # --------------------------------------------------------------------------- through the loop
 TINY = {
     "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "local": "knn", "local_k": 4},
