@@ -82,6 +82,8 @@ def test_backbone_with_local_block_is_equivariant_and_blind_to_padding():
     assert torch.allclose(p[:, 0], ref[:, 0], atol=1e-5)
     with pytest.raises(ValueError, match="local_coords"):
         BackboneConfig(n_features=2, d_model=16, n_heads=2, local="knn")
+    with pytest.raises(ValueError, match="not causal"):
+        BackboneConfig(n_features=5, d_model=16, n_heads=2, local="knn", causal=True)
 
 
 def test_masked_particles_do_not_leak_through_the_local_block():

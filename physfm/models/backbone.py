@@ -71,6 +71,8 @@ class BackboneConfig:
         if self.local != "none":
             if self.n_features <= 0:
                 raise ValueError("local='knn' needs continuous inputs (n_features > 0) for its (deta, dphi) kNN")
+            if self.causal:
+                raise ValueError("local='knn' mixes each particle with its neighbours, later ones too: not causal")
             if self.local_k < 1 or not self.local_coords or max(self.local_coords) >= self.n_features:
                 raise ValueError(
                     f"local_k must be >= 1 and local_coords {self.local_coords} input columns (< {self.n_features})"
