@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", help=f"objective[:k=v,...] (default: {DEFAULT_VARIANTS})")
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES))
     ap.add_argument("--rounds", type=int, default=8, help="timed rounds (one step of every variant each)")
+    ap.add_argument("--batch-size", type=int, help="override the size's batch")
+    ap.add_argument("--flops-only", action="store_true", help="count FLOPs per jet only (--size gpu on CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
@@ -135,13 +137,14 @@ def main() -> None:
     dev = torch.device(args.device)
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
     names = args.variant or DEFAULT_VARIANTS
-    variants = {n: build(n, SIZES[args.size], args.data, tok, dev) for n in names}
+    size = {**SIZES[args.size], **({"batch_size": args.batch_size} if args.batch_size else {})}
+    variants = {n: build(n, size, args.data, tok, dev) for n in names}
     for v in variants.values():
         v["flops"] = counted_flops_per_jet(v)
-        for i in range(2):  # warm-up
+        for i in range(0 if args.flops_only else 2):  # warm-up
             step(v, i, dev)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
+    times: dict[str, list[float]] = {n: [float("nan")] if args.flops_only else [] for n in names}
+    for r in range(0 if args.flops_only else args.rounds):
         for n, v in variants.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -151,7 +154,7 @@ def main() -> None:
                 torch.cuda.synchronize(dev)
             times[n].append(time.perf_counter() - t0)
     ref = statistics.median(times[names[0]])
-    out: dict[str, Any] = {"device": str(dev), "threads": torch.get_num_threads(), "size": args.size, "variants": {}}
+    out: dict[str, Any] = {"device": str(dev), "threads": torch.get_num_threads(), "size": size, "variants": {}}
     print(f"{'variant':28s} {'s/step':>8s} {'ratio':>6s} {'GFLOP/jet':>10s} {'estimate':>9s} {'params':>9s}")
     for n, v in variants.items():
         med = statistics.median(times[n])
