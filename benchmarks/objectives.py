@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
-from physfm.models import OBJECTIVES, Backbone
-from physfm.pretrain.data import PretrainShards, fit_stats, make_loader, raw_feature_names
-from physfm.pretrain.train import Pretrainer, build_backbone_config, make_optimizer, resolve_config
-from physfm.runtime import autocast
-from physfm.tokenizers import load_tokenizer
+from physfm.models import OBJECTIVES
+from physfm.pretrain.config import resolve_config
+from physfm.pretrain.data import make_loader
+from physfm.pretrain.train import build_run, make_datasets
+from physfm.pretrain.trainer import Pretrainer
+from physfm.runtime import Runtime, adamw, autocast, decay_groups, optimizer_step, start
 
 SIZES = {
     "cpu": {"model": {"d_model": 128, "n_layers": 4, "n_heads": 8}, "max_len": 64, "batch_size": 64},
@@ -37,75 +38,46 @@ SIZES = {
 DEFAULT_VARIANTS = ["mpm", "mpm:model.local=knn", "mpm2", "mpm2:model.local=knn", "flow", "flow:model.local=knn"]
 
 
-def build(variant: str, size: dict[str, Any], data: Path, tok: Any, dev: torch.device) -> dict[str, Any]:
-    """Trainer, optimizer and four batches of one variant."""
+def build(variant: str, size: dict[str, Any], data: Path, tokenizer: Path | None, rt: Runtime) -> dict[str, Any]:
+    """Trainer, optimizer and four batches of one variant, built as the pretraining loop builds them."""
     objective_name, _, sets = variant.partition(":")
-    cfg = resolve_config({**size, "objective": objective_name}, overrides=[s for s in sets.split(",") if s])
-    obj_cls = OBJECTIVES[cfg.objective]
-    if obj_cls.needs_tokenizer and tok is None:
+    overrides = [s for s in sets.split(",") if s]
+    cfg = resolve_config({**size, "objective": objective_name, "norm_events": 2000, "seed": 0}, overrides=overrides)
+    needs = OBJECTIVES[cfg.objective].needs_tokenizer
+    if needs and tokenizer is None:
         raise SystemExit(f"variant {variant} predicts tokenizer codes: pass --tokenizer DIR")
-    k = tok.codebook_size if (tok is not None and obj_cls.needs_tokenizer) else 0
-    use_tok = tok if obj_cls.needs_tokenizer else None
-    opts = cfg.objectives.get(cfg.objective, {})
-    features = obj_cls.input_features(opts, list(cfg.features), use_tok)
-    bcfg = build_backbone_config(cfg, len(features), k)
-    torch.manual_seed(0)
-    backbone = Backbone(bcfg)
-    objective = obj_cls(
-        bcfg.d_model,
-        opts,
-        codebook_size=k,
-        n_features=len(features),
-        features=features,
-        global_names=cfg.global_targets,
-        global_weight=cfg.global_weight,
-    )
-    raw = raw_feature_names(features, use_tok, objective)
-    stats = fit_stats(
-        data,
-        features=features,
-        raw_features=raw,
-        global_names=objective.global_names,
-        tokenizer=use_tok,
-        max_len=cfg.max_len,
-        n_events=2000,
-        seed=0,
-    )
-    ds = PretrainShards(
-        data,
-        "train",
-        stats=stats,
-        raw_features=raw,
-        objective=objective,
-        tokenizer=use_tok,
-        max_len=cfg.max_len,
-        batch_size=cfg.batch_size,
-        seed=0,
-        shuffle=True,
-        drop_last=True,
-    )
+    parts = build_run(cfg, data, tokenizer if needs else None)
+    ds, _ = make_datasets(cfg, parts, rt)
     ds.set_epoch(0)
+    dev = rt.device
     batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]
-    trainer = Pretrainer(backbone, objective).to(dev)
+    trainer = Pretrainer(parts.backbone, parts.objective).to(dev)
+    bcfg = parts.bcfg
     return {
         "trainer": trainer,
-        "objective": objective,
-        "opt": make_optimizer(trainer, cfg, fused=dev.type == "cuda"),
+        "objective": parts.objective,
+        "opt": adamw(decay_groups(trainer, cfg.weight_decay), cfg.lr, cfg.betas, fused=dev.type == "cuda"),
         "batches": batches,
-        "n_params": backbone.n_params(),
+        "n_params": parts.backbone.n_params(),
         "n_params_total": sum(p.numel() for p in trainer.parameters() if p.requires_grad),
-        "estimate": backbone.flops_per_token(cfg.max_len) * (cfg.max_len + bcfg.n_cls),
+        "estimate": parts.backbone.flops_per_token(cfg.max_len) * (cfg.max_len + bcfg.n_cls),
     }
 
 
 def step(v: dict[str, Any], i: int, dev: torch.device) -> None:
+    """One training step as the loop takes it (backward, clip, AdamW, the objective's after-step hook)."""
     with autocast(dev):
         loss, _ = v["trainer"](v["batches"][i % len(v["batches"])])
-    v["opt"].zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(v["trainer"].parameters(), 1.0)
-    v["opt"].step()
-    v["objective"].after_step(i + 1, 10**6)
+    optimizer_step(
+        loss,
+        v["opt"],
+        None,
+        v["trainer"].parameters(),
+        1.0,
+        step=i + 1,
+        total_steps=10**6,
+        after_step=[v["objective"].after_step],
+    )
 
 
 def counted_flops_per_jet(v: dict[str, Any]) -> float:
@@ -134,11 +106,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    rt = start(args.device)
+    dev = rt.device
     names = args.variant or DEFAULT_VARIANTS
     size = {**SIZES[args.size], **({"batch_size": args.batch_size} if args.batch_size else {})}
-    variants = {n: build(n, size, args.data, tok, dev) for n in names}
+    variants = {n: build(n, size, args.data, args.tokenizer, rt) for n in names}
     for v in variants.values():
         v["flops"] = counted_flops_per_jet(v)
         for i in range(0 if args.flops_only else 2):  # warm-up

@@ -112,7 +112,7 @@ def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: P
 def test_pretrain_model_and_new_objective_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
     """pretrain.model (with PET's local block) and the flow / mpm2 options: one set of defaults."""
     from physfm.models import OBJECTIVES, BackboneConfig
-    from physfm.pretrain.train import DEFAULT_MODEL
+    from physfm.pretrain.config import DEFAULT_MODEL
 
     model = schema_defaults["pretrain"]["model"]
     assert model == DEFAULT_MODEL
