@@ -9,7 +9,8 @@ Times one training step (forward, backward, AdamW) of the backbone alone on real
   built here from the backbone's own blocks to measure what wiring it in would cost;
 * ``knn+pair``: both,
 
-and prints each one's seconds per step, its ratio to ``plain``, and its FLOPs per jet counted by
+timed round-robin (one step of each variant per round, so all see the same load on shared cores), and
+prints each one's median seconds per step, its ratio to ``plain``, and its FLOPs per jet counted by
 torch's FlopCounterMode (forward + backward).
 
     python benchmarks/pet.py --data results/default/data --threads 1
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -79,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path, help="converted jet dataset")
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES))
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    ap.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every variant each)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
@@ -99,6 +101,7 @@ def main() -> None:
     result: dict = {"device": str(dev), "threads": torch.get_num_threads(), "size": size, "variants": {}}
     from torch.utils.flop_counter import FlopCounterMode
 
+    variants: dict[str, dict] = {}
     for name in ("plain", "knn", "pair", "knn+pair"):
         torch.manual_seed(0)
         cfg = BackboneConfig(
@@ -112,37 +115,51 @@ def main() -> None:
         model = Backbone(cfg).to(dev)
         bias_net = PairBias(cfg.n_heads).to(dev) if "pair" in name else None
         params = list(model.parameters()) + (list(bias_net.parameters()) if bias_net is not None else [])
-        opt = torch.optim.AdamW(params, lr=1e-4)
+        variants[name] = {
+            "model": model,
+            "bias": bias_net,
+            "opt": torch.optim.AdamW(params, lr=1e-4),
+            "n_params": sum(p.numel() for p in params),
+            "times": [],
+        }
 
-        def loss_fn() -> Tensor:
-            h = model(x, mask) if bias_net is None else forward_with_bias(model, bias_net, x, mask, pairs)  # noqa: B023
-            return h.float().pow(2).mean()
+    def loss_fn(v: dict) -> Tensor:
+        h = v["model"](x, mask) if v["bias"] is None else forward_with_bias(v["model"], v["bias"], x, mask, pairs)
+        return h.float().pow(2).mean()
 
-        def step() -> None:
-            loss = loss_fn()
-            opt.zero_grad(set_to_none=True)  # noqa: B023
-            loss.backward()
-            opt.step()  # noqa: B023
+    def step(v: dict) -> None:
+        loss = loss_fn(v)
+        v["opt"].zero_grad(set_to_none=True)
+        loss.backward()
+        v["opt"].step()
 
-        for _ in range(2):
-            step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        sec = (time.perf_counter() - t0) / args.steps
+    for v in variants.values():
         with FlopCounterMode(display=False) as counter:
-            loss_fn().backward()
-        flops = counter.get_total_flops() / len(mask)
-        n_params = sum(p.numel() for p in params)
-        result["variants"][name] = {"seconds_per_step": sec, "gflops_per_jet": flops / 1e9, "n_params": n_params}
-        ref = result["variants"]["plain"]
+            loss_fn(v).backward()
+        v["flops"] = counter.get_total_flops() / len(mask)
+        for _ in range(2):
+            step(v)
+    for _ in range(args.steps):  # round-robin: every variant sees the same load
+        for v in variants.values():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            step(v)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            v["times"].append(time.perf_counter() - t0)
+    ref_sec = statistics.median(variants["plain"]["times"])
+    for name, v in variants.items():
+        sec = statistics.median(v["times"])
+        result["variants"][name] = {
+            "seconds_per_step_median": sec,
+            "ratio_to_plain": sec / ref_sec,
+            "gflops_per_jet": v["flops"] / 1e9,
+            "n_params": v["n_params"],
+        }
         print(
-            f"{name:9s} {sec * 1e3:8.1f} ms/step  ratio to plain {sec / ref['seconds_per_step']:.2f}  "
-            f"{flops / 1e9:.3f} GFLOP/jet (fwd+bwd, counted)  ratio {flops / 1e9 / ref['gflops_per_jet']:.2f}"
+            f"{name:9s} {sec * 1e3:8.1f} ms/step  ratio to plain {sec / ref_sec:.2f}  "
+            f"{v['flops'] / 1e9:.3f} GFLOP/jet (fwd+bwd, counted)  ratio {v['flops'] / variants['plain']['flops']:.2f}"
         )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
