@@ -319,6 +319,18 @@ def test_flow_pretrains_resumes_exactly_and_samples_jets(jet_dataset, tmp_path):
     assert json.loads((tmp_path / "gen" / "comparison.json").read_text())["n_generated"] == 20
     with pytest.raises(ValueError, match="--data"):
         sample_from_model(SampleConfig(n=5), tmp_path / "ref", tmp_path / "gen2", data_dir=None)
+    # the report's section: a row per observable, the histogram embedded in the page
+    from physfm.evaluate.generated import generated_rows
+    from physfm.evaluate.report import _generated_section
+
+    rows = generated_rows({"flow": tmp_path / "gen"})
+    assert rows[0]["conditions"] == ["log_mass", "log_multiplicity", "multiplicity"] and rows[0]["plot"]
+    page: list[str] = []
+    assert _generated_section(page.append, {"flow": tmp_path / "gen"}) == rows
+    html = "\n".join(page)
+    assert "Generated jets" in html and html.count("<tr>") == 1 + 3 and "data:image/png;base64" in html
+    with pytest.raises(ValueError, match="no comparison.json"):
+        generated_rows({"x": tmp_path})
 
 
 def test_mpm2_pretrains_and_its_encoder_is_a_plain_backbone(jet_dataset, tokenizer8, tmp_path):

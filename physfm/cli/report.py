@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR", help="tokenizer dir (repeat)")
     p.add_argument("--pretrain", action="append", default=[], metavar="NAME=DIR", help="backbone dir (repeat)")
     p.add_argument("--knn", nargs="*", default=[], type=Path, help="k-NN JSONs (physfm search --queries)")
+    p.add_argument(
+        "--sample", action="append", default=[], metavar="NAME=DIR", help="physfm sample output of a backbone (repeat)"
+    )
     p.add_argument("--subsets", type=Path, help="subsets directory, logged with the report")
     p.add_argument("--study-info", action="append", default=[], metavar="KEY=VALUE", help="extra study facts")
     add_parent_args(p)
@@ -72,6 +75,7 @@ def run_report(args: argparse.Namespace) -> int:
         knn=knn,
         n_bootstrap=cfg.bootstrap,
         mlflow_runs=tracking.runs_view_url(),
+        samples=_named(args.sample),
     )
     parent = parent_run_id(args)
     with tracking.resume_run(parent) as run:

@@ -71,8 +71,9 @@ rule sample:
 
 
 ALL_TARGETS += [f"{R}/pretrain/{b}" for b in BACKBONES]
-ALL_TARGETS += [
+SAMPLE_RESULTS = [
     f"{R}/samples/{b}/comparison.json"
     for b, entry in BACKBONES.items()
     if entry.get("sample") and entry["objective"] in GENERATIVE
 ]
+ALL_TARGETS += SAMPLE_RESULTS
