@@ -871,7 +871,9 @@ def _generated_section(add: Any, samples: dict[str, Path]) -> list[dict[str, Any
         "real jets of the split: Wasserstein-1 distance and means of jet mass, jet pT and multiplicity (a "
         "next-token backbone also beside its tokenizer's closure on real jets). A flow backbone generates each "
         "jet given a real jet's multiplicity and globals (the conditions column), so its multiplicity matches by "
-        "construction and the distances say how well the generated particles add up to the jet asked for.</p>"
+        "construction and the distances say how well the generated particles add up to the jet asked for. Flow "
+        "backbones are pretrained with the generative term only: OmniLearn's classifier and class-smear terms need "
+        "labels and are not part of label-free pretraining (nor built as a fine-tuning option yet).</p>"
     )
     body = []
     for r in rows:
