@@ -185,6 +185,7 @@ def plot_comparison(
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         lo, hi = np.percentile(np.concatenate([real[name], generated[name]]), [0.5, 99.5])
+        hi = hi if hi > lo else lo + 1.0  # one value only (e.g. every jet at max_len): one bin around it
         bins = np.linspace(lo, hi, 40)
         ax.hist(real[name], bins=bins, density=True, histtype="stepfilled", alpha=0.3, color="k", label="real")
         if tokenized is not None and name in tokenized:
