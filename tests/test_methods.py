@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -109,7 +110,13 @@ def test_methods_config_trains_every_objective_on_one_backbone_and_budget():
     assert objectives == set(OBJECTIVES) - {"polarbert"}
     assert set(cfg["finetune"]["backbones"]) == set(section["backbones"])
     resolved = {name: resolve_config(backbone_slice(section, name)) for name in section["backbones"]}
-    assert len({(c.steps, c.batch_size, c.max_len, tuple(sorted(c.model.items()))) for c in resolved.values()}) == 1
+    # one backbone and budget; the PET row differs only by its local kNN block (issue 15)
+    assert resolved["pet_flow"].model["local"] == "knn" and resolved["pet_flow"].objective == "flow"
+    shared = {
+        (c.steps, c.batch_size, c.max_len, json.dumps({**c.model, "local": "none"}, sort_keys=True))
+        for c in resolved.values()
+    }
+    assert len(shared) == 1
     rino = resolved["rino"].objectives["dino"]
     assert rino["global_views"] == ["full", "kt16"] and rino["local_views"] == ["kt2", "kt4", "kt8"]
     assert resolved["dino"].objectives["dino"]["global_views"] != rino["global_views"]
@@ -125,6 +132,6 @@ def test_methods_study_schedules_one_pretraining_job_per_objective():
         text=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for name in ("mpm", "gpt", "regression", "jetclr", "dino", "rino"):
+    for name in ("mpm", "gpt", "regression", "jetclr", "dino", "rino", "mpm2", "flow", "pet_flow"):
         assert f"results/methods/pretrain/{name}" in out.stdout
         assert f"results/methods/embed/{name}/pretrained/knn.json" in out.stdout

@@ -107,3 +107,18 @@ def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: P
     arch = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 16}
     finetune(jet_dataset, tmp_path / "model", cfg, arch=arch, progress=False)
     assert len(reads) == 1, f"manifest.json of the dataset read {len(reads)} times"
+
+
+def test_pretrain_model_and_new_objective_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
+    """pretrain.model (with PET's local block) and the flow / mpm2 options: one set of defaults."""
+    from physfm.models import OBJECTIVES, BackboneConfig
+    from physfm.pretrain.config import DEFAULT_MODEL
+
+    model = schema_defaults["pretrain"]["model"]
+    assert model == DEFAULT_MODEL
+    backbone = to_dict(BackboneConfig())
+    assert {k: model[k] for k in ("local", "local_k", "local_coords")} == {
+        k: backbone[k] for k in ("local", "local_k", "local_coords")
+    }
+    for name in ("flow", "mpm2"):
+        assert OBJECTIVES[name].Options().to_dict() == schema_defaults["pretrain"]["objectives"][name]

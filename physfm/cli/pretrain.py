@@ -20,8 +20,12 @@ objectives (--set objective=NAME or the config's backbone entry):
   dino        self-distillation from an EMA teacher over views (no tokenizer); RINO with
               kT-subjet views: --set 'objectives.dino.global_views=[full,kt16]'
               --set 'objectives.dino.local_views=[kt2,kt4,kt8]'
+  flow        flow matching of the noised particle features, conditioned on the jet globals
+              (no tokenizer; can generate jets: physfm sample)
+  mpm2        MPM v2: MAE encoder on unmasked particles, small decoder, registers, code + ID
+PET's local kNN block in front of the transformer, for any objective: --set model.local=knn
 Every objective also trains the class token on label-free event targets (log jet mass,
-log multiplicity), weight `global_weight`.
+log multiplicity), weight `global_weight` (flow: they are its generation condition instead).
 
 Settings come from --config (a study config with a `pretrain:` section, that section alone,
 or inline JSON), then --backbone NAME (an entry of pretrain.backbones), then --set KEY=VALUE.

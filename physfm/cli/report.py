@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR", help="tokenizer dir (repeat)")
     p.add_argument("--pretrain", action="append", default=[], metavar="NAME=DIR", help="backbone dir (repeat)")
     p.add_argument("--knn", nargs="*", default=[], type=Path, help="k-NN JSONs (physfm search --queries)")
+    p.add_argument(
+        "--sample", action="append", default=[], metavar="NAME=DIR", help="physfm sample output of a backbone (repeat)"
+    )
     p.add_argument("--subsets", type=Path, help="subsets directory, logged with the report")
     p.add_argument(
         "--ablation-backbone", action="append", default=[], metavar="NAME", help="a backbone that is an ablation"
@@ -78,6 +81,7 @@ def run_report(args: argparse.Namespace) -> int:
         mlflow_runs=tracking.runs_view_url(),
         pool_backbones=cfg.pool_backbones,
         ablation_backbones=args.ablation_backbone,
+        samples=_named(args.sample),
     )
     parent = parent_run_id(args)
     with tracking.resume_run(parent) as run:

@@ -1,4 +1,4 @@
-"""The ``sample`` subcommand: jets sampled from a next-token backbone, compared with real jets."""
+"""The ``sample`` subcommand: jets sampled from a next-token or flow backbone, compared with real jets."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run,
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample",
-        help="sample jets from a next-token backbone and compare them with real ones",
+        help="sample jets from a next-token or flow backbone and compare them with real ones",
         description="Sample N events autoregressively from a backbone pretrained with the next_token objective, "
         "decode the codes to particles with its tokenizer and write OUT/generated.npz. With --data, compare "
         "jet mass, jet pT and multiplicity with the real jets of the split (histograms in OUT/generation.png, "
-        "Wasserstein distances in OUT/comparison.json, next to those of the tokenized real jets). "
+        "Wasserstein distances in OUT/comparison.json, next to those of the tokenized real jets). A flow backbone "
+        "(objective flow) generates jets with the multiplicity and globals of the first N real jets of the split "
+        "(--data required) by integrating its ODE (ode_steps, ode_solver) and is compared with those jets. "
         "Example: physfm sample --model results/default/pretrain/gpt --out gen --config '{\"n\": 500}'",
     )
     p.add_argument("--model", required=True, type=Path, help="backbone directory (from `physfm pretrain`)")
@@ -43,8 +45,9 @@ def run_sample(args: argparse.Namespace) -> int:
         summary = sample_from_model(
             cfg, args.model, args.out, data_dir=args.data, device=args.device, progress=not args.no_progress
         )
-        run.set_tags({"tokenizer_version": summary["tokenizer_version"]})
-        metrics = {"mean_multiplicity": summary["mean_multiplicity"], "codes_used": summary["codes_used"]}
+        if summary.get("tokenizer_version"):
+            run.set_tags({"tokenizer_version": summary["tokenizer_version"]})
+        metrics = {k: summary[k] for k in ("mean_multiplicity", "codes_used") if k in summary}
         for obs, row in summary.get("observables", {}).items():
             metrics.update({f"{obs}.{k}": v for k, v in row.items()})
         run.log_metrics(metrics)

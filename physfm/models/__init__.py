@@ -9,9 +9,10 @@ New objectives subclass :class:`Objective` and register with :func:`register_obj
 (or ``OBJECTIVES[name] = cls``); new label-free class-token targets go in :data:`physfm.features.GLOBAL_TARGETS`.
 """
 
-# registering imports: the IceCube objective (issue 6), the view-comparing objectives (issue 14)
+# registering imports: the IceCube objective (issue 6), the view-comparing objectives (issue 14),
+# the generative (flow) and MAE (mpm2) objectives (issue 15)
 from physfm.hashing import hash_uniform  # noqa: F401  (the masking and views draw from it)
-from physfm.models import contrastive, dino, polarbert  # noqa: F401
+from physfm.models import contrastive, dino, flow, mpm2, polarbert  # noqa: F401
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 from physfm.models.objectives import (
     OBJECTIVES,

@@ -5,6 +5,7 @@ In the spirit of nanoGPT's ``model.py``: a handful of small modules, nothing hid
 * Input: continuous per-particle features (``n_features`` > 0, embedded by a small MLP; the MPM
   papers found continuous inputs beat token inputs), token ids (``vocab_size`` > 0, an embedding
   table), or both (the embeddings are summed, e.g. a sensor id plus its pulse features).
+* ``local="knn"`` adds PET's local kNN edge block (:mod:`physfm.models.pet`) to the input embeddings.
 * ``n_cls`` learned class/register tokens are prepended; the first is the event's class token.
   In a causal model the class token comes first and sees only itself: it is the start-of-sequence
   token of next-token prediction, and :meth:`Backbone.embed` mean-pools the particles instead.
@@ -21,7 +22,7 @@ In the spirit of nanoGPT's ``model.py``: a handful of small modules, nothing hid
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from physfm.models.pet import LocalBlock
+
 POS_EMBEDDINGS = ("none", "all", "masked")
+LOCAL_BLOCKS = ("none", "knn")
 
 
 @dataclass
@@ -49,6 +53,9 @@ class BackboneConfig:
     pos_embedding: str = "none"  # "none" (a set), "all" (a sequence) or "masked" (ordered MPM)
     mask_token: bool = False  # learned embedding for masked particles (MPM, regression)
     bias: bool = True
+    local: str = "none"  # "knn": PET's local kNN edge block in front of the transformer (physfm.models.pet)
+    local_k: int = 10  # neighbours per particle in the local block
+    local_coords: list[int] = field(default_factory=lambda: [1, 2])  # input columns of (deta, dphi)
 
     def __post_init__(self) -> None:
         if self.n_features <= 0 and self.vocab_size <= 0:
@@ -59,6 +66,17 @@ class BackboneConfig:
             raise ValueError(f"pos_embedding must be one of {POS_EMBEDDINGS}, got '{self.pos_embedding}'")
         if self.pos_embedding == "masked" and not self.mask_token:
             raise ValueError("pos_embedding='masked' needs mask_token=True")
+        if self.local not in LOCAL_BLOCKS:
+            raise ValueError(f"local must be one of {LOCAL_BLOCKS}, got '{self.local}'")
+        if self.local != "none":
+            if self.n_features <= 0:
+                raise ValueError("local='knn' needs continuous inputs (n_features > 0) for its (deta, dphi) kNN")
+            if self.causal:
+                raise ValueError("local='knn' mixes each particle with its neighbours, later ones too: not causal")
+            if self.local_k < 1 or not self.local_coords or max(self.local_coords) >= self.n_features:
+                raise ValueError(
+                    f"local_k must be >= 1 and local_coords {self.local_coords} input columns (< {self.n_features})"
+                )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
@@ -118,6 +136,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+def padding_attention_mask(mask: Tensor, n_prefix: int, causal: bool) -> tuple[Tensor | None, bool]:
+    """Boolean ``(B, 1, T, T)`` attention mask (True = may attend) over ``n_prefix`` always-real tokens
+    followed by the particles (``mask`` ``(B, L)``, True = real), or ``None`` together with ``is_causal``
+    when SDPA can use its fused mask-free path (no padding)."""
+    b, length = mask.shape
+    t = n_prefix + length
+    if bool(mask.all()):
+        return None, causal  # no padding: flash attention on GPU
+    keys = torch.cat([mask.new_ones(b, n_prefix), mask], dim=1)
+    allowed = keys[:, None, None, :].expand(b, 1, t, t)
+    eye = torch.eye(t, dtype=torch.bool, device=mask.device)
+    allowed = allowed | eye  # padded queries attend to themselves: no all-masked rows, no NaN
+    if causal:
+        allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
+    return allowed, False
+
+
 class Backbone(nn.Module):
     """Transformer encoder over particles; see the module docstring for inputs and masks."""
 
@@ -135,6 +170,8 @@ class Backbone(nn.Module):
             self.mask_embed = nn.Parameter(torch.zeros(1, 1, d))
         if cfg.pos_embedding != "none":
             self.pos_embed = nn.Embedding(cfg.max_len, d)
+        if cfg.local != "none":
+            self.local = LocalBlock(d, cfg.local_k, cfg.local_coords)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
@@ -176,6 +213,8 @@ class Backbone(nn.Module):
                 raise ValueError("this backbone embeds token ids: pass tokens (B, L) int64")
             parts.append(self.token_embed(tokens.clamp(min=0)))
         h = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        if cfg.local != "none":  # masked particles are neither neighbours nor given local features
+            h = h + self.local(x, h, mask if masked is None else mask & ~masked)
         length = h.shape[1]
         if length > cfg.max_len:
             raise ValueError(f"sequence of {length} particles is longer than the backbone's max_len={cfg.max_len}")
@@ -192,17 +231,7 @@ class Backbone(nn.Module):
     def attention_mask(self, mask: Tensor, causal: bool) -> tuple[Tensor | None, bool]:
         """Boolean ``(B, 1, T, T)`` mask (True = may attend) over class tokens + particles, or ``None``
         together with ``is_causal`` when SDPA can use its fused mask-free path."""
-        b, length = mask.shape
-        t = self.config.n_cls + length
-        if bool(mask.all()):
-            return None, causal  # no padding: flash attention on GPU
-        keys = torch.cat([mask.new_ones(b, self.config.n_cls), mask], dim=1)
-        allowed = keys[:, None, None, :].expand(b, 1, t, t)
-        eye = torch.eye(t, dtype=torch.bool, device=mask.device)
-        allowed = allowed | eye  # padded queries attend to themselves: no all-masked rows, no NaN
-        if causal:
-            allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
-        return allowed, False
+        return padding_attention_mask(mask, self.config.n_cls, causal)
 
     def forward(
         self,
@@ -270,3 +299,9 @@ def normalize(x: Any, mask: Any, meta: dict[str, Any]) -> Any:
         return (x - m) / s * mask.unsqueeze(-1).to(x.dtype)
     out = (np.asarray(x, dtype=np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return out * np.asarray(mask)[..., None].astype(np.float32)
+
+
+def denormalize(x: np.ndarray, mask: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`normalize` on numpy arrays: raw features in ``meta["features"]`` order, zero on padding."""
+    mean, std = np.asarray(meta["norm"]["mean"], np.float32), np.asarray(meta["norm"]["std"], np.float32)
+    return (np.asarray(x, np.float32) * std + mean) * np.asarray(mask)[..., None].astype(np.float32)

@@ -21,6 +21,9 @@ DEFAULT_MODEL: dict[str, Any] = {
     "n_cls": 1,
     "pos_embedding": "auto",
     "bias": True,
+    "local": "none",  # PET's kNN edge block (physfm.models.pet): "none" or "knn"
+    "local_k": 10,
+    "local_coords": [1, 2],
 }
 
 #: Keys of the Snakemake ``pretrain:`` section that are workflow plumbing, not training settings.

@@ -1,6 +1,6 @@
 # Stage 3: self-supervised pretraining, one job per entry of config pretrain.backbones
 # (MPM, next-token, regression; PolarBERT from issue 6), and jets sampled from the
-# next-token backbones that ask for it (sample: true): results/<study>/samples/<backbone>/.
+# next-token and flow backbones that ask for it (sample: true): results/<study>/samples/<backbone>/.
 import json
 
 from physfm.pretrain.config import backbone_slice
@@ -9,6 +9,7 @@ PRETRAIN = config["pretrain"]
 BACKBONES = PRETRAIN["backbones"]
 PRETRAIN_RESOURCES = PRETRAIN["resources"]
 SAMPLE = PRETRAIN["sample"]
+GENERATIVE = ("next_token", "flow")  # objectives that generate jets (physfm sample)
 
 rule pretrain:
     input:
@@ -54,7 +55,7 @@ rule sample:
         comparison=f"{R}/samples/{{backbone}}/comparison.json",
         plot=f"{R}/samples/{{backbone}}/generation.png",
     wildcard_constraints:
-        backbone="|".join(b for b, e in BACKBONES.items() if e["objective"] == "next_token") or "NONE",
+        backbone="|".join(b for b, e in BACKBONES.items() if e["objective"] in GENERATIVE) or "NONE",
     params:
         out=lambda wc, output: str(Path(output.comparison).parent),
         config=json.dumps(SAMPLE, sort_keys=True),
@@ -70,8 +71,9 @@ rule sample:
 
 
 ALL_TARGETS += [f"{R}/pretrain/{b}" for b in BACKBONES]
-ALL_TARGETS += [
+SAMPLE_RESULTS = [
     f"{R}/samples/{b}/comparison.json"
     for b, entry in BACKBONES.items()
-    if entry.get("sample") and entry["objective"] == "next_token"
+    if entry.get("sample") and entry["objective"] in GENERATIVE
 ]
+ALL_TARGETS += SAMPLE_RESULTS

@@ -12,6 +12,7 @@ rule report:
         parent=f"{FT_DIR}/study_run.json",
         backbones=expand(BACKBONE_DIR, backbone=[*FT_BACKBONES, *ABLATION["backbones"]]),
         tokenizers=[f"{R}/tokenizers/{t}" for t in STUDY_TOKENIZERS],
+        samples=SAMPLE_RESULTS,
     output:
         html=report(f"{R}/report/report.html", caption="../report/report.rst", category="Report"),
         efficiency=report(
@@ -37,6 +38,7 @@ rule report:
             f"--tokenizer {t}={d}" for t, d in zip(STUDY_TOKENIZERS, input.tokenizers)
         ),
         knn=lambda wc, input: ("--knn " + " ".join(input.knn)) if input.knn else "",
+        samples=lambda wc, input: " ".join(f"--sample {Path(p).parent.name}={Path(p).parent}" for p in input.samples),
         figures=lambda wc, output: str(Path(output.efficiency).parent),
         config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
         study=STUDY,
@@ -51,7 +53,7 @@ rule report:
         "../../envs/torch.yaml"
     shell:
         "physfm report --results {input.results} {input.baselines} {params.knn} --out {output.html} --figures {params.figures} "
-        "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} "
+        "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} {params.samples} "
         "--subsets {input.subsets} --parent-run-file {input.parent} "
         "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} > {log} 2>&1"
 
