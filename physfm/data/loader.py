@@ -85,14 +85,19 @@ class Split:
             return block.particles.astype(np.float32)
         return compute_features(block, self.manifest, names)
 
-    def units(self, block_events: int | None = None, indices: np.ndarray | None = None) -> list[Unit]:
-        """The split (or the events at global ``indices``) as :class:`Unit` s of at most ``block_events``
-        events each (``None``: one per shard), in stored order; each lies within one shard."""
+    def units(
+        self, block_events: int | None = None, indices: np.ndarray | None = None, stop: int | None = None
+    ) -> list[Unit]:
+        """The split (or the events at global ``indices``, or its first ``stop``) as :class:`Unit` s of at
+        most ``block_events`` events each (``None``: one per shard), in stored order; each lies within
+        one shard."""
         if block_events is not None and block_events < 1:
             raise ValueError(f"block_events must be >= 1, got {block_events}")
         want = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
         units, start = [], 0
         for path, n in self.shards:
+            if stop is not None:
+                n = max(0, min(n, stop - start))
             if want is None:
                 step = block_events or max(n, 1)
                 units += [Unit(path, a, min(a + step, n)) for a in range(0, n, step)]
@@ -107,10 +112,13 @@ class Split:
             start += n
         return units
 
-    def blocks(self, block_events: int = BLOCK_EVENTS, indices: np.ndarray | None = None) -> Iterator[EventBlock]:
-        """The split's events (or those at ``indices``) in stored order, ``block_events`` at most at a
-        time: the one way to stream a split whatever its size (memory bounded by the block)."""
-        for unit in self.units(block_events, indices):
+    def blocks(
+        self, block_events: int = BLOCK_EVENTS, indices: np.ndarray | None = None, stop: int | None = None
+    ) -> Iterator[EventBlock]:
+        """The split's events (or those at ``indices``, or its first ``stop``) in stored order,
+        ``block_events`` at most at a time: the one way to stream a split whatever its size (memory
+        bounded by the block)."""
+        for unit in self.units(block_events, indices, stop):
             yield unit.read()
 
     def arrays(
@@ -119,9 +127,10 @@ class Split:
         max_len: int = 128,
         block_events: int = BLOCK_EVENTS,
         indices: np.ndarray | None = None,
+        stop: int | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         """:meth:`blocks` as padded arrays (the keys of :func:`load_arrays`), one dict per block."""
-        for block in self.blocks(block_events, indices):
+        for block in self.blocks(block_events, indices, stop):
             yield padded_arrays(self, block, features, max_len)
 
     def read(self, indices: np.ndarray | None = None) -> EventBlock:
@@ -204,9 +213,11 @@ def iter_arrays(
     max_len: int = 128,
     indices: np.ndarray | None = None,
     block_events: int = BLOCK_EVENTS,
+    stop: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """:func:`load_arrays` in blocks of at most ``block_events`` events, in stored order."""
-    return open_split(data_dir, split).arrays(features, max_len, block_events, indices)
+    """:func:`load_arrays` in blocks of at most ``block_events`` events, in stored order (all events,
+    those at ``indices``, or the first ``stop``)."""
+    return open_split(data_dir, split).arrays(features, max_len, block_events, indices, stop)
 
 
 class ShardDataset(IterableDataset):

@@ -136,16 +136,13 @@ def embed_split(
 
     dev = device_of(device)
     model.to(dev).eval()
-    indices = None if max_events is None else np.arange(max_events)
     features = list(bmeta["features"])
     with_dom = uses_dom_tokens(bmeta)  # PolarBERT backbones also embed the sensor ids
     names = features + ([DOM_FEATURE] if with_dom else [])
     ds = open_dataset(data_dir)
-    if indices is not None:
-        indices = indices[indices < ds.n_events[split]]
     embs, labels, keys = [], [], []
     # in blocks: memory is the block's padded arrays plus the (N, d) embeddings, whatever the split's size
-    for arrays in iter_arrays(ds, split, features=names, max_len=bmeta["max_len"], indices=indices):
+    for arrays in iter_arrays(ds, split, features=names, max_len=bmeta["max_len"], stop=max_events):
         tokens = None
         if with_dom:
             n_doms = int(bmeta["config"]["vocab_size"]) - 1
