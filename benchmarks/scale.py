@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 LABELS = ["label_QCD", "label_Tbqq", "label_Wqq", "label_Zqq"]
+PARTS = ("conversion", "embedding", "search")
 SETTINGS = {"shard_events": 10_000, "reader_options": {"labels": LABELS}, "progress": False}
 
 
@@ -96,8 +97,9 @@ def loader_rate(data: Path) -> dict[str, float]:
     return {"events": n, "wall": wall, "events_per_second": n / wall}
 
 
-def embed_one(data: str, n: int) -> None:
-    """Run in a fresh process: embed the first n train events, print wall and RSS as JSON."""
+def embed_one(data: str, n: int, reference: bool = False) -> None:
+    """Run in a fresh process: embed the first n train events (``reference``: only read them with
+    ``load_arrays``, the whole-split way), print wall time and peak RSS as JSON."""
     import torch
 
     from physfm.data.dataset import open_dataset
@@ -116,23 +118,39 @@ def embed_one(data: str, n: int) -> None:
         "objective": "mpm",
         "norm": {"mean": [0.0] * len(names), "std": [100.0] * len(names)},
     }
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _peak_rss_mb()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        emb, *_ = embed_split(model, bmeta, ds, "train", device="cpu", max_events=n)
+    if reference:  # the whole split in memory first, as embedding did before streaming
+        from physfm.data.loader import load_arrays
+
+        emb = load_arrays(ds, "train", features=names, max_len=64, indices=np.arange(n))["label"]
+    else:
+        with torch.no_grad():
+            emb, *_ = embed_split(model, bmeta, ds, "train", device="cpu", max_events=n)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({"events": len(emb), "wall": wall, "rss_before_mb": before, "peak_rss_mb": peak}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike getrusage's ru_maxrss, it does not carry
+    the peak of the process that forked this one over the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def embedding(data: Path, sizes: list[int]) -> dict[str, Any]:
     out = {}
     for n in sizes:
-        cmd = [sys.executable, __file__, "--embed-one", str(data), str(n)]
-        res = subprocess.run(
-            cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()}
-        )
-        out[str(n)] = json.loads(res.stdout.strip().splitlines()[-1])
+        row = {}
+        for how in ("embed", "load_arrays"):
+            cmd = [sys.executable, __file__, "--embed-one", str(data), str(n), how]
+            env = {**os.environ, "PYTHONPATH": os.getcwd()}
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            row[how] = json.loads(res.stdout.strip().splitlines()[-1])
+        out[str(n)] = {**row["embed"], "load_arrays_peak_rss_mb": row["load_arrays"]["peak_rss_mb"]}
     return out
 
 
@@ -180,11 +198,12 @@ def main() -> None:
     ap.add_argument("--per-file", type=int, default=10_000)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "physfm-bench")
     ap.add_argument("--out", type=Path, help="also write every number as JSON")
-    ap.add_argument("--embed-one", nargs=2, metavar=("DATA", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--embed-one", nargs=3, metavar=("DATA", "N", "HOW"), help=argparse.SUPPRESS)
+    ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="measure only these (default all)")
     args = ap.parse_args()
     os.environ["PHYSFM_TRACKING"] = "0"
     if args.embed_one:
-        embed_one(args.embed_one[0], int(args.embed_one[1]))
+        embed_one(args.embed_one[0], int(args.embed_one[1]), reference=args.embed_one[2] == "load_arrays")
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -194,44 +213,57 @@ def main() -> None:
 
     report: dict[str, Any] = {"load_average_start": os.getloadavg(), "conversion": {}, "loader": {}}
     sources = pythia_jets(args.cache, args.pythia_jets, seed=1)
-    largest = None
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
-        for n in args.sizes:
+        if "conversion" in args.only:
+            for n in args.sizes:
+                files = rotated_copies(sources, args.cache / f"scale_{n}", n, args.per_file, seed=2)
+                work = Path(tmp) / str(n)
+                work.mkdir()
+                conv = conversion(files, work, args.jobs)
+                report["conversion"][str(n)] = conv
+                report["loader"][str(n)] = loader_rate(work / "one")
+                line = "  ".join(
+                    f"{g} job(s) {r['cluster_wall']:.1f} s wall, {r['cpu']:.1f} s CPU" for g, r in conv.items()
+                )
+                rate = report["loader"][str(n)]["events_per_second"]
+                print(f"convert {n:>9,} jets: {line}; loader {rate:,.0f} jets/s", flush=True)
+            sizes = [int(n) for n in report["conversion"]]
+            for g in map(str, args.jobs):
+                for what in ("cluster_wall", "cpu"):
+                    b = slope(sizes, [report["conversion"][str(n)][g][what] for n in sizes])
+                    print(f"slope of conversion {what} in {g} job(s): {b:.2f}")
+            b = slope(sizes, [r["wall"] for r in report["loader"].values()])
+            print(f"slope of the loader's wall time: {b:.2f}")
+        if "embedding" in args.only:
+            n = max(args.sizes)
             files = rotated_copies(sources, args.cache / f"scale_{n}", n, args.per_file, seed=2)
-            work = Path(tmp) / str(n)
-            work.mkdir()
-            conv = conversion(files, work, args.jobs)
-            report["conversion"][str(n)] = conv
-            report["loader"][str(n)] = loader_rate(work / "one")
-            line = "  ".join(
-                f"{g} job(s) {r['cluster_wall']:.1f} s wall, {r['cpu']:.1f} s CPU" for g, r in conv.items()
+            data = Path(tmp) / "embed_data"
+            if not data.exists():
+                from physfm.data.convert import convert
+
+                convert("jetclass", files, data, **SETTINGS)
+            report["embedding"] = e = embedding(data, args.embed_sizes)
+            for n, r in e.items():
+                rss = f"peak RSS {r['peak_rss_mb']:.0f} MB (before embedding {r['rss_before_mb']:.0f}; "
+                rss += f"load_arrays of the same events {r['load_arrays_peak_rss_mb']:.0f})"
+                print(f"embed {int(n):>9,} jets: {r['wall']:.1f} s, {rss}", flush=True)
+            sizes = [int(n) for n in e]
+            print(
+                f"slope of embedding wall: {slope(sizes, [r['wall'] for r in e.values()]):.2f}; of peak RSS: "
+                f"{slope(sizes, [r['peak_rss_mb'] for r in e.values()]):.2f}; of load_arrays' peak RSS: "
+                f"{slope(sizes, [r['load_arrays_peak_rss_mb'] for r in e.values()]):.2f}"
             )
-            print(f"convert {n:>9,} jets: {line}; loader {report['loader'][str(n)]['events_per_second']:,.0f} jets/s")
-            largest = work / "one"
-        report["embedding"] = embedding(largest, args.embed_sizes)
-        for n, r in report["embedding"].items():
-            rss = f"peak RSS {r['peak_rss_mb']:.0f} MB (before embedding {r['rss_before_mb']:.0f})"
-            print(f"embed {int(n):>9,} jets: {r['wall']:.1f} s, {rss}")
-    report["search"] = search(args.search_sizes)
-    for n, r in report["search"].items():
-        print(
-            f"search {int(n):>9,} vectors: flat {r['flat']['median_ms']:.2f} ms, ivf {r['ivf']['median_ms']:.3f} ms "
-            f"(recall@10 {r['ivf']['recall_at_k']:.3f}, nlist {r['ivf']['nlist']}, nprobe {r['ivf']['nprobe']})"
-        )
-    sizes = [int(n) for n in report["conversion"]]
-    for g in map(str, args.jobs):
-        for what in ("cluster_wall", "cpu"):
-            b = slope(sizes, [report["conversion"][str(n)][g][what] for n in sizes])
-            print(f"slope of conversion {what} in {g} job(s): {b:.2f}")
-    e = report["embedding"]
-    print(
-        f"slope of embedding wall: {slope([int(n) for n in e], [r['wall'] for r in e.values()]):.2f}; "
-        f"of peak RSS: {slope([int(n) for n in e], [r['peak_rss_mb'] for r in e.values()]):.2f}"
-    )
-    s = report["search"]
-    for kind in ("flat", "ivf"):
-        b = slope([int(n) for n in s], [r[kind]["median_ms"] for r in s.values()])
-        print(f"slope of {kind} search latency: {b:.2f}")
+    if "search" in args.only:
+        report["search"] = s = search(args.search_sizes)
+        for n, r in s.items():
+            print(
+                f"search {int(n):>9,} vectors: flat {r['flat']['median_ms']:.2f} ms, "
+                f"ivf {r['ivf']['median_ms']:.3f} ms "
+                f"(recall@10 {r['ivf']['recall_at_k']:.3f}, nlist {r['ivf']['nlist']}, nprobe {r['ivf']['nprobe']})"
+            )
+        for kind in ("flat", "ivf"):
+            b = slope([int(n) for n in s], [r[kind]["median_ms"] for r in s.values()])
+            print(f"slope of {kind} search latency: {b:.2f}")
     report["load_average_end"] = os.getloadavg()
     print(
         "load average (1, 5, 15 min) at start: {:.2f}, {:.2f}, {:.2f}; at end: {:.2f}, {:.2f}, {:.2f}".format(
