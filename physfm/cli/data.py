@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="write only the part of group GROUP (0-based) of the --config groups contiguous groups of the sorted "
-        "input files into --out (one job per group), for `physfm convert-gather`; default: the whole dataset",
+        "input files into --out (one job per group), for `physfm convert-gather`; default: the whole dataset, in "
+        "this one job, whatever `groups`",
     )
     conv.add_argument("--no-progress", action="store_true")
     add_tracking_args(conv)
