@@ -21,14 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import awkward as ak
-import numpy as np
 import uproot
 
 from physfm.data.convert import convert
-from physfm.data.jetclass import ALL_LABELS, JET_BRANCHES, PARTICLE_BRANCHES
+from physfm.data.replicate import BRANCHES, rotated_copies
 
-BRANCHES = list(PARTICLE_BRANCHES) + list(JET_BRANCHES)
 LABELS = ["label_QCD", "label_Tbqq", "label_Wqq", "label_Zqq"]
 
 
@@ -44,41 +41,9 @@ def pythia_jets(cache: Path, n: int, seed: int) -> list[Path]:
 
 
 def replicate(sources: list[Path], out: Path, n_jets: int, per_file: int, seed: int) -> list[Path]:
-    """Write n_jets jets in files of per_file, each a rotated copy of a source jet (cached in out).
-
-    Written once: rewriting 169 MB before each measurement left dirty pages being flushed to
-    disk during the timed runs.
-    """
-    done = out / f"done_{per_file}_{seed}"
-    if done.exists():
-        return sorted(out.glob("bench_*.root"))
-    done.parent.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("bench_*.root"):
-        old.unlink()
-    arrays = ak.concatenate([uproot.open(p)["tree"].arrays(BRANCHES + list(ALL_LABELS)) for p in sources])
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    paths, written = [], 0
-    while written < n_jets:
-        n = min(per_file, n_jets - written)
-        idx = np.arange(written, written + n) % len(arrays)
-        a = arrays[idx]
-        phi = rng.uniform(-np.pi, np.pi, n).astype(np.float32)
-        c, s = np.cos(phi), np.sin(phi)
-        cols = {b: a[b] for b in BRANCHES + list(ALL_LABELS)}
-        cols["part_px"] = a["part_px"] * c - a["part_py"] * s
-        cols["part_py"] = a["part_px"] * s + a["part_py"] * c
-        cols["jet_phi"] = np.mod(a["jet_phi"] + phi + np.pi, 2 * np.pi) - np.pi
-        types = {b: ("var * float32" if b in PARTICLE_BRANCHES else "float32") for b in BRANCHES}
-        types.update({b: "bool" for b in ALL_LABELS})
-        path = out / f"bench_{len(paths):03d}.root"
-        with uproot.recreate(path) as f:
-            tree = f.mktree("tree", types)
-            tree.extend({b: (ak.values_astype(v, np.float32) if b in BRANCHES else v) for b, v in cols.items()})
-        paths.append(path)
-        written += n
-    done.touch()
-    return paths
+    """n_jets rotated copies of the source jets in files of per_file, written once (cached in out):
+    rewriting 169 MB before each measurement left dirty pages being flushed during the timed runs."""
+    return rotated_copies(sources, out, n_jets, per_file, seed)
 
 
 def bare_uproot(paths: list[Path]) -> float:

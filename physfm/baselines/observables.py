@@ -12,9 +12,9 @@ load-time ``max_len`` truncation does not apply here).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -23,6 +23,9 @@ from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import SPLITS, DataError, EventBlock, feature_names
 from physfm.data.substructure import DEFINITION, NAMES, jet_observables
 from physfm.io import atomic_dir, read_json, sha256_file, sha256_json, write_json
+
+if TYPE_CHECKING:
+    from physfm.data.loader import Unit
 
 FILE = "observables.h5"
 MANIFEST = "manifest.json"
@@ -47,17 +50,58 @@ def block_observables(block: EventBlock, manifest: dict[str, Any]) -> np.ndarray
 UNIT_EVENTS = 2000  #: events per work unit when computing with several processes
 
 
-def _unit_values(unit: tuple[str, np.ndarray, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Observables and keys of the events at ``local`` (sorted positions) of one shard."""
-    from physfm.data.loader import read_block
-
-    path, local, manifest = unit
-    block = read_block(Path(path), int(local[0]), int(local[-1]) + 1)
-    if len(local) != len(block):
-        sel = np.zeros(len(block), dtype=bool)
-        sel[local - local[0]] = True
-        block = block.select(sel)
+def _unit_values(job: tuple[Unit, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Observables and keys of the events of one unit of a split (:meth:`Split.units`)."""
+    unit, manifest = job
+    block = unit.read()
     return block_observables(block, manifest), block.event_key.astype(np.uint64)
+
+
+def iter_split(
+    data_dir: Dataset | str | Path,
+    split: str,
+    indices: np.ndarray | None = None,
+    progress: bool = False,
+    workers: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(values, event_key)`` of a split's events (or those at the sorted ``indices``), block by block
+    of at most ``UNIT_EVENTS`` events in stored order: memory flat in the split's size.
+
+    With ``workers > 1`` the blocks run in that many processes (at most ``2 * workers`` in flight);
+    the blocks are the same whatever the number.
+    """
+    import collections
+    import itertools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from physfm.data.loader import open_split
+
+    s = open_split(data_dir, split)
+    jobs = [(u, s.manifest) for u in s.units(UNIT_EVENTS, indices)]
+    bar = tqdm(total=sum(len(u) for u, _ in jobs), desc=f"observables {split}", disable=not progress, unit="jet")
+    try:
+        if workers > 1 and len(jobs) > 1:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                todo = iter(jobs)
+                pending = collections.deque(pool.submit(_unit_values, j) for j in itertools.islice(todo, 2 * workers))
+                while pending:
+                    result = pending.popleft().result()
+                    if (job := next(todo, None)) is not None:
+                        pending.append(pool.submit(_unit_values, job))
+                    bar.update(len(result[1]))
+                    yield result
+        else:
+            for job in jobs:
+                result = _unit_values(job)
+                bar.update(len(job[0]))
+                yield result
+    finally:
+        bar.close()
 
 
 def compute_split(
@@ -67,41 +111,11 @@ def compute_split(
     progress: bool = False,
     workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, event_key)`` of a split's events (or those at the sorted ``indices``), in stored order.
-
-    With ``workers > 1`` pieces of ``UNIT_EVENTS`` events run in that many processes; the result is
-    the same whatever the number.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    from physfm.data.loader import open_split
-
-    s = open_split(data_dir, split)
-    want = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
-    units, start = [], 0
-    for path, n in s.shards:
-        local = np.arange(n) if want is None else want[(want >= start) & (want < start + n)] - start
-        start += n
-        units += [(str(path), local[a : a + UNIT_EVENTS], s.manifest) for a in range(0, len(local), UNIT_EVENTS)]
-    if not units:
+    """``(values, event_key)`` of a split's events (or those at the sorted ``indices``), in stored order,
+    in memory (:func:`iter_split` streams them). The result is the same whatever ``workers``."""
+    results = list(iter_split(data_dir, split, indices, progress, workers))
+    if not results:
         return np.zeros((0, len(NAMES))), np.zeros(0, dtype=np.uint64)
-    bar = tqdm(total=sum(len(u[1]) for u in units), desc=f"observables {split}", disable=not progress, unit="jet")
-    results = []
-    if workers > 1 and len(units) > 1:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for unit, res in zip(units, pool.map(_unit_values, units), strict=True):
-                results.append(res)
-                bar.update(len(unit[1]))
-    else:
-        for unit in units:
-            results.append(_unit_values(unit))
-            bar.update(len(unit[1]))
-    bar.close()
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
@@ -131,10 +145,15 @@ def write_observables(
             for split in splits:
                 if split not in data_manifest["n_events"]:
                     continue
-                values, keys = compute_split(ds, split, progress=progress, workers=workers)
-                f.create_dataset(f"{split}/values", data=values, track_times=False)
-                f.create_dataset(f"{split}/event_key", data=keys, track_times=False)
-                counts[split] = len(keys)
+                n = ds.n_events[split]  # written block by block: memory flat in the split's size
+                values = f.create_dataset(f"{split}/values", shape=(n, len(NAMES)), dtype=np.float64, track_times=False)
+                keys = f.create_dataset(f"{split}/event_key", shape=(n,), dtype=np.uint64, track_times=False)
+                at = 0
+                for v, k in iter_split(ds, split, progress=progress, workers=workers):
+                    values[at : at + len(k)], keys[at : at + len(k)] = v, k
+                    at += len(k)
+                assert at == n, f"{split}: {at} events read, the manifest says {n}"
+                counts[split] = n
         manifest = {
             "kind": "physfm-observables",
             "data_version": data_manifest["data_version"],

@@ -35,6 +35,7 @@ stages, in pipeline order:
   generate icecube  simulate IceCube-86 events (tracks, cascades) into the Kaggle parquet layout
   generate lartpc   simulate LArTPC events (tracks, showers, Michels) into the PILArNet-M HDF5 layout
   convert           raw events (ROOT / parquet) -> sharded HDF5 + manifest with a data_version
+  convert-gather    the dataset from the parts of `convert --group G` (one job per group of files)
   summarize         per-feature plots and counts of a converted dataset
   verify            re-hash a dataset's shards against its manifest
   tokenizer         fit k-means (faiss) / VQ-VAE / binning particle tokenizers; evaluate, encode, decode

@@ -1,4 +1,4 @@
-"""Data subcommands: ``generate``, ``convert``, ``summarize``, ``verify``."""
+"""Data subcommands: ``generate``, ``convert``, ``convert-gather``, ``summarize``, ``verify``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
+
+if TYPE_CHECKING:
+    from physfm.data.convert import ConvertConfig, ConvertStats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,9 +65,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="processes that read and prepare chunks in parallel (jetclass, pilarnet; other formats read "
         "sequentially); the output is identical whatever the number (default 1)",
     )
+    conv.add_argument(
+        "--group",
+        type=int,
+        default=None,
+        help="write only the part of group GROUP (0-based) of the --config groups contiguous groups of the sorted "
+        "input files into --out (one job per group), for `physfm convert-gather`; default: the whole dataset, in "
+        "this one job, whatever `groups`",
+    )
     conv.add_argument("--no-progress", action="store_true")
     add_tracking_args(conv)
     conv.set_defaults(func=run_convert)
+
+    gat = sub.add_parser(
+        "convert-gather",
+        help="write the dataset from the parts of `physfm convert --group`",
+        description="Read the parts written by `physfm convert --group G` (one per group, any order) and write "
+        "the shards, manifest.json and data_version, with the duplicate check and the shard boundaries over "
+        "all the files: the dataset is byte-identical to one `physfm convert` over all the input files.",
+    )
+    gat.add_argument("--part", required=True, action="append", type=Path, help="a part directory (repeatable)")
+    gat.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    gat.add_argument("--no-progress", action="store_true")
+    add_tracking_args(gat)
+    gat.set_defaults(func=run_convert_gather)
 
     # ---------------------------------------------------------------- summarize
     summ = sub.add_parser(
@@ -145,6 +170,8 @@ def run_convert(args: argparse.Namespace) -> int:
         "labels": options.get("labels"),
         "on_error": cfg.on_error,
     }
+    if args.group is not None:
+        return _convert_part(args, cfg, options, params)
     with open_stage_run(args, "convert", f"convert {args.format}", params) as run:
         manifest, stats = convert(
             args.format,
@@ -158,31 +185,81 @@ def run_convert(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
         )
-        run.set_tags(
-            {
-                "data_version.out": manifest["data_version"],
-                "data_version.in": ",".join(s["sha256"][:16] for s in manifest["sources"]),
-            }
-        )
-        run.log_metrics(
-            {
-                "events_in": stats.events_in,
-                "events_written": stats.events_written,
-                "events_skipped": len(stats.skipped),
-                "wall_seconds": stats.seconds,
-                "events_per_second": stats.events_in / max(stats.seconds, 1e-9),
-                **{f"events_{k}": v for k, v in manifest["n_events"].items()},
-            }
-        )
-        run.log_artifact(Path(args.out) / "manifest.json")
-        run.log_dataset(args.out, manifest, context="output")
+        _log_converted(run, args.out, manifest, stats)
+    _print_converted(args.out, manifest, stats)
+    return 0
+
+
+def _log_converted(run: Any, out: Path, manifest: dict[str, Any], stats: ConvertStats) -> None:
+    """The converted dataset's versions, counts and rate, into the stage's MLflow run."""
+    run.set_tags(
+        {
+            "data_version.out": manifest["data_version"],
+            "data_version.in": ",".join(s["sha256"][:16] for s in manifest["sources"]),
+        }
+    )
+    run.log_metrics(
+        {
+            "events_in": stats.events_in,
+            "events_written": stats.events_written,
+            "events_skipped": len(stats.skipped),
+            "wall_seconds": stats.seconds,
+            "events_per_second": stats.events_in / max(stats.seconds, 1e-9),
+            **{f"events_{k}": v for k, v in manifest["n_events"].items()},
+        }
+    )
+    run.log_artifact(Path(out) / "manifest.json")
+    run.log_dataset(out, manifest, context="output")
+
+
+def _print_converted(out: Path, manifest: dict[str, Any], stats: ConvertStats) -> None:
     print(
         f"data_version {manifest['data_version']}: {json.dumps(manifest['n_events'])} events "
-        f"in {len(manifest['shards'])} shards -> {args.out} ({stats.seconds:.1f} s, "
+        f"in {len(manifest['shards'])} shards -> {out} ({stats.seconds:.1f} s, "
         f"{stats.events_in / max(stats.seconds, 1e-9):.0f} events/s)"
     )
     if stats.skipped:
-        print(f"skipped {len(stats.skipped)} file(s)/event(s); reasons are listed in {args.out}/manifest.json")
+        print(f"skipped {len(stats.skipped)} file(s)/event(s); reasons are listed in {out}/manifest.json")
+
+
+def _convert_part(args: argparse.Namespace, cfg: ConvertConfig, options: dict, params: dict) -> int:
+    from physfm.data.convert_parts import convert_part
+
+    params = {**params, "group": args.group, "groups": cfg.groups}
+    with open_stage_run(args, "convert", f"convert {args.format} part {args.group}/{cfg.groups}", params) as run:
+        record = convert_part(
+            args.format,
+            args.input,
+            args.out,
+            group=args.group,
+            groups=cfg.groups,
+            shard_events=cfg.shard_events,
+            split_fractions=cfg.split,
+            reader_options=options,
+            on_error=cfg.on_error,
+            step=args.step,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        run.log_metrics(
+            {
+                "events_in": record["events_in"],
+                "files": len(record["readable"]),
+                "wall_seconds": record["seconds"],
+                "events_per_second": record["events_in"] / max(record["seconds"], 1e-9),
+            }
+        )
+    return 0
+
+
+def run_convert_gather(args: argparse.Namespace) -> int:
+    from physfm.data.convert_parts import gather_parts
+
+    params = {"parts": [str(p) for p in args.part]}
+    with open_stage_run(args, "convert", "convert gather", params) as run:
+        manifest, stats = gather_parts(args.part, args.out, progress=not args.no_progress)
+        _log_converted(run, args.out, manifest, stats)
+    _print_converted(args.out, manifest, stats)
     return 0
 
 

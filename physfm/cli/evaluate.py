@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from physfm.cli.common import (
@@ -146,8 +147,20 @@ def run_embed(args: argparse.Namespace) -> int:
         model, bmeta = load_embedder(args.backbone, args.random_init)
         for split in splits:
             emb, labels, keys, meta = embed_split(model, bmeta, ds, split, max_events=cfg.max_events)
-            meta = write_embeddings(args.out / split, emb, labels, keys, meta, kind=cfg.index, normalize=cfg.normalize)
+            meta = write_embeddings(
+                args.out / split,
+                emb,
+                labels,
+                keys,
+                meta,
+                kind=cfg.index,
+                normalize=cfg.normalize,
+                recall_k=cfg.k,
+                approximate_above=cfg.approximate_above,
+            )
             run.log_metrics({f"events_{split}": len(labels), "dim": emb.shape[1]})
+            if "recall_at_k" in meta["index"]:  # an approximate index: its recall against exact search
+                run.log_metrics({f"index_recall_at_{cfg.k}_{split}": meta["index"]["recall_at_k"]})
             print(f"embedded {len(labels)} {split} events ({emb.shape[1]} dims, {meta['index']['kind']} index)")
         run.set_tags({"data_version.in": meta["data_version"], "tokenizer_version": meta.get("tokenizer_version")})
         if len(splits) == 2:
@@ -217,8 +230,18 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"k-NN accuracy (k={args.k}) of {len(queries)} events against {len(index)}: {acc:.4f}")
     else:
         row = args.row if args.row is not None else index.row_of(args.event)
+        t0 = time.perf_counter()
         hits = index.neighbours(row, args.k)
-        result = {"query": {"row": row, "event_key": int(index.event_keys[row])}, "neighbours": hits}
+        latency_ms = 1e3 * (time.perf_counter() - t0)
+        result = {
+            "query": {"row": row, "event_key": int(index.event_keys[row])},
+            "neighbours": hits,
+            "index": index.meta.get("index", {}),
+            "latency_ms": latency_ms,
+        }
+        print(
+            f"{len(hits)} neighbours among {len(index)} events in {latency_ms:.2f} ms ({index.meta['index']['kind']})"
+        )
         print(f"{'rank':>4} {'row':>7} {'event_key':>20} {'label':>8} {'distance':>9}")
         for h in hits:
             print(f"{h['rank']:>4} {h['row']:>7} {h['event_key']:>20} {h['label']!s:>8} {h['distance']:>9.4f}")

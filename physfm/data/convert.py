@@ -81,6 +81,7 @@ class ConvertConfig:
     labels: list[str] = field(default_factory=lambda: ["label_QCD", "label_Tbqq", "label_Wqq", "label_Zqq"])
     on_error: str = "fail"  # fail: stop at a bad file/event; skip: leave it out, listed in the manifest
     tree: str | None = None  # JetClass ROOT tree name (None: "tree")
+    groups: int = 1  # jobs the input files are read in (scatter), then one gather; same output for any
 
 
 @dataclass
@@ -432,6 +433,145 @@ def missing_inputs(
     return {"groups": groups, "columns": missing_cols, "absent_in_files": dict(sorted(absent.items()))}
 
 
+def _check_arguments(fmt: str, on_error: str, workers: int, step: int) -> None:
+    if fmt not in READERS:
+        raise ValueError(f"unknown format '{fmt}'; choose one of: {', '.join(READERS)}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got '{on_error}'")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+
+
+def _check_files(reader: Reader, files: list[Path], on_error: str) -> tuple[list[tuple[Path, int]], list[dict]]:
+    """``(path, n_entries)`` of the readable files, and the skipped records of the others."""
+    readable: list[tuple[Path, int]] = []
+    skipped: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            readable.append((path, reader.check(path)))
+        except DataError as exc:
+            if on_error == "fail":
+                raise
+            skipped.append({"source": path.name, "entry": None, "reason": str(exc)})
+    return readable, skipped
+
+
+def _stream(
+    reader: Reader, readable: list[tuple[Path, int]], step: int, prep: _Prep, workers: int, exchange: Path
+) -> Iterator[_Chunk | _FileEnd]:
+    if workers > 1 and reader.splittable:
+        return _parallel(reader, readable, step, prep, workers, exchange)
+    return _prefetch(_sequential(reader, [p for p, _ in readable], step, prep))
+
+
+def _conversion_config(
+    fmt: str, reader: Reader, shard_events: int, split_fractions: dict[str, float], on_error: str
+) -> dict[str, Any]:
+    """The conversion settings recorded in the manifest (and hashed into the data_version)."""
+    return {
+        "format": fmt,
+        "shard_events": shard_events,
+        "split_fractions": {s: float(split_fractions.get(s, 0.0)) for s in SPLITS},
+        "reader_options": reader.options,
+        "on_error": on_error,
+    }
+
+
+def _write_dataset(
+    tmp: Path,
+    reader: Reader,
+    readable: list[tuple[Path, int]],
+    stream: Iterator[_Chunk | _FileEnd],
+    config: dict[str, Any],
+    stats: ConvertStats,
+    extras: Callable[[], dict[str, Path]],
+    progress: bool,
+) -> dict[str, Any]:
+    """The in-order part of a conversion: duplicate check, shards, manifest (into ``tmp``).
+
+    ``stream`` holds every readable file's chunks in input order, each file's followed by its
+    :class:`_FileEnd`; ``file_no`` indexes ``readable``. The same stream gives the same bytes,
+    whether it comes from this process's readers or from the parts of :func:`convert_part`.
+    ``extras()`` (called once the stream is read: a reader may collect them while reading) gives
+    the files stored once per dataset.
+    """
+    on_error, shard_events = config["on_error"], config["shard_events"]
+    seen = _KeyIndex()
+    names = [p.name for p, _ in readable]
+    sources = []
+    n_filtered = 0
+    nonzero = np.zeros(len(reader.particle_features), dtype=bool)  # columns with a nonzero value written
+    writer = ShardWriter(tmp, shard_events, {"modality": reader.modality, "format_version": 1})
+    bar = tqdm(total=sum(n for _, n in readable), unit="ev", desc="convert", disable=not progress)
+    file_events = 0
+    with contextlib.closing(stream):
+        for item in stream:
+            path, n_entries = readable[item.file_no]
+            if isinstance(item, _FileEnd):
+                sources.append(
+                    {
+                        "path": str(path),
+                        "name": path.name,
+                        "sha256": item.sha256,
+                        "n_entries": n_entries,
+                        "n_events": file_events,
+                    }
+                )
+                file_events = 0
+                continue
+            stats.events_in += item.n_in
+            n_filtered += item.n_filtered
+            where = (item.file_no << 40) | item.entries
+            drop, duplicates = _duplicates(seen, item.block.event_key, where, item.entries, names, on_error)
+            block, counts, skipped = item.block, item.split_counts, item.skipped
+            if duplicates:
+                skipped = sorted(skipped + duplicates, key=lambda s: s["entry"])
+                segment = np.repeat(np.arange(len(SPLITS)), counts)
+                counts = np.bincount(segment[~drop], minlength=len(SPLITS)).tolist()
+                block, where = block.select(~drop), where[~drop]
+            seen.add(block.event_key, where)
+            if reader.input_groups and not nonzero.all() and len(block.particles):
+                nonzero |= (block.particles != 0).any(axis=0)
+            stats.skipped += skipped
+            start = 0
+            for s_name, n in zip(SPLITS, counts, strict=True):
+                writer.add(s_name, block.slice(start, start + n))
+                start += n
+            file_events += len(block)
+            bar.update(item.n_in)
+    bar.close()
+    n_events = writer.close()
+    extra_records = {}
+    for name, src in extras().items():
+        dst = tmp / f"{name}{src.suffix}"
+        dst.write_bytes(src.read_bytes())
+        extra_records[name] = {"path": dst.name, "sha256": sha256_file(dst)}
+    manifest = build_manifest(
+        modality=reader.modality,
+        particle_features=reader.particle_features,
+        event_features=reader.event_features,
+        classes=reader.classes,
+        n_events=n_events,
+        shards=writer.shards,
+        sources=sources,
+        config=config,
+        skipped=stats.skipped,
+        extras=extra_records,
+    )
+    manifest["n_filtered_by_label"] = n_filtered
+    if reader.input_groups:  # not part of the data_version: a function of the shards' content
+        manifest["missing_inputs"] = missing_inputs(
+            reader, list(reader.particle_features), nonzero, reader.absent_columns()
+        )
+    if sum(n_events.values()) == 0:
+        raise DataError(f"no events left to write from {len(readable)} file(s); see skipped reasons")
+    write_manifest(tmp, manifest)
+    stats.events_written = sum(n_events.values())
+    return manifest
+
+
 def convert(
     fmt: str,
     inputs: str | Path | list[str | Path],
@@ -453,16 +593,10 @@ def convert(
     ``workers > 1`` prepares chunks (read, check, event keys, splits) in that many processes for
     readers that can read entry ranges (JetClass ROOT); the duplicate check and the shard writing
     stay in this process, in input order, so the output is byte-identical whatever ``workers``
-    and ``step``. Other formats are read sequentially in a background thread.
+    and ``step``. Other formats are read sequentially in a background thread. To spread the
+    reading over separate jobs (nodes), see :mod:`physfm.data.convert_parts`.
     """
-    if fmt not in READERS:
-        raise ValueError(f"unknown format '{fmt}'; choose one of: {', '.join(READERS)}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got '{on_error}'")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step}")
+    _check_arguments(fmt, on_error, workers, step)
     split_fractions = split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
     assign_splits(np.zeros(0, dtype=np.uint64), split_fractions)  # checks the fractions up front
     reader: Reader = READERS[fmt](reader_options)
@@ -470,101 +604,13 @@ def convert(
     files = resolve_inputs(inputs, reader.file_glob)
     stats = ConvertStats()
     t0 = time.perf_counter()
-
-    readable: list[tuple[Path, int]] = []
-    for path in files:
-        try:
-            readable.append((path, reader.check(path)))
-        except DataError as exc:
-            if on_error == "fail":
-                raise
-            stats.skipped.append({"source": path.name, "entry": None, "reason": str(exc)})
+    readable, stats.skipped = _check_files(reader, files, on_error)
     if not readable:
         raise DataError("every input file was skipped as unreadable: " + "; ".join(s["reason"] for s in stats.skipped))
-
-    config = {
-        "format": fmt,
-        "shard_events": shard_events,
-        "split_fractions": {s: float(split_fractions.get(s, 0.0)) for s in SPLITS},
-        "reader_options": reader.options,
-        "on_error": on_error,
-    }
+    config = _conversion_config(fmt, reader, shard_events, split_fractions, on_error)
     prep = _Prep(split_fractions, on_error, filter_unlabeled=bool(reader.classes))
-    seen = _KeyIndex()
-    names = [p.name for p, _ in readable]
-    sources = []
-    n_filtered = 0
-    nonzero = np.zeros(len(reader.particle_features), dtype=bool)  # columns with a nonzero value written
     with atomic_dir(out_dir) as tmp:
-        writer = ShardWriter(tmp, shard_events, {"modality": reader.modality, "format_version": 1})
-        bar = tqdm(total=sum(n for _, n in readable), unit="ev", desc="convert", disable=not progress)
-        if workers > 1 and reader.splittable:
-            stream = _parallel(reader, readable, step, prep, workers, tmp / ".exchange")
-        else:
-            stream = _prefetch(_sequential(reader, [p for p, _ in readable], step, prep))
-        file_events = 0
-        with contextlib.closing(stream):
-            for item in stream:
-                path, n_entries = readable[item.file_no]
-                if isinstance(item, _FileEnd):
-                    sources.append(
-                        {
-                            "path": str(path),
-                            "name": path.name,
-                            "sha256": item.sha256,
-                            "n_entries": n_entries,
-                            "n_events": file_events,
-                        }
-                    )
-                    file_events = 0
-                    continue
-                stats.events_in += item.n_in
-                n_filtered += item.n_filtered
-                where = (item.file_no << 40) | item.entries
-                drop, duplicates = _duplicates(seen, item.block.event_key, where, item.entries, names, on_error)
-                block, counts, skipped = item.block, item.split_counts, item.skipped
-                if duplicates:
-                    skipped = sorted(skipped + duplicates, key=lambda s: s["entry"])
-                    segment = np.repeat(np.arange(len(SPLITS)), counts)
-                    counts = np.bincount(segment[~drop], minlength=len(SPLITS)).tolist()
-                    block, where = block.select(~drop), where[~drop]
-                seen.add(block.event_key, where)
-                if reader.input_groups and not nonzero.all() and len(block.particles):
-                    nonzero |= (block.particles != 0).any(axis=0)
-                stats.skipped += skipped
-                start = 0
-                for s_name, n in zip(SPLITS, counts, strict=True):
-                    writer.add(s_name, block.slice(start, start + n))
-                    start += n
-                file_events += len(block)
-                bar.update(item.n_in)
-        bar.close()
-        n_events = writer.close()
-        extras = {}
-        for name, src in reader.extras().items():
-            dst = tmp / f"{name}{src.suffix}"
-            dst.write_bytes(src.read_bytes())
-            extras[name] = {"path": dst.name, "sha256": sha256_file(dst)}
-        manifest = build_manifest(
-            modality=reader.modality,
-            particle_features=reader.particle_features,
-            event_features=reader.event_features,
-            classes=reader.classes,
-            n_events=n_events,
-            shards=writer.shards,
-            sources=sources,
-            config=config,
-            skipped=stats.skipped,
-            extras=extras,
-        )
-        manifest["n_filtered_by_label"] = n_filtered
-        if reader.input_groups:  # not part of the data_version: a function of the shards' content
-            manifest["missing_inputs"] = missing_inputs(
-                reader, list(reader.particle_features), nonzero, reader.absent_columns()
-            )
-        if sum(n_events.values()) == 0:
-            raise DataError(f"no events left to write from {len(readable)} file(s); see skipped reasons")
-        write_manifest(tmp, manifest)
-    stats.events_written = sum(n_events.values())
+        stream = _stream(reader, readable, step, prep, workers, tmp / ".exchange")
+        manifest = _write_dataset(tmp, reader, readable, stream, config, stats, reader.extras, progress)
     stats.seconds = time.perf_counter() - t0
     return manifest, stats

@@ -53,6 +53,10 @@ def pad(block: EventBlock, parts: np.ndarray, max_len: int) -> tuple[np.ndarray,
     return x, mask
 
 
+#: Events per block when streaming a split (:meth:`Split.blocks`): ~10 MB of padded jets.
+BLOCK_EVENTS = 4096
+
+
 @dataclass
 class Split:
     """One split of a dataset: its shards and how many events each holds."""
@@ -81,24 +85,96 @@ class Split:
             return block.particles.astype(np.float32)
         return compute_features(block, self.manifest, names)
 
-    def read(self, indices: np.ndarray | None = None) -> EventBlock:
-        """Events of the split in stored order, or those at global ``indices`` (sorted on return)."""
-        blocks, start = [], 0
+    def units(
+        self, block_events: int | None = None, indices: np.ndarray | None = None, stop: int | None = None
+    ) -> list[Unit]:
+        """The split (or the events at global ``indices``, or its first ``stop``) as :class:`Unit` s of at
+        most ``block_events`` events each (``None``: one per shard), in stored order; each lies within
+        one shard."""
+        if block_events is not None and block_events < 1:
+            raise ValueError(f"block_events must be >= 1, got {block_events}")
         want = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+        units, start = [], 0
         for path, n in self.shards:
+            if stop is not None:
+                n = max(0, min(n, stop - start))
             if want is None:
-                blocks.append(read_block(path))
+                step = block_events or max(n, 1)
+                units += [Unit(path, a, min(a + step, n)) for a in range(0, n, step)]
             else:
                 local = want[(want >= start) & (want < start + n)] - start
-                if len(local):
-                    b = read_block(path, int(local[0]), int(local[-1]) + 1)
-                    sel = np.zeros(len(b), dtype=bool)
-                    sel[local - local[0]] = True
-                    blocks.append(b.select(sel))
+                step = block_events or max(len(local), 1)
+                for a in range(0, len(local), step):
+                    piece = local[a : a + step]
+                    lo, hi = int(piece[0]), int(piece[-1]) + 1
+                    contiguous = hi - lo == len(piece)
+                    units.append(Unit(path, lo, hi, None if contiguous else piece - lo))
             start += n
+        return units
+
+    def blocks(
+        self, block_events: int = BLOCK_EVENTS, indices: np.ndarray | None = None, stop: int | None = None
+    ) -> Iterator[EventBlock]:
+        """The split's events (or those at ``indices``, or its first ``stop``) in stored order,
+        ``block_events`` at most at a time: the one way to stream a split whatever its size (memory
+        bounded by the block)."""
+        for unit in self.units(block_events, indices, stop):
+            yield unit.read()
+
+    def arrays(
+        self,
+        features: Sequence[str] | None = None,
+        max_len: int = 128,
+        block_events: int = BLOCK_EVENTS,
+        indices: np.ndarray | None = None,
+        stop: int | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """:meth:`blocks` as padded arrays (the keys of :func:`load_arrays`), one dict per block."""
+        for block in self.blocks(block_events, indices, stop):
+            yield padded_arrays(self, block, features, max_len)
+
+    def read(self, indices: np.ndarray | None = None) -> EventBlock:
+        """Events of the split in stored order, or those at global ``indices`` (sorted on return)."""
+        blocks = [u.read() for u in self.units(None, indices)]
         if not blocks:
             raise ValueError(f"split '{self.split}' of {self.data_dir} has no events to read")
         return EventBlock.concat(blocks)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Events ``[start, stop)`` of one shard, or only those at ``select`` (positions from ``start``)."""
+
+    path: Path
+    start: int
+    stop: int
+    select: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start if self.select is None else len(self.select)
+
+    def read(self) -> EventBlock:
+        block = read_block(self.path, self.start, self.stop)
+        if self.select is None:
+            return block
+        mask = np.zeros(len(block), dtype=bool)
+        mask[self.select] = True
+        return block.select(mask)
+
+
+def padded_arrays(
+    split: Split, block: EventBlock, features: Sequence[str] | None, max_len: int
+) -> dict[str, np.ndarray]:
+    """A block of ``split`` as padded arrays: x, mask, label, events, event_key, n_particles."""
+    x, mask = pad(block, split.features(block, features), max_len)
+    return {
+        "x": x,
+        "mask": mask,
+        "label": block.label,
+        "events": block.events,
+        "event_key": block.event_key,
+        "n_particles": np.diff(block.offsets),
+    }
 
 
 def compute_features(block: EventBlock, manifest: dict[str, Any], names: Sequence[str]) -> np.ndarray:
@@ -121,18 +197,27 @@ def load_arrays(
     max_len: int = 128,
     indices: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """A whole split (or selected events) in memory as padded numpy arrays."""
+    """A whole split (or selected events) in memory as padded numpy arrays.
+
+    Its memory grows with the split: to go over a split of any size, stream it with
+    :func:`iter_arrays` (or :meth:`Split.blocks`) instead.
+    """
     s = open_split(data_dir, split)
-    block = s.read(indices)
-    x, mask = pad(block, s.features(block, features), max_len)
-    return {
-        "x": x,
-        "mask": mask,
-        "label": block.label,
-        "events": block.events,
-        "event_key": block.event_key,
-        "n_particles": np.diff(block.offsets),
-    }
+    return padded_arrays(s, s.read(indices), features, max_len)
+
+
+def iter_arrays(
+    data_dir: Dataset | str | Path,
+    split: str,
+    features: Sequence[str] | None = None,
+    max_len: int = 128,
+    indices: np.ndarray | None = None,
+    block_events: int = BLOCK_EVENTS,
+    stop: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`load_arrays` in blocks of at most ``block_events`` events, in stored order (all events,
+    those at ``indices``, or the first ``stop``)."""
+    return open_split(data_dir, split).arrays(features, max_len, block_events, indices, stop)
 
 
 class ShardDataset(IterableDataset):

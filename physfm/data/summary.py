@@ -1,4 +1,10 @@
-"""Data summary: counts per split and class, and one histogram per feature compared across classes."""
+"""Data summary: counts per split and class, and one histogram per feature compared across classes.
+
+The events are read in blocks (:meth:`physfm.data.loader.Split.blocks`) and counted into fixed
+histograms, so memory does not grow with ``max_events``. dask would bring nothing here: one
+sequential pass of numpy histograms over HDF5 blocks is disk-bound on one core, and a data set too
+big for one job is converted and summarised per group by Snakemake jobs, not by a second scheduler.
+"""
 
 from __future__ import annotations
 
@@ -26,47 +32,65 @@ class SummaryConfig:
     max_events: int = 20000  # events sampled for the plots
 
 
-def _hist_grid(
-    values: np.ndarray,
-    labels: np.ndarray,
-    names: list[str],
-    classes: list[str],
-    title: str,
-    path: Path,
-    units: dict[str, str] | None = None,
-    log: bool = True,
-) -> None:
-    n = len(names)
-    ncols = 4
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
-    for j, name in enumerate(names):
-        ax = axes[j // ncols][j % ncols]
-        col = values[:, j].astype(np.float64)
-        lo, hi = np.nanpercentile(col, [0.5, 99.5]) if len(col) else (0.0, 1.0)
-        if not hi > lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        bins = np.linspace(lo, hi, 41)
-        for c, cname in enumerate(classes):
-            sel = col[labels == c]
-            if len(sel):
-                ax.hist(np.clip(sel, lo, hi), bins=bins, histtype="step", density=True, label=cname)
-        if not classes:
-            ax.hist(np.clip(col, lo, hi), bins=bins, histtype="step", density=True)
-        unit = (units or {}).get(name, "")
-        ax.set_xlabel(f"{name} [{unit.split(' ')[0]}]" if unit and unit.split(" ")[0] not in ("1", "bool") else name)
-        ax.set_ylabel("density")
-        if log:
-            ax.set_yscale("log")
-    for j in range(n, nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
-    if classes:
-        axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+#: Events whose 0.5 and 99.5 percentiles fix each histogram's range (the rest are then only counted).
+RANGE_EVENTS = 1000
+BINS = 40
+
+
+class _Histograms:
+    """Per-feature, per-class histograms filled block by block (memory flat in the number of events)."""
+
+    def __init__(self, sample: np.ndarray, n_classes: int) -> None:
+        self.edges = []
+        for col in sample.T.astype(np.float64):
+            lo, hi = np.nanpercentile(col, [0.5, 99.5]) if len(col) else (0.0, 1.0)
+            if not hi > lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            self.edges.append(np.linspace(lo, hi, BINS + 1))
+        self.counts = np.zeros((len(self.edges), max(n_classes, 1), BINS), dtype=np.int64)
+
+    def add(self, values: np.ndarray, labels: np.ndarray) -> None:
+        for j, edges in enumerate(self.edges):
+            col = np.clip(values[:, j].astype(np.float64), edges[0], edges[-1])
+            for c in range(self.counts.shape[1]):
+                sel = col if self.counts.shape[1] == 1 else col[labels == c]
+                self.counts[j, c] += np.histogram(sel, bins=edges)[0]
+
+    def plot(
+        self,
+        names: list[str],
+        classes: list[str],
+        title: str,
+        path: Path,
+        units: dict[str, str] | None = None,
+        log: bool = True,
+    ) -> None:
+        n = len(names)
+        ncols = 4
+        nrows = -(-n // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
+        for j, name in enumerate(names):
+            ax = axes[j // ncols][j % ncols]
+            edges = self.edges[j]
+            for c, cname in enumerate(classes or [None]):
+                counts = self.counts[j, c]
+                if counts.sum():
+                    ax.stairs(counts / (counts.sum() * np.diff(edges)), edges, label=cname)
+            unit = (units or {}).get(name, "")
+            shown = unit.split(" ")[0] if unit else ""
+            ax.set_xlabel(f"{name} [{shown}]" if shown and shown not in ("1", "bool") else name)
+            ax.set_ylabel("density")
+            if log:
+                ax.set_yscale("log")
+        for j in range(n, nrows * ncols):
+            axes[j // ncols][j % ncols].axis("off")
+        if classes:
+            axes[0][0].legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+        plt.close(fig)
 
 
 def summarize(
@@ -86,25 +110,29 @@ def summarize(
         from physfm.data.summary_lartpc import MAX_EVENTS
 
         n = min(n, MAX_EVENTS)
-    block = s.read(np.arange(n))
     classes = manifest["classes"]
-    counts = np.diff(block.offsets)
-    per_row_label = np.repeat(block.label, counts)
     pnames, enames = feature_names(manifest, "particle"), feature_names(manifest, "event")
     punits = {f["name"]: f["unit"] for f in manifest["particle_features"]}
     eunits = {f["name"]: f["unit"] for f in manifest["event_features"]}
-    _hist_grid(
-        block.particles,
-        per_row_label,
-        pnames,
-        classes,
-        f"particle features ({split}, {n} events)",
-        out_dir / "particle_features.png",
-        units=punits,
+    # ranges from the first events, then every block counted into them: memory flat in max_events
+    p_sample, e_sample = np.zeros((0, len(pnames))), np.zeros((0, len(enames) + 1))
+    if n:
+        first = s.read(np.arange(min(n, RANGE_EVENTS)))
+        p_sample, e_sample = first.particles, np.column_stack([first.events, np.diff(first.offsets)])
+    particles, events = _Histograms(p_sample, len(classes)), _Histograms(e_sample, len(classes))
+    class_counts = np.zeros(max(len(classes), 1), dtype=np.int64)
+    n_rows, max_particles = 0, 0
+    for block in s.blocks(stop=n):
+        counts = np.diff(block.offsets)
+        particles.add(block.particles, np.repeat(block.label, counts))
+        events.add(np.column_stack([block.events, counts]), block.label)
+        class_counts += np.bincount(block.label[block.label >= 0], minlength=len(class_counts))[: len(class_counts)]
+        n_rows += int(counts.sum())
+        max_particles = max(max_particles, int(counts.max()) if len(counts) else 0)
+    particles.plot(
+        pnames, classes, f"particle features ({split}, {n} events)", out_dir / "particle_features.png", units=punits
     )
-    _hist_grid(
-        np.column_stack([block.events, counts]),
-        block.label,
+    events.plot(
         [*enames, "n_particles"],
         classes,
         f"event features ({split}, {n} events)",
@@ -117,18 +145,18 @@ def summarize(
         "modality": manifest["modality"],
         "n_events": manifest["n_events"],
         "classes": classes,
-        "class_counts_sampled": {c: int((block.label == i).sum()) for i, c in enumerate(classes)},
+        "class_counts_sampled": {c: int(class_counts[i]) for i, c in enumerate(classes)},
         "sampled_split": split,
         "sampled_events": int(n),
-        "mean_particles": float(counts.mean()) if n else 0.0,
-        "max_particles": int(counts.max()) if n else 0,
+        "mean_particles": n_rows / n if n else 0.0,
+        "max_particles": max_particles,
         "n_skipped": len(manifest.get("skipped", [])),
         "plots": ["particle_features.png", "event_features.png"],
     }
     if manifest["modality"] == "lartpc":
         from physfm.data.summary_lartpc import lartpc_summary
 
-        summary["lartpc"] = lartpc_summary(block, manifest, out_dir)
+        summary["lartpc"] = lartpc_summary(s.read(np.arange(n)), manifest, out_dir)  # n <= its MAX_EVENTS
         summary["plots"] += summary["lartpc"].pop("plots")
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from physfm.data.dataset import Dataset, open_dataset
-from physfm.data.loader import load_arrays
+from physfm.data.loader import iter_arrays, load_arrays
 from physfm.data.shards import DataError
 from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
 from physfm.io import atomic_path
@@ -32,7 +32,8 @@ class EmbedConfig:
     """Settings of the ``embed`` stage (config section ``evaluate.knn``, less ``enabled``)."""
 
     k: int = 10  # neighbours of the k-NN probe
-    index: str = "auto"  # faiss index: auto (by size), flat (exact), hnsw, ivf
+    index: str = "auto"  # faiss index: auto (flat below approximate_above, else ivf), flat (exact), hnsw, ivf
+    approximate_above: int = 100_000  # auto: an approximate (IVF) index from this many events, its recall measured
     max_events: int = 20000  # events embedded per split
     normalize: bool = True  # L2-normalise the embeddings
 
@@ -140,19 +141,26 @@ def embed_split(
 
     dev = device_of(device)
     model.to(dev).eval()
-    if indices is None and max_events is not None:
-        indices = np.arange(max_events)
     features = list(bmeta["features"])
     with_dom = uses_dom_tokens(bmeta)  # PolarBERT backbones also embed the sensor ids
     names = features + ([DOM_FEATURE] if with_dom else [])
     ds = open_dataset(data_dir)
-    arrays = load_arrays(ds, split, features=names, max_len=bmeta["max_len"], indices=indices)
-    tokens = None
-    if with_dom:
-        n_doms = int(bmeta["config"]["vocab_size"]) - 1
-        tokens = dom_tokens(arrays["x"][..., len(features)], arrays["mask"], n_doms)
-    x = arrays["x"][..., : len(features)]
-    emb = batched(model.embed, x, arrays["mask"], bmeta, batch_size, dev, tokens=tokens)
+    embs, labels, keys = [], [], []
+    # in blocks: memory is the block's padded arrays plus the (N, d) embeddings, whatever the split's size
+    for arrays in iter_arrays(
+        ds, split, features=names, max_len=bmeta["max_len"], indices=indices, stop=None if indices is not None else max_events
+    ):
+        tokens = None
+        if with_dom:
+            n_doms = int(bmeta["config"]["vocab_size"]) - 1
+            tokens = dom_tokens(arrays["x"][..., len(features)], arrays["mask"], n_doms)
+        x = arrays["x"][..., : len(features)]
+        embs.append(batched(model.embed, x, arrays["mask"], bmeta, batch_size, dev, tokens=tokens))
+        labels.append(arrays["label"])
+        keys.append(arrays["event_key"])
+    if not embs:
+        raise ValueError(f"split '{split}' of {ds.path} has no events to embed")
+    emb, label, event_key = np.concatenate(embs), np.concatenate(labels), np.concatenate(keys)
     manifest = ds.manifest
     meta = {
         "backbone_dir": bmeta.get("backbone_dir"),
@@ -165,4 +173,4 @@ def embed_split(
         "split": split,
         "classes": manifest["classes"],
     }
-    return emb, arrays["label"], arrays["event_key"], meta
+    return emb, label, event_key, meta

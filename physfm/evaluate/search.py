@@ -10,8 +10,11 @@ An embedding directory (written by :func:`write_embeddings`, ``physfm embed``) h
   index kind and parameters.
 
 Index kinds: ``flat`` (exact; best below ~100k events), ``hnsw`` (graph, approximate, no training),
-``ivf`` (inverted lists over k-means cells, approximate, trained; for many millions), ``auto``
-picks flat below 100k events, HNSW below 5M, IVF above.
+``ivf`` (inverted lists over k-means cells, approximate, trained on a sample; for many millions),
+``auto``: flat below ``approximate_above`` events (config ``evaluate.knn.approximate_above``,
+default 100k), IVF from there. Every approximate index has its recall@k against exact search
+measured on a sample of its own vectors (:func:`index_recall`), stored in the manifest's
+``info.index`` (``recall_at_k``) and logged to MLflow by ``physfm embed``.
 """
 
 from __future__ import annotations
@@ -35,12 +38,20 @@ def _faiss() -> Any:
     return faiss
 
 
-def resolve_kind(kind: str, n: int) -> str:
+#: ``auto`` builds an exact index below this many vectors, an IVF index from there.
+APPROXIMATE_ABOVE = 100_000
+#: IVF cells are trained on at most this many points per cell (faiss's own default is 256).
+TRAIN_PER_CELL = 64
+#: Queries of the recall measurement, and the blocks :func:`knn_accuracy` searches in.
+RECALL_QUERIES, QUERY_BLOCK = 1000, 4096
+
+
+def resolve_kind(kind: str, n: int, approximate_above: int = APPROXIMATE_ABOVE) -> str:
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind '{kind}' is not one of {', '.join(INDEX_KINDS)}")
     if kind != "auto":
         return kind
-    return "flat" if n < 100_000 else "hnsw" if n < 5_000_000 else "ivf"
+    return "flat" if n < approximate_above else "ivf"
 
 
 def build_index(
@@ -52,12 +63,13 @@ def build_index(
     hnsw_m: int = 32,
     ef_search: int = 128,
     seed: int = 0,
+    approximate_above: int = APPROXIMATE_ABOVE,
 ) -> tuple[Any, dict[str, Any]]:
     """A faiss index holding ``emb`` (N, d) and the parameters used."""
     faiss = _faiss()
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     n, d = emb.shape
-    kind = resolve_kind(kind, n)
+    kind = resolve_kind(kind, n, approximate_above)
     params: dict[str, Any] = {"kind": kind, "n": int(n), "d": int(d)}
     if kind == "flat":
         index = faiss.IndexFlatL2(d)
@@ -71,11 +83,32 @@ def build_index(
         quantizer = faiss.IndexFlatL2(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist)
         index.cp.seed = seed
-        index.train(emb)
+        n_train = min(n, TRAIN_PER_CELL * nlist)
+        train = emb if n_train == n else emb[np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))]
+        index.train(train)
         index.nprobe = min(nprobe, nlist)
-        params.update(nlist=nlist, nprobe=index.nprobe)
+        params.update(nlist=nlist, nprobe=index.nprobe, n_train=int(n_train))
     index.add(emb)
     return index, params
+
+
+def index_recall(
+    index: Any, emb: np.ndarray, k: int = 10, n_queries: int = RECALL_QUERIES, seed: int = 0
+) -> dict[str, Any]:
+    """Recall@k of ``index`` against exact search over the same ``emb``: the fraction of each sampled
+    query's true ``k`` nearest vectors (queries drawn from ``emb`` itself) that the index returns."""
+    faiss = _faiss()
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    n = len(emb)
+    k = min(k, n)
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False))
+    queries = emb[rows]
+    exact = faiss.IndexFlatL2(emb.shape[1])
+    exact.add(emb)
+    _, truth = exact.search(queries, k)
+    _, found = index.search(queries, k)
+    hits = [len(set(t.tolist()) & set(f.tolist())) for t, f in zip(truth, found, strict=True)]
+    return {"recall_at_k": float(np.mean(hits) / k), "recall_k": int(k), "recall_queries": int(len(rows))}
 
 
 def l2_normalize(emb: np.ndarray) -> np.ndarray:
@@ -93,12 +126,18 @@ def write_embeddings(
     kind: str = "auto",
     normalize: bool = True,
     seed: int = 0,
+    recall_k: int = 10,
     **index_options: Any,
 ) -> dict[str, Any]:
-    """Write an embedding directory (see module doc) atomically and return its meta."""
+    """Write an embedding directory (see module doc) atomically and return its meta.
+
+    An approximate index gets its recall@``recall_k`` against exact search in ``meta["index"]``.
+    """
     faiss = _faiss()
     emb = l2_normalize(emb) if normalize else np.ascontiguousarray(emb, dtype=np.float32)
     index, params = build_index(emb, kind, seed=seed, **index_options)
+    if params["kind"] != "flat":
+        params.update(index_recall(index, emb, k=recall_k, seed=seed))
     arrays = {
         EMBEDDINGS: emb,
         LABELS: np.asarray(labels, dtype=np.int64),
@@ -173,7 +212,9 @@ def open_index(path: str | Path) -> EmbeddingIndex:
     artifact = open_artifact(path, "embeddings")
     load = lambda name: np.load(artifact.path / name, allow_pickle=False)  # noqa: E731
     index = _faiss().read_index(str(artifact.path / INDEX))
-    return EmbeddingIndex(artifact.path, load(EMBEDDINGS), load(LABELS), load(EVENT_KEYS), index, artifact.info)
+    # the vectors are mapped, not read: queries read only the rows they use (the index has its own copy)
+    emb = np.load(artifact.path / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+    return EmbeddingIndex(artifact.path, emb, load(LABELS), load(EVENT_KEYS), index, artifact.info)
 
 
 def knn_predict(
@@ -196,6 +237,12 @@ def knn_predict(
 def knn_accuracy(reference: EmbeddingIndex, queries: np.ndarray, query_labels: np.ndarray, k: int = 10) -> float:
     """Accuracy of k-NN classification of ``queries`` against the labelled ``reference`` index."""
     n_classes = len(reference.meta.get("classes") or []) or int(max(reference.labels.max(), query_labels.max()) + 1)
-    keep = query_labels >= 0
-    pred = knn_predict(reference, queries[keep], k, n_classes)
-    return float(np.mean(pred == query_labels[keep]))
+    right = total = 0
+    for a in range(0, len(query_labels), QUERY_BLOCK):  # in blocks: memory flat in the number of queries
+        labels = np.asarray(query_labels[a : a + QUERY_BLOCK])
+        keep = labels >= 0
+        if keep.any():
+            pred = knn_predict(reference, np.asarray(queries[a : a + QUERY_BLOCK])[keep], k, n_classes)
+            right += int(np.sum(pred == labels[keep]))
+            total += int(keep.sum())
+    return right / total if total else float("nan")

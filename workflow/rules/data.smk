@@ -32,32 +32,77 @@ rule generate:
         "{params.track} > {log} 2>&1"
 
 
-rule convert:
-    input:
-        raw_input(),
-    output:
-        directory(f"{R}/data"),
-    params:
-        input=raw_argument,
-        format=config["data"]["format"],
-        # label branches exist in JetClass files only
-        config=json.dumps(
-            {
-                k: v
-                for k, v in config["data"]["convert"].items()
-                if k != "labels" or config["data"]["format"] == "jetclass"
-            },
-            sort_keys=True,
-        ),
-        track=track("convert"),
-    threads: 2
-    log:
-        f"{R}/logs/convert.log",
-    conda:
-        "../../envs/io.yaml"
-    shell:
-        "physfm convert --format {params.format} --input '{params.input}' --out {output} "
-        "--config {params.config:q} --workers {threads} {params.track} > {log} 2>&1"
+CONVERT = config["data"]["convert"]
+CONVERT_GROUPS = CONVERT["groups"]
+# label branches exist in JetClass files only; `groups` is the rules' business, not the converter's
+CONVERT_SETTINGS = json.dumps(
+    {k: v for k, v in CONVERT.items() if k != "labels" or config["data"]["format"] == "jetclass"},
+    sort_keys=True,
+)
+
+
+if CONVERT_GROUPS == 1:
+
+    rule convert:
+        input:
+            raw_input(),
+        output:
+            directory(f"{R}/data"),
+        params:
+            input=raw_argument,
+            format=config["data"]["format"],
+            config=CONVERT_SETTINGS,
+            track=track("convert"),
+        threads: 2
+        log:
+            f"{R}/logs/convert.log",
+        conda:
+            "../../envs/io.yaml"
+        shell:
+            "physfm convert --format {params.format} --input '{params.input}' --out {output} "
+            "--config {params.config:q} --workers {threads} {params.track} > {log} 2>&1"
+
+else:
+    # Scatter: one job per group of input files (one sbatch job each on the SLURM profile) reads and
+    # prepares its files into a part; gather: one job writes the shards, manifest and data_version,
+    # byte-identical to the single job above (physfm/data/convert_parts.py).
+
+    rule convert_part:
+        input:
+            raw_input(),
+        output:
+            temp(directory(f"{R}/convert_parts/part_{{group}}")),
+        wildcard_constraints:
+            group=r"\d+",
+        params:
+            input=raw_argument,
+            format=config["data"]["format"],
+            config=CONVERT_SETTINGS,
+            track=lambda wildcards: track("convert_part", wildcards),
+        threads: 2
+        log:
+            f"{R}/logs/convert_part/{{group}}.log",
+        conda:
+            "../../envs/io.yaml"
+        shell:
+            "physfm convert --format {params.format} --input '{params.input}' --out {output} "
+            "--config {params.config:q} --group {wildcards.group} --workers {threads} {params.track} "
+            "> {log} 2>&1"
+
+    rule convert:
+        input:
+            expand(f"{R}/convert_parts/part_{{group}}", group=range(CONVERT_GROUPS)),
+        output:
+            directory(f"{R}/data"),
+        params:
+            parts=lambda wildcards, input: " ".join(f"--part {p}" for p in input),
+            track=track("convert"),
+        log:
+            f"{R}/logs/convert.log",
+        conda:
+            "../../envs/io.yaml"
+        shell:
+            "physfm convert-gather {params.parts} --out {output} {params.track} > {log} 2>&1"
 
 
 rule summarize:
