@@ -147,9 +147,8 @@ def embed_split(
     ds = open_dataset(data_dir)
     embs, labels, keys = [], [], []
     # in blocks: memory is the block's padded arrays plus the (N, d) embeddings, whatever the split's size
-    for arrays in iter_arrays(
-        ds, split, features=names, max_len=bmeta["max_len"], indices=indices, stop=None if indices is not None else max_events
-    ):
+    stop = None if indices is not None else max_events
+    for arrays in iter_arrays(ds, split, features=names, max_len=bmeta["max_len"], indices=indices, stop=stop):
         tokens = None
         if with_dom:
             n_doms = int(bmeta["config"]["vocab_size"]) - 1
