@@ -17,6 +17,7 @@ import torch
 
 from physfm.data.dataset import open_dataset
 from physfm.finetune import loop
+from physfm.finetune.task import Scoring
 from physfm.finetune.train import FinetuneConfig, finetune
 
 PROMETHEUS = Path(__file__).parent / "data" / "graphnet" / "examples" / "parquet" / "prometheus" / "merged"
@@ -119,7 +120,7 @@ def test_jet_regression_target_is_the_mass_of_all_constituents(jet_dataset: Path
     again = RegressionTask.from_meta(task.to_meta())
     assert again.mean == pytest.approx(inp["truth"].mean()) and again.std == pytest.approx(inp["truth"].std())
     out = ((inp["truth"] - again.mean) / again.std)[:, None].astype(np.float32)  # a perfect prediction
-    record, _ = again.evaluate(out, inp, ds, n_bootstrap=3, seed=0)
+    record, _ = again.evaluate(out, inp, ds, Scoring(n_bootstrap=3))
     assert record["metrics"]["rmse"] < 1e-5 and record["lower_is_better"]
 
 
@@ -161,7 +162,7 @@ def test_per_particle_segmentation_fits_the_same_loop() -> None:
     with torch.no_grad():
         logits = model(val["x"], val["mask"]).numpy()
     inp = {k: v.numpy() for k, v in val.items()} | {"event_key": np.arange(64)}
-    record, arrays = task.evaluate(logits, inp, None, n_bootstrap=5, seed=0)  # type: ignore[arg-type]
+    record, arrays = task.evaluate(logits, inp, None, Scoring(n_bootstrap=5))  # type: ignore[arg-type]
     assert record["metrics"]["n_points"] == int(val["mask"].sum()) and record["metrics"]["macro_f1"] > 0.85
     assert np.array(record["segmentation"]["confusion"]).sum() == int(val["mask"].sum())
     assert arrays["pred"].shape == (64, 10)

@@ -14,6 +14,7 @@ from physfm.cli.common import (
     parse_pairs,
     set_threads,
     stage_config,
+    wrap,
 )
 
 
@@ -23,11 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "evaluate",
         help="test-split metrics of a fine-tuned model (any task), with bootstrap errors",
-        description="The metrics of the model's task: classification: accuracy, one-vs-rest ROC AUC per class "
-        "and their mean, and for each signal:background pair the AUC and background rejection 1/eB at signal "
-        "efficiency 0.5 and 0.3; direction: mean, median and 68%% angular error (deg); regression: RMSE, MAE, "
-        "bias, resolution; segmentation: macro and per-class F1. Uncertainties from resampling the test events. "
-        "Written as JSON and logged to the model's MLflow run (test_*).",
+        description=wrap(
+            "The metrics of the model's task: classification: accuracy, one-vs-rest ROC AUC per class and their "
+            "mean, and for each signal:background pair the AUC and background rejection 1/eB at signal efficiency "
+            "0.5 and 0.3; direction: mean, median and 68 % angular error (deg); regression: RMSE, MAE, bias, "
+            "resolution; segmentation: macro and per-class F1. Uncertainties from resampling the test events. "
+            "Written as JSON and logged to the model's MLflow run (test_*)."
+        ),
     )
     e.add_argument("--model", required=True, type=Path, help="fine-tuned model directory (physfm finetune)")
     e.add_argument("--data", required=True, type=Path, help="dataset directory")

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Train a task's head (--task) on a backbone with the labelled events of one subset. "
             "scratch: same architecture, random init, all trained at --lr. finetune: pretrained backbone trained "
             "at --lr x --backbone-lr-scale with --layer-decay per layer below the top. frozen: pretrained backbone "
-            "untouched, head only. Early stopping on the validation loss; the best model is kept. Runs on CUDA when "
+            "untouched, head only. Early stopping on the task's score on the in-budget validation part; the best "
+            "model is kept. Runs on CUDA when "
             "available, CPU otherwise. Settings (head, lr, patience, ...) come from --config, the `finetune` "
             "section of a study config (its grid keys are ignored); omitted ones take their defaults."
         ),

@@ -73,9 +73,12 @@ def evaluate_model(
     """Test metrics of a fine-tuned model of any task on ``split`` with bootstrap errors, plus the cell it
     belongs to: the evaluation record the report reads (``metrics``, ``std``, ``n_events``, ... from the
     task's :meth:`~physfm.finetune.task.Task.evaluate`). ``pairs``/``effs``: classification only."""
+    from physfm.finetune.task import Scoring
+
     ds = open_dataset(data_dir, verify=True)
     out, inp, task, meta = predict(model_dir, ds, split)
-    result, arrays = task.evaluate(out, inp, ds, n_bootstrap=n_bootstrap, seed=seed, pairs=pairs, effs=effs)
+    how = Scoring(n_bootstrap=n_bootstrap, seed=seed, pairs=tuple(pairs), effs=tuple(effs))
+    result, arrays = task.evaluate(out, inp, ds, how)
     if predictions is not None:
         with atomic_path(predictions) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from physfm.data.dataset import Dataset
 from physfm.data.shards import DataError
 from physfm.features import JET_DEFAULT
-from physfm.finetune.task import Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
 from physfm.models.backbone import BackboneConfig
 
 
@@ -79,17 +79,7 @@ class ClassificationTask(Task):
         if list(ds.classes) != self.classes:
             raise DataError(f"{ds.path} has classes {ds.classes}, the classifier was trained on {self.classes}")
 
-    def evaluate(
-        self,
-        out: np.ndarray,
-        inp: dict[str, np.ndarray],
-        ds: Dataset,
-        *,
-        n_bootstrap: int,
-        seed: int,
-        pairs: Any = None,
-        effs: Any = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate(self, out: np.ndarray, inp: Inputs, ds: Dataset, how: Scoring) -> tuple[dict[str, Any], Inputs]:
         from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
 
         probs = torch.softmax(torch.from_numpy(out).float(), dim=1).numpy()
@@ -97,9 +87,9 @@ class ClassificationTask(Task):
             probs,
             inp["label"],
             self.classes,
-            pairs=DEFAULT_PAIRS if pairs is None else pairs,
-            effs=DEFAULT_EFFS if effs is None else effs,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
+            pairs=DEFAULT_PAIRS if how.pairs is None else how.pairs,
+            effs=DEFAULT_EFFS if how.effs is None else how.effs,
+            n_bootstrap=how.n_bootstrap,
+            seed=how.seed,
         )
         return result, {"probs": probs.astype(np.float32), "label": inp["label"], "event_key": inp["event_key"]}

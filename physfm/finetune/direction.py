@@ -27,7 +27,7 @@ from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import DataError
 from physfm.features import ICECUBE_DEFAULT
 from physfm.finetune.model import PooledMLP
-from physfm.finetune.task import Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
 from physfm.models.backbone import BackboneConfig
 
 KIND = "physfm-direction"
@@ -143,26 +143,16 @@ class DirectionTask(Task):
             "val_mean_deg": math.degrees(mean),
         }
 
-    def evaluate(
-        self,
-        out: np.ndarray,
-        inp: dict[str, np.ndarray],
-        ds: Dataset,
-        *,
-        n_bootstrap: int,
-        seed: int,
-        pairs: Any = None,
-        effs: Any = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate(self, out: np.ndarray, inp: Inputs, ds: Dataset, how: Scoring) -> tuple[dict[str, Any], Inputs]:
         """Angular-error metrics with bootstrap errors; also per event type when the data has ``is_track``."""
         truth = inp["truth"]
-        metrics, std = direction_metrics(out, truth, n_bootstrap, seed)
+        metrics, std = direction_metrics(out, truth, how.n_bootstrap, how.seed)
         enames = ds.feature_names("event")
         if "is_track" in enames:
             track = inp["events"][:, enames.index("is_track")] > 0.5
             for name, sel in (("tracks", track), ("cascades", ~track)):
                 if sel.sum() > 1:
-                    m, s = direction_metrics(out[sel], truth[sel], n_bootstrap, seed)
+                    m, s = direction_metrics(out[sel], truth[sel], how.n_bootstrap, how.seed)
                     metrics.update({f"{k}_{name}": v for k, v in m.items()})
                     std.update({f"{k}_{name}": v for k, v in s.items()})
         record = {"lower_is_better": True, "n_events": metrics["n_events"], "lower_bounds": [], "metrics": metrics}

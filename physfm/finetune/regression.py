@@ -22,7 +22,7 @@ from physfm.data.dataset import Dataset
 from physfm.data.loader import load_arrays
 from physfm.data.shards import DataError
 from physfm.features import GLOBAL_TARGETS, JET_DEFAULT
-from physfm.finetune.task import Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
 from physfm.models.backbone import BackboneConfig
 
 DEFAULT_TARGET = "log_mass"
@@ -46,8 +46,6 @@ class RegressionTask(Task):
     """Regress ``target`` (a name of :data:`physfm.features.GLOBAL_TARGETS`) per event."""
 
     name = "regression"
-    kind = "physfm-regression"
-    files = ("regression.safetensors", "regression.json")
     val_keys = ("val_loss", "val_rmse")
     metric_labels: ClassVar[dict[str, str]] = {"rmse": "RMSE of the target", "resolution": "resolution of the target"}
     lower_is_better = ("rmse", "mae", "resolution", "q68")
@@ -109,22 +107,14 @@ class RegressionTask(Task):
         mse = float(F.mse_loss(out.float().squeeze(-1), target))
         return {"val_loss": mse, "val_rmse": self.std * mse**0.5}
 
-    def evaluate(
-        self,
-        out: np.ndarray,
-        inp: dict[str, np.ndarray],
-        ds: Dataset,
-        *,
-        n_bootstrap: int,
-        seed: int,
-        pairs: Any = None,
-        effs: Any = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate(self, out: np.ndarray, inp: Inputs, ds: Dataset, how: Scoring) -> tuple[dict[str, Any], Inputs]:
         pred = out.reshape(-1).astype(np.float64) * self.std + self.mean
         residual = pred - inp["truth"]
         metrics: dict[str, Any] = residual_stats(residual)
-        rng = np.random.default_rng([seed, 0xB007])
-        draws = [residual_stats(residual[rng.integers(0, len(residual), len(residual))]) for _ in range(n_bootstrap)]
+        rng = np.random.default_rng([how.seed, 0xB007])
+        draws = [
+            residual_stats(residual[rng.integers(0, len(residual), len(residual))]) for _ in range(how.n_bootstrap)
+        ]
         std = {k: float(np.std([d[k] for d in draws])) if len(draws) > 1 else float("nan") for k in STATS}
         metrics["n_events"] = int(len(residual))
         edges = np.quantile(residual, np.linspace(0, 1, 21)) if len(residual) else np.zeros(0)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from physfm.data.dataset import Dataset
 from physfm.data.shards import DataError
-from physfm.finetune.task import Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
 from physfm.models.backbone import BackboneConfig
 from physfm.models.segmentation import segmentation_loss
 
@@ -49,8 +49,6 @@ class SegmentationTask(Task):
     """Per-particle classes from the stored column ``column`` (values ``0 .. len(classes) - 1``)."""
 
     name = "segmentation"
-    kind = "physfm-segmentation"
-    files = ("segmentation.safetensors", "segmentation.json")
     val_keys = ("val_loss", "val_accuracy", "val_macro_f1")
     metric_labels: ClassVar[dict[str, str]] = {"macro_f1": "macro F1 (per particle)"}
     headline = "macro_f1"
@@ -101,26 +99,16 @@ class SegmentationTask(Task):
             "val_macro_f1": m["macro_f1"],
         }
 
-    def evaluate(
-        self,
-        out: np.ndarray,
-        inp: dict[str, np.ndarray],
-        ds: Dataset,
-        *,
-        n_bootstrap: int,
-        seed: int,
-        pairs: Any = None,
-        effs: Any = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate(self, out: np.ndarray, inp: Inputs, ds: Dataset, how: Scoring) -> tuple[dict[str, Any], Inputs]:
         """Per-particle metrics; bootstrap errors resample events (particles of one event are correlated)."""
         from physfm.evaluate.segmentation import segmentation_metrics
 
         mask, pred = inp["mask"], out.argmax(-1)
         metrics = segmentation_metrics(inp["target"][mask], pred[mask], self.classes)
-        rng = np.random.default_rng([seed, 0xB007])
+        rng = np.random.default_rng([how.seed, 0xB007])
         n = len(mask)
         draws = []
-        for _ in range(n_bootstrap if n > 1 else 0):
+        for _ in range(how.n_bootstrap if n > 1 else 0):
             i = rng.integers(0, n, n)
             draws.append(segmentation_metrics(inp["target"][i][mask[i]], pred[i][mask[i]], self.classes))
         scalar = {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}

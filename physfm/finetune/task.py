@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,17 +44,38 @@ TASK_MODULES = (
 )
 
 
+#: A task's arrays of one split or part: ``x``, ``mask``, ``target``, ``event_key``, ... (see :meth:`Task.inputs`).
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How test metrics are computed: bootstrap resamples and seed; signal:background ``pairs`` and
+    signal efficiencies ``effs`` of the background rejections (classification; None: its defaults)."""
+
+    n_bootstrap: int = 200
+    seed: int = 0
+    pairs: Sequence[tuple[str, str]] | None = None
+    effs: Sequence[float] | None = None
+
+
 class Task(ABC):
     """One downstream task: head, loss, validation score, metrics and report data (see the module doc)."""
 
     name: ClassVar[str]  # registry key, and ``meta["task"]`` of a saved model
-    kind: ClassVar[str]  # ``meta["kind"]`` of a saved model
-    files: ClassVar[tuple[str, str]]  # (weights, meta) file names of a saved model directory
+    kind: ClassVar[str]  # ``meta["kind"]`` of a saved model; default ``physfm-<name>``
+    files: ClassVar[tuple[str, str]]  # (weights, meta) files of a saved model; default ``<name>.safetensors/.json``
     val_keys: ClassVar[tuple[str, ...]]  # what validate() returns; the first is val_loss
     metric_labels: ClassVar[dict[str, str]] = {}
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str]
     default_features: ClassVar[tuple[str, ...]]  # inputs of a backbone-less scratch model
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls):
+            cls.kind = vars(cls).get("kind", f"physfm-{cls.name}")
+            cls.files = vars(cls).get("files", (f"{cls.name}.safetensors", f"{cls.name}.json"))
 
     # ------------------------------------------------------------------ construction and records
     @classmethod
@@ -98,17 +121,7 @@ class Task(ABC):
         """``val_loss`` (the early-stopping score, lower is better) and the other ``val_keys``."""
 
     @abstractmethod
-    def evaluate(
-        self,
-        out: np.ndarray,
-        inp: dict[str, np.ndarray],
-        ds: Dataset,
-        *,
-        n_bootstrap: int,
-        seed: int,
-        pairs: Any = None,
-        effs: Any = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate(self, out: np.ndarray, inp: Inputs, ds: Dataset, how: Scoring) -> tuple[dict[str, Any], Inputs]:
         """``(record, predictions)``: the test metrics (``metrics``, ``std``, ``lower_bounds``, ``n_events``,
         ...) merged into the evaluation record, and the arrays of the predictions ``.npz``."""
 
