@@ -75,6 +75,8 @@ def test_each_task_trains_saves_and_evaluates_through_the_one_loop(
     assert meta["task"] == name and meta["n_labels"] == int(labels)
     assert meta["train"]["best_step"] in (3, 6) and np.isfinite(meta["train"]["best_val_loss"])
     assert [h["step"] for h in meta["history"]] == [3, 6]
+    if name == "regression":  # validation targets are standardised with the train part's scale, as training's
+        assert 0 < meta["train"]["best_val_rmse"] < 2 * meta["target"]["std"]
     assert open_artifact(tmp_path / "m", "finetuned").info["meta"] == make_task(task, open_dataset(data)).files[1]
 
     model, loaded, saved = load_model(tmp_path / "m")

@@ -11,7 +11,9 @@ tensors (fine for the label counts of a label-efficiency study):
   ``patience`` evaluations without improvement. With no validation part (budget protocol ``fixed``)
   it trains ``max_steps`` and keeps the last model;
 * ``frozen``: the model's ``backbone`` is not trained; its states are computed once and the
-  ``head`` trains on the cache (only the class token's when the head reads nothing else).
+  ``head`` trains on the cache (only the class token's when the head reads nothing else);
+* forward passes run under :func:`physfm.runtime.autocast` (bf16 on CUDA, nothing on CPU, so CPU
+  runs stay fp32 and bit-reproducible); outputs reach the task's loss and scores in float32.
 
 Budgets are steps, not seconds, so results do not depend on the machine.
 """
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from physfm.finetune.task import Task
+from physfm.runtime import autocast
 
 #: Tensors of one part (train or validation): ``x`` normalised features, ``mask``, ``target``, optional ``tokens``.
 Part = dict[str, Tensor]
@@ -91,18 +94,23 @@ class _Forward:
         for a in range(0, len(part["mask"]), self.eval_batch):
             sl = slice(a, a + self.eval_batch)
             tok = part["tokens"][sl].to(self.device) if "tokens" in part else None
-            h = self.model.backbone(part["x"][sl].to(self.device), part["mask"][sl].to(self.device), tokens=tok)
+            with autocast(self.device):
+                h = self.model.backbone(part["x"][sl].to(self.device), part["mask"][sl].to(self.device), tokens=tok)
             out.append((h[:, : self.keep] if self.keep else h).float().cpu())
         states = torch.cat(out)
         return states.to(self.device) if on_device else states
 
     def __call__(self, part: Part, cache: Tensor | None, idx: Tensor) -> Tensor:
+        """The model's output on rows ``idx`` of ``part``, in float32 (bf16 autocast inside on CUDA)."""
         m = part["mask"][idx].to(self.device)
-        if cache is not None:
-            return self.model.head(cache[idx].to(self.device), m)
-        if "tokens" in part:
-            return self.model(part["x"][idx].to(self.device), m, tokens=part["tokens"][idx].to(self.device))
-        return self.model(part["x"][idx].to(self.device), m)
+        with autocast(self.device):
+            if cache is not None:
+                out = self.model.head(cache[idx].to(self.device), m)
+            elif "tokens" in part:
+                out = self.model(part["x"][idx].to(self.device), m, tokens=part["tokens"][idx].to(self.device))
+            else:
+                out = self.model(part["x"][idx].to(self.device), m)
+        return out.float()
 
 
 def fit(

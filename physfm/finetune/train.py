@@ -208,9 +208,9 @@ def finetune(
             f"fine-tuning on {manifest['data_version']}"
         )
     train = task.inputs(ds, "train", bmeta, train_idx)
+    task.fit(train)  # what the task learns from the train part (a target scale), before val is read
     has_val = len(val_idx) > 0  # protocol fixed: no validation part
     val = task.inputs(ds, "train", bmeta, val_idx) if has_val else None  # the in-budget validation part
-    task.fit(train)
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
     head = task.head_meta(cfg.head)
