@@ -103,7 +103,7 @@ def train_pfn(
     from physfm.finetune.loop import LoopSettings, fit, tensors, train_record
     from physfm.finetune.train import fit_norm
     from physfm.models.backbone import normalize
-    from physfm.runtime import device_of
+    from physfm.runtime import adamw, device_of
 
     t0 = time.perf_counter()
     y = np.asarray(y, dtype=np.int64)
@@ -115,7 +115,7 @@ def train_pfn(
 
     torch.manual_seed(seed)
     model = PFN(x.shape[-1], n_classes, cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw([{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}], cfg.lr, betas=(0.9, 0.999))
     task = ClassificationTask([str(i) for i in range(max(n_classes, 2))])  # the loss and score, not the head
     settings = LoopSettings(
         cfg.max_steps,

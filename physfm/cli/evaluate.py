@@ -56,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(m, "evaluate.knn (k, index, max_events, normalize)")
     m.add_argument("--name", default=None, help="label of the k-NN result in the report")
     m.add_argument("--random-init", type=int, default=None, metavar="SEED", help="baseline: random weights")
+    m.add_argument(
+        "--subsets",
+        type=Path,
+        default=None,
+        help="label subsets (physfm subsets): with two splits, also the k-NN accuracy against each small "
+        "labelled subset of --labels x --seeds (its budget: the subset's n labels)",
+    )
+    m.add_argument("--labels", default="", help="label specs of the budgeted k-NN, comma separated (e.g. 100,1000)")
+    m.add_argument("--seeds", default="", help="subset seeds of the budgeted k-NN, comma separated (e.g. 1,2,3)")
     m.add_argument("--threads", type=int, default=None)
     add_parent_args(m)
     add_tracking_args(m)
@@ -119,6 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_embed(args: argparse.Namespace) -> int:
     from physfm.data.dataset import open_dataset
     from physfm.evaluate.evaluate import EmbedConfig, embed_split, load_embedder
+    from physfm.evaluate.probes import collapse_numbers, knn_at_budget
     from physfm.evaluate.search import knn_accuracy, open_index, write_embeddings
     from physfm.io import write_json
     from physfm.stage import to_dict
@@ -143,6 +153,29 @@ def run_embed(args: argparse.Namespace) -> int:
         if len(splits) == 2:
             ref, queries = open_index(args.out / splits[0]), open_index(args.out / splits[1])
             acc = knn_accuracy(ref, queries.embeddings, queries.labels, k=cfg.k)
+            budgets = []
+            if args.subsets is not None and csv_list(args.labels):
+                seeds = [int(s) for s in csv_list(args.seeds) or []]
+                if not seeds:
+                    raise ValueError("--subsets with --labels needs --seeds (the subsets' seeds, e.g. 1,2,3)")
+                budgets = knn_at_budget(
+                    model,
+                    bmeta,
+                    ds,
+                    args.subsets,
+                    csv_list(args.labels),
+                    seeds,
+                    queries,
+                    k=cfg.k,
+                    normalize=cfg.normalize,
+                )
+                for b in budgets:
+                    print(
+                        f"k-NN accuracy with {b['n_labels']} labels (seed {b['seed']}, k={b['k']}): {b['accuracy']:.4f}"
+                    )
+                    run.log_metrics({f"knn_accuracy_n{b['n_labels']}_seed{b['seed']}": b["accuracy"]})
+            collapse = collapse_numbers(queries.embeddings)
+            run.log_metrics({f"embedding_{k}": v for k, v in collapse.items()})
             result = {
                 "name": name,
                 "k": cfg.k,
@@ -152,6 +185,9 @@ def run_embed(args: argparse.Namespace) -> int:
                 "reference": splits[0],
                 "queries": splits[1],
                 "random_init": args.random_init is not None,
+                "objective": bmeta.get("objective"),
+                "collapse": collapse,
+                "budgets": budgets,
             }
             write_json(args.out / "knn.json", result)
             run.log_metrics({"knn_accuracy": acc})

@@ -123,15 +123,18 @@ def embed_split(
     batch_size: int = 256,
     device: str = "auto",
     max_events: int | None = None,
+    indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``) from ``model.embed``."""
+    """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``, or the events at
+    ``indices`` of its stored order) from ``model.embed``."""
     from physfm.finetune.model import batched
     from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
     from physfm.runtime import device_of
 
     dev = device_of(device)
     model.to(dev).eval()
-    indices = None if max_events is None else np.arange(max_events)
+    if indices is None and max_events is not None:
+        indices = np.arange(max_events)
     features = list(bmeta["features"])
     with_dom = uses_dom_tokens(bmeta)  # PolarBERT backbones also embed the sensor ids
     names = features + ([DOM_FEATURE] if with_dom else [])

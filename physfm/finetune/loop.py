@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from physfm.finetune.task import Task
-from physfm.runtime import autocast
+from physfm.runtime import autocast, due, optimizer_step, progress_bar
 
 #: Tensors of one part (train or validation): ``x`` normalised features, ``mask``, ``target``, optional ``tokens``.
 Part = dict[str, Tensor]
@@ -47,7 +46,7 @@ class LoopSettings:
     batch_size: int
     seed: int
     order_salt: int = 0xF17E  # second word of the batch-order seed
-    clip_norm: float | None = 1.0  # gradient-norm clipping (None: none)
+    clip_norm: float | None = 1.0  # gradient-norm clipping (None: none); :func:`physfm.runtime.optimizer_step`
     eval_batch: int = 256
 
 
@@ -140,6 +139,7 @@ def fit(
     y_va = None if val is None else val["target"].to(device)
     m_va = None if val is None else val["mask"].to(device)
     params = [p for g in opt.param_groups for p in g["params"]]
+    clip = math.inf if settings.clip_norm is None else settings.clip_norm  # inf: the norm is measured, not clipped
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
@@ -160,7 +160,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     bad_evals, step, loss_sum, loss_n = 0, 0, 0.0, 0
-    bar = tqdm(total=settings.max_steps, desc=desc, disable=not progress)
+    bar = progress_bar(settings.max_steps, desc=desc, show=progress)
     while step < settings.max_steps:
         if pos + bs > n:
             order, pos = rng.permutation(n), 0
@@ -170,17 +170,11 @@ def fit(
         if frozen:
             model.backbone.eval()
         loss = task.loss(fwd(train, cache_tr, idx), y_tr[idx].to(device), m_tr[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
-        opt.step()
-        if sched is not None:
-            sched.step()
         step += 1
+        optimizer_step(loss, opt, sched, params, clip, step=step, total_steps=settings.max_steps)
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         bar.update(1)
-        if val is not None and (step % settings.eval_every == 0 or step == settings.max_steps):
+        if val is not None and due(step, settings.eval_every, settings.max_steps):
             scores = validate()
             rec = {"step": step, "train_loss": loss_sum / loss_n, **scores, "lr": opt.param_groups[0]["lr"]}
             history.append(rec)

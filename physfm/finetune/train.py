@@ -24,7 +24,6 @@ Under protocol ``fixed`` there is no validation part: the run trains ``max_steps
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from physfm.finetune.model import HeadConfig, TaskModel, param_groups, save_mode
 from physfm.finetune.subsets import load_split, make_subsets, spec_name, subset_info
 from physfm.finetune.task import Task, make_task
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
-from physfm.runtime import device_of, warmup_cosine
+from physfm.runtime import adamw, cosine_schedule, device_of
 
 MODES = ("scratch", "finetune", "frozen")
 
@@ -158,11 +157,6 @@ def prepare_backbone(
     return model, meta
 
 
-def lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
-    """Warm-up then cosine decay to 0.1 over ``max_steps`` (:func:`physfm.runtime.warmup_cosine`)."""
-    return lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, 0.1)
-
-
 def finetune(
     data_dir: Dataset | str | Path,
     out_dir: str | Path,
@@ -219,8 +213,8 @@ def finetune(
     if cfg.mode == "frozen":
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    opt = adamw(groups, cfg.lr, betas=(0.9, 0.98))  # each group carries its own (layer-wise) lr
+    sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, 0.1)  # warm-up, then cosine decay to 0.1
     settings = LoopSettings(cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed)
     result = fit(
         model,

@@ -129,6 +129,7 @@ rule embed:
         backbone=BACKBONE_DIR,
         data=f"{R}/data",
         parent=f"{FT_DIR}/study_run.json",
+        subsets=f"{FT_DIR}/subsets",
     output:
         train=directory(f"{R}/embed/{{backbone}}/{{init}}/train"),
         test=directory(f"{R}/embed/{{backbone}}/{{init}}/{EV['split']}"),
@@ -138,6 +139,9 @@ rule embed:
         splits=f"train,{EV['split']}",
         config=json.dumps({k: v for k, v in EV["knn"].items() if k != "enabled"}, sort_keys=True),
         random=lambda wc: "--random-init 1" if wc.init == "random" else "",
+        # the k-NN probe at each small label budget of the study, on the same subsets fine-tuning reads
+        labels=",".join(str(s) for s in FT["labels"] if str(s) != "all"),
+        seeds=",".join(str(s) for s in FT["seeds"]),
         name=lambda wc: f"{wc.backbone} {wc.init}",
         track=lambda wc: track("embed", wc),
     threads: 1
@@ -148,5 +152,6 @@ rule embed:
     shell:
         "physfm embed --backbone {input.backbone} --data {input.data} --split {params.splits} --out {params.out} "
         "--config {params.config:q} {params.random} "
+        "--subsets {input.subsets} --labels '{params.labels}' --seeds '{params.seeds}' "
         "--name '{params.name}' --threads {threads} --parent-run-file {input.parent} "
         "--run-name 'embed {params.name}' {params.track} > {log} 2>&1"
