@@ -144,7 +144,7 @@ def test_feature_dropout_fires_in_training_only(jet_dataset: Path, study_a: Path
 def test_finetune_another_studys_backbone_on_a_kinematics_only_set(
     kin_dataset: Path, study_a: Path, jet_dataset: Path, tmp_path: Path
 ) -> None:
-    from physfm.evaluate.evaluate import evaluate_classifier
+    from physfm.evaluate.evaluate import evaluate_model
 
     cfg = FinetuneConfig(mode="finetune", **FINETUNE)
     meta = finetune(kin_dataset, tmp_path / "ft", cfg, backbone_dir=study_a, progress=False)
@@ -162,7 +162,7 @@ def test_finetune_another_studys_backbone_on_a_kinematics_only_set(
     assert meta["classes"] == ["top", "qcd"]
     # the backbone's own normalisation is applied, not one refitted on the downstream set
     assert meta["backbone"]["norm"] == json.loads((study_a / "backbone.json").read_text())["norm"]
-    record = evaluate_classifier(tmp_path / "ft", kin_dataset, "test", pairs=[("top", "qcd")], n_bootstrap=0)
+    record = evaluate_model(tmp_path / "ft", kin_dataset, "test", pairs=[("top", "qcd")], n_bootstrap=0)
     assert record["input_fill"] == fill and record["backbone_source"]["kind"] == "directory"
     assert 0.0 <= record["metrics"]["auc"] <= 1.0 and record["n_per_class"]["top"] > 0
     from physfm.evaluate.report import build_report

@@ -38,7 +38,8 @@ def test_candidates_expand_the_grid_and_refuse_bad_keys() -> None:
 def test_search_keeps_the_lowest_in_budget_val_loss_and_reads_only_the_subset(
     jet_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
 ) -> None:
-    import physfm.finetune.train as ft
+    import physfm.finetune.task as ft_task  # the tasks' reads of the subset's events
+    import physfm.finetune.train as ft  # scratch's input-norm fit
 
     subsets = tmp_path / "subsets"
     make_subsets(jet_dataset, ["40"], [3], subsets)
@@ -51,6 +52,7 @@ def test_search_keeps_the_lowest_in_budget_val_loss_and_reads_only_the_subset(
         return real(data, split, *args, indices=indices, **kwargs)
 
     monkeypatch.setattr(ft, "load_arrays", spy)
+    monkeypatch.setattr(ft_task, "load_arrays", spy)
     cfg = FinetuneConfig(mode="scratch", labels="40", seed=3, max_steps=6, eval_every=2, batch_size=8, warmup_steps=1)
     grid = {"lr": [1e-6, 3e-3], "weight_decay": [0.0, 0.1]}
     logged: list[dict[str, float]] = []
@@ -103,7 +105,7 @@ def test_scratch_global_trains_with_the_auxiliary_loss(
     jet_dataset: Path, tmp_path: Path, one_torch_thread: None
 ) -> None:
     """The auxiliary loss changes the trained weights; the saved classifier is an ordinary one."""
-    from physfm.finetune.model import load_classifier
+    from physfm.finetune.model import load_model
 
     subsets = tmp_path / "subsets"
     make_subsets(jet_dataset, ["40"], [1], subsets)
@@ -112,8 +114,8 @@ def test_scratch_global_trains_with_the_auxiliary_loss(
     cfg = FinetuneConfig(**base, global_aux_weight=1.0)
     meta = finetune(jet_dataset, tmp_path / "aux", cfg, subsets_dir=subsets, arch=ARCH, progress=False)
     assert meta["config"]["global_aux_weight"] == 1.0
-    a, _ = load_classifier(tmp_path / "plain")
-    b, _ = load_classifier(tmp_path / "aux")
+    a, _, _ = load_model(tmp_path / "plain")
+    b, _, _ = load_model(tmp_path / "aux")
     assert a.state_dict().keys() == b.state_dict().keys()
     assert any(not torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     with pytest.raises(ValueError, match="scratch"):

@@ -15,6 +15,7 @@ from physfm.cli.common import (
     parse_pairs,
     set_threads,
     stage_config,
+    wrap,
 )
 
 
@@ -23,12 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- evaluate
     e = sub.add_parser(
         "evaluate",
-        help="test-split metrics of a fine-tuned classifier, with bootstrap errors",
-        description="Accuracy, one-vs-rest ROC AUC per class and their mean, and for each signal:background "
-        "pair the AUC and background rejection 1/eB at signal efficiency 0.5 and 0.3; uncertainties from "
-        "resampling the test events. Written as JSON and logged to the classifier's MLflow run (test_*).",
+        help="test-split metrics of a fine-tuned model (any task), with bootstrap errors",
+        description=wrap(
+            "The metrics of the model's task: classification: accuracy, one-vs-rest ROC AUC per class and their "
+            "mean, and for each signal:background pair the AUC and background rejection 1/eB at signal efficiency "
+            "0.5 and 0.3; direction: mean, median and 68 % angular error (deg); regression: RMSE, MAE, bias, "
+            "resolution; segmentation: macro and per-class F1. Uncertainties from resampling the test events. "
+            "Written as JSON and logged to the model's MLflow run (test_*)."
+        ),
     )
-    e.add_argument("--model", required=True, type=Path, help="classifier directory (physfm finetune)")
+    e.add_argument("--model", required=True, type=Path, help="fine-tuned model directory (physfm finetune)")
     e.add_argument("--data", required=True, type=Path, help="dataset directory")
     e.add_argument("--out", required=True, type=Path, help="output JSON")
     add_config_arg(e, "evaluate (split, bootstrap, pairs, effs)")
@@ -89,27 +94,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
     from physfm import tracking
-    from physfm.evaluate.evaluate import EvaluateConfig, evaluate_classifier
-    from physfm.finetune.direction import evaluate_direction, is_direction_model
+    from physfm.evaluate.evaluate import EvaluateConfig, evaluate_model
+    from physfm.finetune.task import report_metrics
     from physfm.io import write_json
 
     set_threads(args.threads)
     cfg = stage_config(EvaluateConfig, args.config)
     split = cfg.split
-    if is_direction_model(args.model):  # IceCube direction: angular errors in degrees
-        result = evaluate_direction(
-            args.model, args.data, split, n_bootstrap=cfg.bootstrap, predictions=args.predictions
-        )
-    else:
-        result = evaluate_classifier(
-            args.model,
-            args.data,
-            split,
-            pairs=parse_pairs(cfg.pairs),
-            effs=cfg.effs,
-            n_bootstrap=cfg.bootstrap,
-            predictions=args.predictions,
-        )
+    result = evaluate_model(  # any task: the model's meta names it (pairs/effs: classification only)
+        args.model,
+        args.data,
+        split,
+        pairs=parse_pairs(cfg.pairs),
+        effs=cfg.effs,
+        n_bootstrap=cfg.bootstrap,
+        predictions=args.predictions,
+    )
     with tracking.resume_run(result.get("run_id")) as run:
         logged = {f"{split}_{k}": v for k, v in result["metrics"].items()}
         logged.update({f"{split}_{k}_std": v for k, v in result["std"].items()})
@@ -117,8 +117,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         run.set_tags({f"{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
     write_json(args.out, result)
     m, s = result["metrics"], result["std"]
-    headline = ("accuracy", "auc", "mean_angular_error_deg", "median_angular_error_deg")
-    shown = [k for k in m if k in headline or "_vs_" in k]
+    headline, _ = report_metrics()  # every task's headline metrics
+    shown = [k for k in m if (k in headline or "_vs_" in k) and k in s]
     print(
         f"{result.get('run_name') or args.model} on {result['n_events']} {split} events: "
         + ", ".join(f"{k} {m[k]:.4g} ± {s[k]:.2g}" for k in shown)

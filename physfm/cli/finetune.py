@@ -57,12 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- finetune
     f = sub.add_parser(
         "finetune",
-        help="train a classifier on a label subset: scratch, finetune or frozen backbone",
+        help="train a task head (classes, direction, regression, ...) on a label subset: scratch, finetune or frozen",
         description=wrap(
-            "Train a classification head on a backbone with the labelled events of one subset. "
+            "Train a task's head (--task) on a backbone with the labelled events of one subset. "
             "scratch: same architecture, random init, all trained at --lr. finetune: pretrained backbone trained "
             "at --lr x --backbone-lr-scale with --layer-decay per layer below the top. frozen: pretrained backbone "
-            "untouched, head only. Early stopping on the validation loss; the best model is kept. Runs on CUDA when "
+            "untouched, head only. Early stopping on the task's score on the in-budget validation part; the best "
+            "model is kept. Runs on CUDA when "
             "available, CPU otherwise. Settings (head, lr, patience, ...) come from --config, the `finetune` "
             "section of a study config (its grid keys are ignored); omitted ones take their defaults."
         ),
@@ -94,8 +95,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     lab.add_argument("--labels", help="labelled events: a count (300), a fraction (0.01, 1%%) or 'all'")
     lab.add_argument("--fraction", help="same as --labels, for fractions")
     f.add_argument("--seed", type=int, default=1, help="training seed: head init, batch order (default 1)")
+    f.add_argument(
+        "--task",
+        default="auto",
+        help="downstream task: auto (classification when the data has classes, else direction), classification, "
+        "direction, regression[:TARGET] (TARGET: log_mass (default), log_pt, log_multiplicity, log10_qtot), "
+        "segmentation[:COLUMN] (per particle; default column semantic)",
+    )
     f.add_argument("--subsets", type=Path, help="subsets directory (physfm subsets); default: made on the fly")
-    f.add_argument("--out", required=True, type=Path, help="output classifier directory")
+    f.add_argument("--out", required=True, type=Path, help="output model directory")
     add_config_arg(f, "finetune")
     f.add_argument(
         "--search",
@@ -157,10 +165,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     from physfm.data.dataset import open_dataset
     from physfm.finetune import backbone_source
     from physfm.finetune.backbone_source import input_fill_tags
-    from physfm.finetune.direction import finetune_direction
     from physfm.finetune.grid import cell_run_name
     from physfm.finetune.search import mlflow_params, search
     from physfm.finetune.subsets import spec_name
+    from physfm.finetune.task import make_task
     from physfm.finetune.train import CELL_KEYS, FinetuneConfig, finetune, settings_slice
     from physfm.finetune.variants import resolve
     from physfm.stage import build, load_text
@@ -183,8 +191,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     ds = open_dataset(args.data, verify=True)  # opened once, shards re-hashed once; the library takes it
     manifest = ds.manifest
-    if not manifest["classes"] and base_mode != args.mode:
-        raise ValueError(f"mode {args.mode} is an ablation of the classification grid; direction runs have none")
+    task = make_task(args.task, ds)
+    if task.name != "classification" and base_mode != args.mode:
+        raise ValueError(f"mode {args.mode} is an ablation of the classification grid; {task.name} runs have none")
     tags = {
         "mode": args.mode,
         "labels": str(spec),
@@ -194,13 +203,13 @@ def run_finetune(args: argparse.Namespace) -> int:
         "data_version.in": manifest["data_version"],
         "backbone.source": source.kind,
         **({"backbone.registry": f"{source.name}/{source.version}"} if source.kind == "registry" else {}),
+        "task": task.name,
     }
     params = {**cfg.to_dict(), "mode": args.mode, "base_mode": base_mode}
     params.update({"backbone_dir": str(args.backbone), "data": str(args.data)})
     with open_stage_run(args, "finetune", run_name, params, tags) as run:
-        train_fn = finetune if manifest["classes"] else finetune_direction  # no classes: IceCube direction
         meta = search(  # one candidate per combination of the grid; the in-budget validation part chooses
-            train_fn,
+            finetune,
             ds,
             args.out,
             cfg,
@@ -214,6 +223,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                 "cell": {"backbone": tags["backbone"], "run_name": run_name},
                 **({"mode": args.mode, "base_mode": base_mode} if args.mode != base_mode else {}),
             },
+            task=task,
         )
         run.log_params(mlflow_params(meta["search"]))
         run.set_tags(
@@ -239,13 +249,13 @@ def run_finetune(args: argparse.Namespace) -> int:
         run.log_metrics(
             {
                 "best_val_loss": tr["best_val_loss"],
-                **{k: tr[k] for k in ("best_val_accuracy", "best_val_mean_deg", "best_val_median_deg") if k in tr},
+                **{k: v for k, v in tr.items() if k.startswith("best_val_") and k != "best_val_loss"},
                 "best_step": tr["best_step"],
                 "n_labels": meta["n_labels"],
                 "wall_seconds": tr["wall_seconds"],
             }
         )
-        run.log_artifact(Path(args.out) / ("classifier.json" if manifest["classes"] else "direction.json"))
+        run.log_artifact(Path(args.out) / task.files[1])
     if fill := (meta["backbone"].get("input_fill") or {}).get("features"):
         reason = meta["backbone"]["input_fill"]["reason"]
         print(f"note: {args.data} lacks {', '.join(fill)}: filled with zeros ({reason})")

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from physfm import __version__  # noqa: E402
 from physfm.artifacts import VERSION_KEYS, write_artifact  # noqa: E402
 from physfm.evaluate.efficiency import best_method_factors, efficiency_table, format_factor  # noqa: E402
+from physfm.finetune.task import report_metrics  # noqa: E402
 from physfm.io import atomic_path, read_json, write_json  # noqa: E402
 
 MODE_STYLE = {
@@ -47,14 +48,9 @@ MODE_STYLE = {
 PRETRAINED_MODES = ("finetune", "frozen", "linear")
 #: Everything trained (or not trained) without pretraining: the references of the factor.
 REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined")
-METRIC_LABELS = {
-    "accuracy": "accuracy",
-    "auc": "ROC AUC (one-vs-rest mean)",
-    "mean_angular_error_deg": "mean angular error (deg)",  # IceCube direction (issue 6)
-    "median_angular_error_deg": "median angular error (deg)",
-}
-#: Metrics where lower is better (the efficiency factor then compares negated values).
-LOWER_IS_BETTER = ("mean_angular_error_deg", "median_angular_error_deg")
+#: Axis labels of every task's metrics, and the metrics where lower is better (the efficiency factor then
+#: compares negated values): each task's report data (:func:`physfm.finetune.task.report_metrics`).
+METRIC_LABELS, LOWER_IS_BETTER = report_metrics()
 SECTIONS = (
     "study",
     "data",

@@ -2,8 +2,8 @@
 
 The fine-tuning section's ``search`` grid (``finetune.search`` in the config: e.g. ``{lr: [5e-4,
 2e-3], "head.dropout": [0.1, 0.3], max_steps: [400, 800]}``) is expanded into its combinations; each
-is one call of the cell's training entry point (:func:`physfm.finetune.train.finetune` or
-:func:`physfm.finetune.direction.finetune_direction`) on the same label subset, seed and mode. The
+is one call of the cell's training entry point (:func:`physfm.finetune.train.finetune`, any task) on
+the same label subset, seed and mode. The
 candidate with the lowest best validation loss **on the subset's in-budget validation part** wins;
 the dataset's labelled val split and the test split are never read (the training entry point reads
 only the train split's subset parts). Every mode (scratch, finetune, frozen and the ablation modes)
@@ -22,6 +22,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from physfm.finetune.model import load_model, save_model
 
 #: Settings a grid may vary: FinetuneConfig fields and the head's (as ``head.<key>``).
 SEARCHABLE = (
@@ -88,17 +90,6 @@ class _Prefixed:
         return getattr(self.run, name)
 
 
-def _reload(path: Path) -> tuple[Any, dict[str, Any], Callable[..., Any]]:
-    """Model, meta and saver of a candidate's directory (classifier or direction model)."""
-    from physfm.finetune import direction, model
-
-    if direction.is_direction_model(path):
-        m, meta = direction.load_direction(path)
-        return m, meta, direction.save_direction
-    m, meta = model.load_classifier(path)
-    return m, meta, model.save_classifier
-
-
 def search(
     train_fn: Callable[..., dict[str, Any]],
     data: Any,
@@ -150,9 +141,9 @@ def search(
         losses = [c["val_loss"] for c in record["candidates"]]
         best = min(range(len(losses)), key=lambda i: (losses[i], i))
         record["chosen"] = best
-        model, meta, save = _reload(work / f"c{best}")
+        model, _, meta = load_model(work / f"c{best}")  # any task's model directory
         meta = {**meta, "search": record}
-        save(out_dir, model, meta)
+        save_model(out_dir, model, meta)
         if run is not None:
             for rec in meta.get("history") or []:
                 run.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=int(rec["step"]))
