@@ -81,12 +81,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from physfm import tracking
     from physfm.evaluate.evaluate import EvaluateConfig, evaluate_classifier
     from physfm.finetune.direction import evaluate_direction, is_direction_model
+    from physfm.finetune.segmentation import evaluate_segmentation, is_segmentation_model
     from physfm.io import write_json
 
     set_threads(args.threads)
     cfg = stage_config(EvaluateConfig, args.config)
     split = cfg.split
-    if is_direction_model(args.model):  # IceCube direction: angular errors in degrees
+    if is_segmentation_model(args.model):  # LArTPC per-point segmentation: macro/per-class F1
+        result = evaluate_segmentation(args.model, args.data, split, n_bootstrap=cfg.bootstrap)
+    elif is_direction_model(args.model):  # IceCube direction: angular errors in degrees
         result = evaluate_direction(
             args.model, args.data, split, n_bootstrap=cfg.bootstrap, predictions=args.predictions
         )
@@ -107,7 +110,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         run.set_tags({f"{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
     write_json(args.out, result)
     m, s = result["metrics"], result["std"]
-    headline = ("accuracy", "auc", "mean_angular_error_deg", "median_angular_error_deg")
+    headline = ("accuracy", "auc", "mean_angular_error_deg", "median_angular_error_deg", "macro_f1")
     shown = [k for k in m if k in headline or "_vs_" in k]
     print(
         f"{result.get('run_name') or args.model} on {result['n_events']} {split} events: "

@@ -134,6 +134,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from physfm.data.dataset import open_dataset
     from physfm.finetune.direction import finetune_direction
     from physfm.finetune.grid import cell_run_name
+    from physfm.finetune.segmentation import SegmentationConfig, finetune_segmentation, is_segmentation_dataset
     from physfm.finetune.subsets import spec_name
     from physfm.finetune.train import CELL_KEYS, FinetuneConfig, finetune, settings_slice
     from physfm.stage import build, load_text
@@ -141,6 +142,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     spec = args.labels or args.fraction
     settings = settings_slice(load_text(args.config))
+    seg_settings = settings.pop("segmentation", None)  # LArTPC: the segmentation task's own section
     if clash := sorted(set(settings) & set(CELL_KEYS)):
         raise ValueError(f"--config sets {clash}: the grid cell comes from --mode, --labels, --seed and --device")
     cell = {"mode": args.mode, "labels": str(spec), "seed": args.seed, "device": args.device}
@@ -164,6 +166,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     params = {**cfg.to_dict(), "backbone_dir": str(args.backbone), "data": str(args.data)}
     with open_stage_run(args, "finetune", run_name, params, tags) as run:
         train_fn = finetune if manifest["classes"] else finetune_direction  # no classes: IceCube direction
+        kw: dict[str, Any] = {}
+        if is_segmentation_dataset(manifest):  # LArTPC points: per-point semantic segmentation
+            train_fn = finetune_segmentation
+            kw["seg"] = SegmentationConfig.from_dict(seg_settings)
         meta = train_fn(
             ds,
             args.out,
@@ -174,6 +180,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             run=run,
             progress=not args.no_progress,
             extra_meta={"cell": {"backbone": tags["backbone"], "run_name": run_name}},
+            **kw,
         )
         run.set_tags(
             {
@@ -197,13 +204,18 @@ def run_finetune(args: argparse.Namespace) -> int:
         run.log_metrics(
             {
                 "best_val_loss": tr["best_val_loss"],
-                **{k: tr[k] for k in ("best_val_accuracy", "best_val_mean_deg", "best_val_median_deg") if k in tr},
+                **{
+                    k: tr[k]
+                    for k in ("best_val_accuracy", "best_val_mean_deg", "best_val_median_deg", "best_val_macro_f1")
+                    if k in tr
+                },
                 "best_step": tr["best_step"],
                 "n_labels": meta["n_labels"],
                 "wall_seconds": tr["wall_seconds"],
             }
         )
-        run.log_artifact(Path(args.out) / ("classifier.json" if manifest["classes"] else "direction.json"))
+        meta_file = "classifier.json" if manifest["classes"] else "direction.json"
+        run.log_artifact(Path(args.out) / ("segmentation.json" if kw else meta_file))
     print(
         f"{run_name}: {meta['n_labels']} labels, best val loss {tr['best_val_loss']:.4f} at step {tr['best_step']} "
         f"({tr['steps']} steps, {tr['wall_seconds']:.0f} s) -> {args.out}"

@@ -20,6 +20,8 @@ objectives (--set objective=NAME or the config's backbone entry):
   dino        self-distillation from an EMA teacher over views (no tokenizer); RINO with
               kT-subjet views: --set 'objectives.dino.global_views=[full,kt16]'
               --set 'objectives.dino.local_views=[kt2,kt4,kt8]'
+  polarmae    PoLAr-MAE on LArTPC point clouds: masked patches, Chamfer + energy infilling
+              (features x,y,z,log_energy; global_weight 0; docs/lartpc.md)
 Every objective also trains the class token on label-free event targets (log jet mass,
 log multiplicity), weight `global_weight`.
 

@@ -9,9 +9,10 @@ New objectives subclass :class:`Objective` and register with :func:`register_obj
 (or ``OBJECTIVES[name] = cls``); new label-free class-token targets go in :data:`physfm.features.GLOBAL_TARGETS`.
 """
 
-# registering imports: the IceCube objective (issue 6), the view-comparing objectives (issue 14)
+# registering imports: the IceCube objective (issue 6), the view-comparing objectives (issue 14),
+# PoLAr-MAE on LArTPC point clouds (issue 16)
 from physfm.hashing import hash_uniform  # noqa: F401  (the masking and views draw from it)
-from physfm.models import contrastive, dino, polarbert  # noqa: F401
+from physfm.models import contrastive, dino, polarbert, polarmae_objective  # noqa: F401
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 from physfm.models.objectives import (
     OBJECTIVES,
