@@ -92,3 +92,62 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
         f"to {args.out} ({wall:.1f} s)"
     )
     return 0
+
+
+FLOOR_DESCRIPTION = """\
+Score the zero-label floor of LArTPC semantic segmentation on a split (default test): geometric
+rules without training or labels (physfm.models.segmentation_floor: isolated points are low-energy
+deposits, locally linear ones track, the rest shower; Michel and delta never predicted). Writes an
+evaluation record like `physfm evaluate` on a segmentation model (macro-F1, per-class F1, accuracy,
+seg_error = 1 - macro-F1, confusion matrix, bootstrap std over events), mode `floor`, 0 labels:
+the report's zero-label reference, as `cut` is for jets.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``physfm segfloor``."""
+    from physfm.cli.common import add_parent_args
+
+    p = sub.add_parser(
+        "segfloor",
+        help="zero-label floor of LArTPC per-point segmentation (geometric rules), scored on a split",
+        description=FLOOR_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="lartpc dataset directory (from convert)")
+    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
+    p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
+    add_parent_args(p)
+    add_tracking_args(p)
+    p.set_defaults(func=run_segfloor)
+
+
+def run_segfloor(args: argparse.Namespace) -> int:
+    import math
+
+    from physfm import tracking
+    from physfm.cli.common import parent_run_id
+    from physfm.evaluate.evaluate import EvaluateConfig
+    from physfm.finetune.segmentation import evaluate_floor
+    from physfm.io import write_json
+    from physfm.stage import build, load_text
+
+    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
+    tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none", **parse_tags(args.tag)}
+    run_name = args.run_name or "baseline floor"
+    with tracking.stage_run(
+        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=parent_run_id(args)
+    ) as run:
+        record = evaluate_floor(args.data, ev.split, n_bootstrap=ev.bootstrap)
+        logged = {f"{ev.split}_{k}": v for k, v in record["metrics"].items()}
+        logged.update({f"{ev.split}_{k}_std": v for k, v in record["std"].items()})
+        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        run.set_tags({"data_version.in": record["data_version"]})
+        record["run_id"], record["run_name"] = run.run_id, run_name
+        write_json(args.out, record)
+    m = record["metrics"]
+    print(
+        f"{run_name} on {record['n_events']} {ev.split} events: "
+        f"macro_f1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}"
+    )
+    return 0

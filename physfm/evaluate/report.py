@@ -38,20 +38,25 @@ MODE_STYLE = {
     "pfn": ("tab:purple", "v"),
     "cut": ("black", ""),
     "linefit": ("black", ""),
+    "floor": ("black", ""),
     "linefit_refined": ("tab:green", "D"),
 }
 #: Modes that start from a pretrained backbone: the ones whose label-efficiency factor is measured.
 PRETRAINED_MODES = ("finetune", "frozen")
 #: Everything trained (or not trained) without pretraining: the references of the factor.
-REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined")
+REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined", "floor")
 METRIC_LABELS = {
     "accuracy": "accuracy",
     "auc": "ROC AUC (one-vs-rest mean)",
     "mean_angular_error_deg": "mean angular error (deg)",  # IceCube direction (issue 6)
     "median_angular_error_deg": "median angular error (deg)",
+    "macro_f1": "macro-F1 (per point)",  # LArTPC segmentation (issue 16)
+    "seg_error": "segmentation error (1 - macro-F1)",
 }
+#: Per-point segmentation metrics shown when present (per-class F1: f1_<class>).
+SEGMENTATION_METRICS = ("macro_f1", "seg_error")
 #: Metrics where lower is better (the efficiency factor then compares negated values).
-LOWER_IS_BETTER = ("mean_angular_error_deg", "median_angular_error_deg")
+LOWER_IS_BETTER = ("mean_angular_error_deg", "median_angular_error_deg", "seg_error")
 SECTIONS = (
     "study",
     "data",
@@ -79,7 +84,8 @@ class ReportConfig:
 def metric_label(name: str) -> str:
     if name in METRIC_LABELS:
         return METRIC_LABELS[name]
-    for prefix, text in (("auc_", "AUC "), ("rej50_", "1/εB at εS=0.5, "), ("rej30_", "1/εB at εS=0.3, ")):
+    prefixes = (("auc_", "AUC "), ("rej50_", "1/εB at εS=0.5, "), ("rej30_", "1/εB at εS=0.3, "), ("f1_", "F1 "))
+    for prefix, text in prefixes:
         if name.startswith(prefix):
             return text + name[len(prefix) :].replace("_vs_", " vs ")
     return name
@@ -129,14 +135,16 @@ def headline_metrics(results: Sequence[dict[str, Any]], primary: str) -> list[st
     present: list[str] = []
     for r in results:
         for k in r["metrics"]:
-            if (
-                k not in present
-                and (k in ("accuracy", "auc") or k.startswith(("auc_", "rej")))
+            if k not in present and (
+                (k in ("accuracy", "auc") or k.startswith(("auc_", "rej")))
                 and ("_vs_" in k or k in ("accuracy", "auc"))
                 or k in LOWER_IS_BETTER
+                or k in SEGMENTATION_METRICS
+                or k.startswith("f1_")
             ):
                 present.append(k)
-    order = [primary] + [m for m in ("auc", "accuracy", *LOWER_IS_BETTER) if m != primary]
+    order = list(dict.fromkeys([primary, "auc", "accuracy", *LOWER_IS_BETTER, *SEGMENTATION_METRICS]))
+    order += [m for m in present if m.startswith("f1_") and m not in order]
     order += [m for m in present if m.startswith("auc_") and m not in order]
     rejections = [m for m in present if m.startswith("rej") and m not in order]
     order += sorted(rejections, key=lambda m: (m.split("_", 1)[1], -int(m[3:].split("_")[0])))
