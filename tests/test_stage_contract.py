@@ -78,14 +78,16 @@ def test_data_stage_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -
     from physfm.data.convert import ConvertConfig
     from physfm.data.generate_icecube import IceCubeGenConfig
     from physfm.data.generate_jets import JetGenConfig
+    from physfm.data.generate_lartpc import LArTPCGenConfig
     from physfm.data.summary import SummaryConfig
 
     data = schema_defaults["data"]
     assert to_dict(ConvertConfig()) == data["convert"]
     assert to_dict(SummaryConfig()) == data["summary"]
-    jets, icecube = to_dict(JetGenConfig()), to_dict(IceCubeGenConfig())
-    assert {**jets, **icecube} == data["generate"], "data.generate holds the keys of both generators"
-    assert jets["seed"] == icecube["seed"]
+    jets, icecube, lartpc = to_dict(JetGenConfig()), to_dict(IceCubeGenConfig()), to_dict(LArTPCGenConfig())
+    assert {**jets, **icecube, **lartpc} == data["generate"], "data.generate holds the keys of every generator"
+    assert jets["seed"] == icecube["seed"] == lartpc["seed"]
+    assert icecube["n_events"] == lartpc["n_events"]
 
 
 def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: Path, monkeypatch) -> None:
@@ -107,3 +109,11 @@ def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: P
     arch = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 16}
     finetune(jet_dataset, tmp_path / "model", cfg, arch=arch, progress=False)
     assert len(reads) == 1, f"manifest.json of the dataset read {len(reads)} times"
+
+
+def test_lartpc_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
+    from physfm.finetune.segmentation import SegmentationConfig
+    from physfm.models.polarmae_objective import PolarMAEOptions
+
+    assert to_dict(SegmentationConfig()) == schema_defaults["segmentation"]
+    assert PolarMAEOptions().to_dict() == schema_defaults["pretrain"]["objectives"]["polarmae"]

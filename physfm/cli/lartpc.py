@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, parse_tags
+from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags
 
 DESCRIPTION = """\
 Simulate LArTPC events (a toy of PILArNet-M's MPV/MPR particle bombs in a 2.3 m liquid-argon cube)
@@ -33,14 +33,15 @@ def add_generate_parser(gsub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory for lartpc_NNN.h5")
-    p.add_argument("--n-events", required=True, type=int, help="number of events")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--events-per-file", type=int, default=1000, help="events per file (default 1000)")
+    add_config_arg(p, "data.generate (n_events, seed, events_per_file, cluster_columns)")
+    p.add_argument("--n-events", type=int, default=None, help="number of events (overrides --config)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 1; overrides --config)")
+    p.add_argument("--events-per-file", type=int, default=None, help="events per file (default 1000)")
     p.add_argument(
         "--cluster-columns",
         type=int,
         choices=(5, 6),
-        default=5,
+        default=None,
         help="cluster table layout: 5 (PILArNet-M v1, default) or 6 (v2, with the PDG code)",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel processes, one file each (default 1)")
@@ -55,10 +56,17 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
     import numpy as np
 
     from physfm import tracking
-    from physfm.data.generate_lartpc import LArConfig, generate_lartpc
+    from physfm.data.generate_lartpc import LArConfig, LArTPCGenConfig, generate_lartpc
     from physfm.data.generation import write_generation_record
+    from physfm.stage import build, load_text
 
-    cfg = LArConfig(cluster_columns=args.cluster_columns)
+    flags = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
+    flags["cluster_columns"] = args.cluster_columns
+    gen = build(LArTPCGenConfig, {**load_text(args.config), **{k: v for k, v in flags.items() if v is not None}})
+    if gen.n_events < 1 or gen.events_per_file < 1 or gen.cluster_columns not in (5, 6):
+        raise ValueError(f"generate lartpc: n_events and events_per_file must be >= 1, cluster_columns 5 or 6: {gen}")
+    args.n_events, args.seed, args.events_per_file = gen.n_events, gen.seed, gen.events_per_file
+    cfg = LArConfig(cluster_columns=gen.cluster_columns)
     params = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
     with tracking.stage_run(
         "generate", run_name=args.run_name or "generate lartpc", params=params, tags=parse_tags(args.tag)

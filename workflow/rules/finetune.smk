@@ -32,6 +32,8 @@ KNN_RESULTS = KNN_RESULTS if EV["knn"]["enabled"] else []
 STUDY_TOKENIZERS = grid.backbone_tokenizers(config.get("pretrain", {}), FT_BACKBONES)
 # A pretrained backbone is the directory the pretrain rule writes.
 BACKBONE_DIR = f"{R}/pretrain/{{backbone}}"
+# LArTPC points: every cell is per-point semantic segmentation (physfm/finetune/segmentation.py)
+LARTPC = config["data"]["format"] == "pilarnet"
 
 
 wildcard_constraints:
@@ -87,8 +89,11 @@ rule finetune:
         run_name=lambda wc: grid.cell_run_name(
             wc.backbone, LABEL_SPECS[wc.labels], wc.mode, wc.seed, len(FT_BACKBONES) > 1
         ),
-        # one run's training settings: the finetune section less its grid keys
-        config=json.dumps(settings_slice(FT), sort_keys=True),
+        # one run's training settings: the finetune section less its grid keys (LArTPC: plus the
+        # segmentation task's section)
+        config=json.dumps(
+            {**settings_slice(FT), **({"segmentation": config["segmentation"]} if LARTPC else {})}, sort_keys=True
+        ),
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
     resources:
