@@ -29,10 +29,11 @@ import torch
 from physfm.data.shards import load_manifest
 from physfm.data.views import view_length
 from physfm.models import OBJECTIVES, Backbone
-from physfm.pretrain.data import PretrainShards, fit_stats, make_loader, raw_feature_names
-from physfm.pretrain.train import Pretrainer, build_backbone_config, make_optimizer, resolve_config
-from physfm.runtime import autocast
-from physfm.tokenizers import load_tokenizer
+from physfm.pretrain.config import resolve_config
+from physfm.pretrain.data import make_loader
+from physfm.pretrain.train import build_run, make_datasets
+from physfm.pretrain.trainer import Pretrainer
+from physfm.runtime import adamw, autocast, decay_groups, optimizer_step, start
 
 SIZES = {
     "cpu": {"model": {"d_model": 128, "n_layers": 4, "n_heads": 8}, "max_len": 64, "batch_size": 64},
@@ -83,58 +84,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    dev = torch.device(
-        "cuda"
-        if (args.device == "auto" and torch.cuda.is_available())
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    rt = start(args.device)  # the loop's set-up: device, data, tokenizer, model, normalisation, loader
+    dev = rt.device
     size = dict(SIZES[args.size])
     if args.batch_size:
         size["batch_size"] = args.batch_size
-    cfg = resolve_config({**size, "objective": args.objective}, overrides=args.set)
-    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    if tok is None and OBJECTIVES[cfg.objective].needs_tokenizer:
+    cfg = resolve_config({**size, "objective": args.objective, "norm_events": 5000, "seed": 0}, overrides=args.set)
+    if args.tokenizer is None and OBJECTIVES[cfg.objective].needs_tokenizer:
         ap.error(f"--objective {cfg.objective} predicts tokenizer codes: pass --tokenizer DIR")
-    k = tok.codebook_size if tok is not None else 0
-    obj_cls = OBJECTIVES[cfg.objective]
-    opts = cfg.objectives.get(cfg.objective, {})
-    features = obj_cls.input_features(opts, list(cfg.features), tok)
-    bcfg = build_backbone_config(cfg, len(features), k)
-    objective = obj_cls(
-        bcfg.d_model,
-        opts,
-        codebook_size=k,
-        n_features=len(features),
-        features=features,
-        global_names=cfg.global_targets,
-        global_weight=cfg.global_weight,
-    )
-    raw = raw_feature_names(features, tok, objective)
-    stats = fit_stats(
-        args.data,
-        features=features,
-        raw_features=raw,
-        global_names=objective.global_names,
-        tokenizer=tok,
-        max_len=cfg.max_len,
-        n_events=5000,
-        seed=0,
-    )
-    ds = PretrainShards(
-        args.data,
-        "train",
-        stats=stats,
-        raw_features=raw,
-        objective=objective,
-        tokenizer=tok,
-        max_len=cfg.max_len,
-        batch_size=cfg.batch_size,
-        seed=0,
-        shuffle=True,
-        drop_last=True,
-    )
+    parts = build_run(cfg, args.data, args.tokenizer)
+    tok, objective, bcfg, opts = parts.tokenizer, parts.objective, parts.bcfg, cfg.objectives.get(cfg.objective, {})
+    ds, _ = make_datasets(cfg, parts, rt)
     result: dict = {
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
@@ -170,8 +130,8 @@ def main() -> None:
 
     # 2. model consumption and 3. MFU
     torch.manual_seed(0)
-    trainer = Pretrainer(Backbone(bcfg), objective).to(dev)
-    opt = make_optimizer(trainer, cfg, fused=dev.type == "cuda")
+    trainer = Pretrainer(Backbone(bcfg), objective).to(dev)  # a fresh copy, seeded as before
+    opt = adamw(decay_groups(trainer, cfg.weight_decay), cfg.lr, cfg.betas, fused=dev.type == "cuda")
     model = torch.compile(trainer) if args.compile else trainer
     ds.set_epoch(0)
     batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]
@@ -182,12 +142,17 @@ def main() -> None:
         nonlocal n_step
         with autocast(dev):
             loss, _ = model(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        opt.step()
-        n_step += 1
-        objective.after_step(n_step, 10**6)  # e.g. the EMA teacher update, as in the loop
+        n_step += 1  # the loop's step: backward, clip, AdamW, then the EMA teacher update (after_step)
+        optimizer_step(
+            loss,
+            opt,
+            None,
+            trainer.parameters(),
+            1.0,
+            step=n_step,
+            total_steps=10**6,
+            after_step=[objective.after_step],
+        )
 
     for i in range(3):
         step(batches[i % len(batches)])

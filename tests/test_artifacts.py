@@ -29,10 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _build(jet_dataset: Path, root: Path) -> dict[str, Path]:
     """kind -> a directory of that kind under ``root``, written by the library call its stage makes."""
     from physfm.data.convert import convert
-    from physfm.evaluate.evaluate import embed_split, evaluate_classifier, load_embedder
+    from physfm.evaluate.evaluate import embed_split, evaluate_model, load_embedder
     from physfm.evaluate.report import build_report
     from physfm.evaluate.search import write_embeddings
-    from physfm.finetune.direction import finetune_direction
     from physfm.finetune.subsets import make_subsets
     from physfm.finetune.train import FinetuneConfig, finetune
     from physfm.pretrain.train import PretrainConfig, pretrain
@@ -52,12 +51,12 @@ def _build(jet_dataset: Path, root: Path) -> dict[str, Path]:
     convert("prometheus", PROMETHEUS, icecube, shard_events=20, progress=False)
     out["direction"] = root / "direction"
     ft = FinetuneConfig(mode="scratch", labels="12", max_steps=2, eval_every=1, batch_size=8, device="cpu")
-    finetune_direction(icecube, out["direction"], ft, arch={**TINY, "max_len": 32}, progress=False)
+    finetune(icecube, out["direction"], ft, arch={**TINY, "max_len": 32}, progress=False)  # task auto: direction
     model, bmeta = load_embedder(out["backbone"])
     emb, labels, keys, meta = embed_split(model, bmeta, jet_dataset, "val", device="cpu")
     out["embeddings"] = root / "embed" / "val"
     write_embeddings(out["embeddings"], emb, labels, keys, meta, kind="flat")
-    result = {**evaluate_classifier(out["finetuned"], jet_dataset, "test", n_bootstrap=5), "backbone": "mpm"}
+    result = {**evaluate_model(out["finetuned"], jet_dataset, "test", n_bootstrap=5), "backbone": "mpm"}
     out["report"] = root / "report"
     build_report(out["report"] / "report.html", [result], pretrain={"mpm": out["backbone"]}, n_bootstrap=10)
     return out
@@ -76,8 +75,7 @@ def built(jet_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def _loaders() -> dict[str, Callable[[Path], Any]]:
     """kind -> what a downstream stage opens it with."""
     from physfm.evaluate.search import open_index
-    from physfm.finetune.direction import load_direction
-    from physfm.finetune.model import load_classifier
+    from physfm.finetune.model import load_model
     from physfm.finetune.subsets import load_subset
     from physfm.pretrain.checkpoints import load_backbone
     from physfm.tokenizers import load_tokenizer
@@ -87,8 +85,8 @@ def _loaders() -> dict[str, Callable[[Path], Any]]:
         "tokenizer": load_tokenizer,
         "backbone": load_backbone,
         "subsets": lambda d: load_subset(d, "40"),
-        "finetuned": load_classifier,
-        "direction": load_direction,
+        "finetuned": load_model,
+        "direction": load_model,
         "embeddings": open_index,
         "report": lambda d: open_artifact(d, "report"),
     }
@@ -159,14 +157,14 @@ def test_one_flipped_byte_is_refused_by_verify_and_the_loader(
 def test_missing_unlisted_and_edited_are_refused_naming_the_file_and_the_stage(
     built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from physfm.finetune.model import load_classifier
+    from physfm.finetune.model import load_model
 
     missing = _copy(built["finetuned"], tmp_path / "missing")
     (missing / "classifier.json").unlink()
     rc, out = _verify(missing, capsys)
     assert rc == 1 and "finetuned" in out and "classifier.json: missing" in out
     with pytest.raises(DataError, match=r"classifier.json: missing(.|\n)*rerun `physfm finetune`"):
-        load_classifier(missing)
+        load_model(missing)
 
     extra = _copy(built["backbone"], tmp_path / "extra")
     (extra / "notes.txt").write_text("added by hand")

@@ -115,7 +115,7 @@ def test_no_finetuning_run_reads_the_val_split_or_a_label_outside_its_subset(
     """Every labelled event a run touches is in its budget: its subset's train and validation parts."""
     from tiny_study import save_tiny_backbone
 
-    import physfm.finetune.train as ft
+    import physfm.finetune.task as ft  # every task reads its events through task.load_inputs
     from physfm.finetune.train import FinetuneConfig, finetune
 
     backbone = save_tiny_backbone(jet_dataset, tmp_path / "bb")

@@ -13,7 +13,7 @@ from tiny_study import LABELS, MODES, SEEDS, run_tiny_study, save_tiny_backbone
 from physfm.artifacts import open_artifact
 from physfm.data.loader import load_arrays
 from physfm.data.shards import load_manifest
-from physfm.finetune.model import load_classifier, param_groups
+from physfm.finetune.model import load_model, param_groups
 from physfm.finetune.subsets import (
     balanced_order,
     keys_digest,
@@ -123,7 +123,7 @@ def test_modes_share_the_subset_and_frozen_leaves_the_backbone_bit_identical(
             jet_dataset, tmp_path / mode, _cfg(mode), backbone_dir=tiny_backbone,
             subsets_dir=tmp_path / "subsets", progress=False,
         )  # fmt: skip
-        models[mode], _ = load_classifier(tmp_path / mode)
+        models[mode], _, _ = load_model(tmp_path / mode)
     assert len({m["subset"]["digest"] for m in metas.values()}) == 1
     assert all(m["n_labels"] == 40 and set(m["subset"]["per_class"].values()) == {10} for m in metas.values())
 
@@ -153,7 +153,7 @@ def test_best_checkpoint_is_kept_and_training_is_deterministic(
     best = min(hist, key=lambda h: h["val_loss"])
     assert meta["train"]["best_step"] == best["step"] and meta["train"]["best_val_loss"] == best["val_loss"]
     # the saved model is the best one, not the last: recompute its loss on the budget's validation part
-    model, saved = load_classifier(tmp_path / "a")
+    model, _, saved = load_model(tmp_path / "a")
     _, val_part = load_split(tmp_path / "subsets", "40", cfg.seed, jet_dataset)
     feats, max_len = saved["backbone"]["features"], saved["backbone"]["max_len"]
     val = load_arrays(jet_dataset, "train", features=feats, max_len=max_len, indices=val_part)
@@ -174,10 +174,10 @@ def test_best_checkpoint_is_kept_and_training_is_deterministic(
 
 
 def test_layerwise_learning_rates(tiny_backbone: Path) -> None:
-    from physfm.finetune.model import Classifier, HeadConfig
+    from physfm.finetune.model import Head, HeadConfig, TaskModel
 
     model, _ = load_backbone(tiny_backbone)
-    clf = Classifier(model, 4, HeadConfig())
+    clf = TaskModel(model, Head(model.config, 4, HeadConfig()))
     n_layers = model.config.n_layers
 
     def lr_of(groups: list[dict], param: torch.Tensor) -> float | None:

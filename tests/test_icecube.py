@@ -475,8 +475,9 @@ def test_angular_loss_perfect_and_random() -> None:
 
 @pytest.mark.slow
 def test_prometheus_flows_through_polarbert_pretraining_and_direction(tmp_path: Path) -> None:
-    from physfm.finetune.direction import evaluate_direction, finetune_direction, load_direction
-    from physfm.finetune.train import FinetuneConfig
+    from physfm.evaluate.evaluate import evaluate_model
+    from physfm.finetune.model import load_model
+    from physfm.finetune.train import FinetuneConfig, finetune
     from physfm.pretrain.checkpoints import load_backbone
     from physfm.pretrain.train import PretrainConfig, pretrain
 
@@ -505,11 +506,13 @@ def test_prometheus_flows_through_polarbert_pretraining_and_direction(tmp_path: 
     assert meta["objective"] == "polarbert" and meta["features"] == features
     assert model.config.vocab_size == icecube.n_sensors(data) + 1
     ft = FinetuneConfig(mode="finetune", labels="12", seed=1, max_steps=4, eval_every=2, batch_size=8)
-    finetune_direction(data, tmp_path / "dir", ft, backbone_dir=tmp_path / "bb", progress=False)
-    res = evaluate_direction(tmp_path / "dir", data, split="test", n_bootstrap=5)
+    finetune(data, tmp_path / "dir", ft, backbone_dir=tmp_path / "bb", progress=False)  # task auto: direction
+    res = evaluate_model(tmp_path / "dir", data, split="test", n_bootstrap=5)
+    assert res["task"] == "direction" and res["lower_is_better"]
     assert res["metrics"]["n_events"] == load_manifest(data)["n_events"]["test"]
     assert 0 <= res["metrics"]["mean_angular_error_deg"] <= 180
-    _, dmeta = load_direction(tmp_path / "dir")
+    _, task, dmeta = load_model(tmp_path / "dir")
+    assert task.name == "direction" and (tmp_path / "dir" / "direction.json").is_file()
     assert dmeta["n_labels"] == 12 and dmeta["backbone"]["objective"] == "polarbert"
 
     # embedding search works on PolarBERT backbones: they get the DOM ids as tokens

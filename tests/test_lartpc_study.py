@@ -105,7 +105,7 @@ def test_polarmae_objective_trains_in_the_pretraining_loop(polarmae_backbone: tu
 
 
 def test_segmentation_metrics_on_a_hand_made_example() -> None:
-    from physfm.finetune.segmentation import class_weights, score_events
+    from physfm.finetune.patch_segmentation import class_weights, score_events
 
     # event 1: 4 track points (3 right, 1 called shower), 2 shower (right); event 2: 2 Michel called
     # delta, 2 low-energy right. Delta is predicted but absent: F1 0; every class enters the macro mean.
@@ -128,7 +128,7 @@ def test_segmentation_metrics_on_a_hand_made_example() -> None:
 def test_segmentation_task_trains_and_counts_events(
     mode: str, lartpc_dataset: Path, polarmae_backbone: tuple[Path, dict], tmp_path: Path, one_torch_thread: None
 ) -> None:
-    from physfm.finetune.segmentation import SegmentationConfig, evaluate_segmentation, finetune_segmentation
+    from physfm.finetune.patch_segmentation import SegmentationConfig, evaluate_segmentation, finetune_segmentation
     from physfm.finetune.subsets import make_subsets
     from physfm.finetune.train import FinetuneConfig
     from physfm.pretrain.checkpoints import load_backbone
@@ -148,7 +148,7 @@ def test_segmentation_task_trains_and_counts_events(
 
     assert record["n_events"] == len(open_split(lartpc_dataset, "test")) > 0 and record["mode"] == mode
     assert 0 <= record["metrics"]["macro_f1"] <= 1 and set(record["metrics"]) >= {"f1_michel", "f1_delta", "seg_error"}
-    from physfm.finetune.segmentation import load_segmenter
+    from physfm.finetune.patch_segmentation import load_segmenter
 
     model, _ = load_segmenter(tmp_path / "model")
     changed = any(not torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
@@ -156,7 +156,7 @@ def test_segmentation_task_trains_and_counts_events(
 
 
 def test_floor_record_is_a_zero_label_reference(lartpc_dataset: Path) -> None:
-    from physfm.finetune.segmentation import evaluate_floor
+    from physfm.finetune.patch_segmentation import evaluate_floor
 
     r = evaluate_floor(lartpc_dataset, "test", n_bootstrap=5)
     assert r["mode"] == "floor" and r["n_labels"] == 0 and r["metrics"]["f1_michel"] == 0

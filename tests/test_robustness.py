@@ -91,7 +91,7 @@ def test_killed_tokenizer_fit_leaves_nothing_complete_and_rerun_matches(jet_data
 
 @pytest.mark.slow  # three finetune processes of a few seconds each
 def test_killed_finetune_leaves_nothing_complete_and_rerun_matches(jet_dataset: Path, tmp_path: Path) -> None:
-    from physfm.finetune.model import load_classifier
+    from physfm.finetune.model import load_model
 
     def run(out: Path) -> list[str]:
         config = '{"max_steps": 400, "eval_every": 20, "batch_size": 32, "lr": 0.001, "patience": 10}'
@@ -105,7 +105,7 @@ def test_killed_finetune_leaves_nothing_complete_and_rerun_matches(jet_dataset: 
     _kill_when(run(out), training, delay=random.Random(9).uniform(0.0, 2.0))
     assert not out.exists(), "a killed finetune must not leave a classifier directory"
     with pytest.raises(DataError, match="no such finetuned directory.*physfm finetune"):
-        load_classifier(out)
+        load_model(out)
     subprocess.run(run(out), env=ENV, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(run(tmp_path / "ref"), env=ENV, check=True, stdout=subprocess.DEVNULL)
     a, b = load_file(str(out / "classifier.safetensors")), load_file(str(tmp_path / "ref" / "classifier.safetensors"))

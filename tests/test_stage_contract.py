@@ -112,7 +112,7 @@ def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: P
 
 
 def test_lartpc_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
-    from physfm.finetune.segmentation import SegmentationConfig
+    from physfm.finetune.patch_segmentation import SegmentationConfig
     from physfm.models.polarmae_objective import PolarMAEOptions
 
     assert to_dict(SegmentationConfig()) == schema_defaults["segmentation"]

@@ -313,7 +313,7 @@ MODES = ("linefit", "linefit_refined")
 
 def direction_scores(pred: np.ndarray, pulses: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> tuple:
     """``(metrics, std)`` of predicted directions, overall and per event type (``_tracks``, ``_cascades``),
-    with the same names and bootstrap as :func:`physfm.finetune.direction.evaluate_direction`."""
+    with the same names and bootstrap as :class:`physfm.finetune.direction.DirectionTask`'s ``evaluate``."""
     from physfm.finetune.direction import direction_metrics
 
     metrics, std = direction_metrics(pred, pulses["truth"], n_bootstrap, seed)

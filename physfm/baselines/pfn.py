@@ -15,7 +15,6 @@ machine. ``device`` (where it runs) is a command-line flag, as for fine-tuning, 
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physfm.features import JET_DEFAULT
@@ -101,84 +99,56 @@ def train_pfn(
     ``x`` are raw features in ``cfg.features`` order; the returned meta (``features``, ``norm``,
     ``max_len``) normalises inputs with :func:`physfm.models.backbone.normalize`.
     """
-    from tqdm.auto import tqdm
-
+    from physfm.finetune.classification import ClassificationTask
+    from physfm.finetune.loop import LoopSettings, fit, tensors, train_record
     from physfm.finetune.train import fit_norm
     from physfm.models.backbone import normalize
-    from physfm.runtime import device_of
+    from physfm.runtime import adamw, device_of
 
     t0 = time.perf_counter()
     y = np.asarray(y, dtype=np.int64)
     fit_pos, val_pos = parts
     meta = {"features": list(cfg.features), "max_len": cfg.max_len, "norm": fit_norm(x[fit_pos], mask[fit_pos])}
     dev = device_of(device)
-    xn = torch.from_numpy(normalize(x, mask, meta))
-    m = torch.from_numpy(mask)
-    yt = torch.from_numpy(y)
-    x_va, m_va, y_va = xn[val_pos].to(dev), m[val_pos].to(dev), yt[val_pos].to(dev)
+    xn = normalize(x, mask, meta)
+    part = lambda pos: tensors({"mask": mask[pos], "target": y[pos]}, xn[pos])  # noqa: E731
 
     torch.manual_seed(seed)
     model = PFN(x.shape[-1], n_classes, cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    @torch.no_grad()
-    def validate() -> tuple[float, float]:
-        model.eval()
-        logits = torch.cat([model(x_va[a : a + 512], m_va[a : a + 512]) for a in range(0, len(y_va), 512)])
-        return float(F.cross_entropy(logits, y_va)), float((logits.argmax(1) == y_va).float().mean())
-
+    opt = adamw([{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}], cfg.lr, betas=(0.9, 0.999))
+    task = ClassificationTask([str(i) for i in range(max(n_classes, 2))])  # the loss and score, not the head
+    settings = LoopSettings(
+        cfg.max_steps,
+        cfg.eval_every,
+        cfg.patience,
+        cfg.batch_size,
+        seed,
+        order_salt=0x9F17,
+        clip_norm=None,
+        eval_batch=512,
+    )
+    result = fit(
+        model,
+        task,
+        part(fit_pos),
+        part(val_pos),
+        opt,
+        settings,
+        device=dev,
+        run=run,
+        progress=progress,
+        desc=f"pfn n={len(y)} seed={seed}",
+    )
     n = len(fit_pos)
-    bs = min(cfg.batch_size, n)
-    rng = np.random.default_rng([seed, 0x9F17])
-    order, pos = rng.permutation(fit_pos), 0
-    best = {"val_loss": float("inf"), "step": 0, "val_accuracy": float("nan")}
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict[str, float]] = []
-    bad, step, loss_sum, loss_n = 0, 0, 0.0, 0
-    bar = tqdm(total=cfg.max_steps, desc=f"pfn n={len(y)} seed={seed}", disable=not progress)
-    while step < cfg.max_steps:
-        if pos + bs > n:
-            order, pos = rng.permutation(fit_pos), 0
-        idx = torch.from_numpy(order[pos : pos + bs])
-        pos += bs
-        model.train()
-        loss = F.cross_entropy(model(xn[idx].to(dev), m[idx].to(dev)), yt[idx].to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-        bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val_loss, val_acc = validate()
-            rec = {"step": step, "train_loss": loss_sum / loss_n, "val_loss": val_loss, "val_accuracy": val_acc}
-            history.append(rec)
-            loss_sum, loss_n = 0.0, 0
-            if run is not None:
-                run.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=step)
-            if val_loss < best["val_loss"] - 1e-6:
-                best = {"val_loss": val_loss, "step": step, "val_accuracy": val_acc}
-                best_state = copy.deepcopy(model.state_dict())
-                bad = 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-    bar.close()
-    model.load_state_dict(best_state)
     record = {
         "fit_positions": fit_pos.tolist(),
         "val_positions": val_pos.tolist(),
         "n_fit": int(n),
         "n_val": int(len(val_pos)),
-        "best_step": best["step"],
-        "best_val_loss": best["val_loss"],
-        "best_val_accuracy": best["val_accuracy"],
-        "steps": step,
-        "stopped_early": step < cfg.max_steps,
+        **train_record(result),
         "wall_seconds": time.perf_counter() - t0,
         "device": str(dev),
-        "history": history,
+        "history": result.history,
     }
     return model.eval(), meta, record
 

@@ -1,6 +1,6 @@
 """One baseline cell of the label-efficiency grid: (method, labels, seed) -> test metrics.
 
-The result has the shape of :func:`physfm.evaluate.evaluate.evaluate_classifier`'s (the same keys,
+The result has the shape of a classifier's :func:`physfm.evaluate.evaluate.evaluate_model` record (the same keys,
 metrics from :func:`physfm.evaluate.metrics.evaluate_scores`), with ``mode`` the method and
 ``n_labels_used`` the labelled events the run touched: all of them come from the subset (the fit and
 in-budget validation parts are listed in ``train``), none from the val split. The zero-label cut

@@ -14,6 +14,7 @@ from physfm.cli.common import (
     parse_pairs,
     set_threads,
     stage_config,
+    wrap,
 )
 
 
@@ -22,12 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- evaluate
     e = sub.add_parser(
         "evaluate",
-        help="test-split metrics of a fine-tuned classifier, with bootstrap errors",
-        description="Accuracy, one-vs-rest ROC AUC per class and their mean, and for each signal:background "
-        "pair the AUC and background rejection 1/eB at signal efficiency 0.5 and 0.3; uncertainties from "
-        "resampling the test events. Written as JSON and logged to the classifier's MLflow run (test_*).",
+        help="test-split metrics of a fine-tuned model (any task), with bootstrap errors",
+        description=wrap(
+            "The metrics of the model's task: classification: accuracy, one-vs-rest ROC AUC per class and their "
+            "mean, and for each signal:background pair the AUC and background rejection 1/eB at signal efficiency "
+            "0.5 and 0.3; direction: mean, median and 68 % angular error (deg); regression: RMSE, MAE, bias, "
+            "resolution; segmentation: macro and per-class F1. Uncertainties from resampling the test events. "
+            "Written as JSON and logged to the model's MLflow run (test_*)."
+        ),
     )
-    e.add_argument("--model", required=True, type=Path, help="classifier directory (physfm finetune)")
+    e.add_argument("--model", required=True, type=Path, help="fine-tuned model directory (physfm finetune)")
     e.add_argument("--data", required=True, type=Path, help="dataset directory")
     e.add_argument("--out", required=True, type=Path, help="output JSON")
     add_config_arg(e, "evaluate (split, bootstrap, pairs, effs)")
@@ -51,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(m, "evaluate.knn (k, index, max_events, normalize)")
     m.add_argument("--name", default=None, help="label of the k-NN result in the report")
     m.add_argument("--random-init", type=int, default=None, metavar="SEED", help="baseline: random weights")
+    m.add_argument(
+        "--subsets",
+        type=Path,
+        default=None,
+        help="label subsets (physfm subsets): with two splits, also the k-NN accuracy against each small "
+        "labelled subset of --labels x --seeds (its budget: the subset's n labels)",
+    )
+    m.add_argument("--labels", default="", help="label specs of the budgeted k-NN, comma separated (e.g. 100,1000)")
+    m.add_argument("--seeds", default="", help="subset seeds of the budgeted k-NN, comma separated (e.g. 1,2,3)")
     m.add_argument("--threads", type=int, default=None)
     add_parent_args(m)
     add_tracking_args(m)
@@ -79,22 +93,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
     from physfm import tracking
-    from physfm.evaluate.evaluate import EvaluateConfig, evaluate_classifier
-    from physfm.finetune.direction import evaluate_direction, is_direction_model
-    from physfm.finetune.segmentation import evaluate_segmentation, is_segmentation_model
+    from physfm.evaluate.evaluate import EvaluateConfig, evaluate_model
+    from physfm.finetune.patch_segmentation import evaluate_segmentation, is_segmentation_model
+    from physfm.finetune.task import report_metrics
     from physfm.io import write_json
 
     set_threads(args.threads)
     cfg = stage_config(EvaluateConfig, args.config)
     split = cfg.split
-    if is_segmentation_model(args.model):  # LArTPC per-point segmentation: macro/per-class F1
+    if is_segmentation_model(args.model):  # patch backbones (PoLAr-MAE): per-point segmentation
         result = evaluate_segmentation(args.model, args.data, split, n_bootstrap=cfg.bootstrap)
-    elif is_direction_model(args.model):  # IceCube direction: angular errors in degrees
-        result = evaluate_direction(
-            args.model, args.data, split, n_bootstrap=cfg.bootstrap, predictions=args.predictions
-        )
     else:
-        result = evaluate_classifier(
+        result = evaluate_model(  # any task: the model's meta names it (pairs/effs: classification only)
             args.model,
             args.data,
             split,
@@ -110,8 +120,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         run.set_tags({f"{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
     write_json(args.out, result)
     m, s = result["metrics"], result["std"]
-    headline = ("accuracy", "auc", "mean_angular_error_deg", "median_angular_error_deg", "macro_f1")
-    shown = [k for k in m if k in headline or "_vs_" in k]
+    headline, _ = report_metrics()  # every task's headline metrics
+    shown = [k for k in m if (k in headline or "_vs_" in k) and k in s]
     print(
         f"{result.get('run_name') or args.model} on {result['n_events']} {split} events: "
         + ", ".join(f"{k} {m[k]:.4g} ± {s[k]:.2g}" for k in shown)
@@ -122,6 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_embed(args: argparse.Namespace) -> int:
     from physfm.data.dataset import open_dataset
     from physfm.evaluate.evaluate import EmbedConfig, embed_split, load_embedder
+    from physfm.evaluate.probes import collapse_numbers, knn_at_budget
     from physfm.evaluate.search import knn_accuracy, open_index, write_embeddings
     from physfm.io import write_json
     from physfm.stage import to_dict
@@ -146,6 +157,29 @@ def run_embed(args: argparse.Namespace) -> int:
         if len(splits) == 2:
             ref, queries = open_index(args.out / splits[0]), open_index(args.out / splits[1])
             acc = knn_accuracy(ref, queries.embeddings, queries.labels, k=cfg.k)
+            budgets = []
+            if args.subsets is not None and csv_list(args.labels):
+                seeds = [int(s) for s in csv_list(args.seeds) or []]
+                if not seeds:
+                    raise ValueError("--subsets with --labels needs --seeds (the subsets' seeds, e.g. 1,2,3)")
+                budgets = knn_at_budget(
+                    model,
+                    bmeta,
+                    ds,
+                    args.subsets,
+                    csv_list(args.labels),
+                    seeds,
+                    queries,
+                    k=cfg.k,
+                    normalize=cfg.normalize,
+                )
+                for b in budgets:
+                    print(
+                        f"k-NN accuracy with {b['n_labels']} labels (seed {b['seed']}, k={b['k']}): {b['accuracy']:.4f}"
+                    )
+                    run.log_metrics({f"knn_accuracy_n{b['n_labels']}_seed{b['seed']}": b["accuracy"]})
+            collapse = collapse_numbers(queries.embeddings)
+            run.log_metrics({f"embedding_{k}": v for k, v in collapse.items()})
             result = {
                 "name": name,
                 "k": cfg.k,
@@ -155,6 +189,9 @@ def run_embed(args: argparse.Namespace) -> int:
                 "reference": splits[0],
                 "queries": splits[1],
                 "random_init": args.random_init is not None,
+                "objective": bmeta.get("objective"),
+                "collapse": collapse,
+                "budgets": budgets,
             }
             write_json(args.out / "knn.json", result)
             run.log_metrics({"knn_accuracy": acc})

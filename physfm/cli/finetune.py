@@ -57,12 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- finetune
     f = sub.add_parser(
         "finetune",
-        help="train a classifier on a label subset: scratch, finetune or frozen backbone",
+        help="train a task head (classes, direction, regression, ...) on a label subset: scratch, finetune or frozen",
         description=wrap(
-            "Train a classification head on a backbone with the labelled events of one subset. "
+            "Train a task's head (--task) on a backbone with the labelled events of one subset. "
             "scratch: same architecture, random init, all trained at --lr. finetune: pretrained backbone trained "
             "at --lr x --backbone-lr-scale with --layer-decay per layer below the top. frozen: pretrained backbone "
-            "untouched, head only. Early stopping on the validation loss; the best model is kept. Runs on CUDA when "
+            "untouched, head only. Early stopping on the task's score on the in-budget validation part; the best "
+            "model is kept. Runs on CUDA when "
             "available, CPU otherwise. Settings (head, lr, patience, ...) come from --config, the `finetune` "
             "section of a study config (its grid keys are ignored); omitted ones take their defaults."
         ),
@@ -77,8 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     lab.add_argument("--labels", help="labelled events: a count (300), a fraction (0.01, 1%%) or 'all'")
     lab.add_argument("--fraction", help="same as --labels, for fractions")
     f.add_argument("--seed", type=int, default=1, help="training seed: head init, batch order (default 1)")
+    f.add_argument(
+        "--task",
+        default="auto",
+        help="downstream task: auto (classification when the data has classes, else direction), classification, "
+        "direction, regression[:TARGET] (TARGET: log_mass (default), log_pt, log_multiplicity, log10_qtot), "
+        "segmentation[:COLUMN] (per particle; default column semantic)",
+    )
     f.add_argument("--subsets", type=Path, help="subsets directory (physfm subsets); default: made on the fly")
-    f.add_argument("--out", required=True, type=Path, help="output classifier directory")
+    f.add_argument("--out", required=True, type=Path, help="output model directory")
     add_config_arg(f, "finetune")
     f.add_argument("--arch", default="", help="--backbone none: BackboneConfig as KEY=VALUE,... (d_model=64,...)")
     f.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
@@ -132,10 +140,15 @@ def _arch(text: str) -> dict[str, Any]:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from physfm.data.dataset import open_dataset
-    from physfm.finetune.direction import finetune_direction
     from physfm.finetune.grid import cell_run_name
-    from physfm.finetune.segmentation import SegmentationConfig, finetune_segmentation, is_segmentation_dataset
+    from physfm.finetune.patch_segmentation import META as PATCH_META
+    from physfm.finetune.patch_segmentation import (
+        SegmentationConfig,
+        finetune_segmentation,
+        is_segmentation_dataset,
+    )
     from physfm.finetune.subsets import spec_name
+    from physfm.finetune.task import make_task
     from physfm.finetune.train import CELL_KEYS, FinetuneConfig, finetune, settings_slice
     from physfm.stage import build, load_text
 
@@ -155,6 +168,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     ds = open_dataset(args.data, verify=True)  # opened once, shards re-hashed once; the library takes it
     manifest = ds.manifest
+    # LArTPC points (no task named): per-point segmentation on patch tokens (physfm/finetune/patch_segmentation.py)
+    patch_seg = is_segmentation_dataset(manifest) and args.task in (None, "", "auto")
+    task = None if patch_seg else make_task(args.task, ds)
     tags = {
         "mode": args.mode,
         "labels": str(spec),
@@ -162,14 +178,14 @@ def run_finetune(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "backbone": args.backbone_name or ("none" if backbone is None else backbone.name),
         "data_version.in": manifest["data_version"],
+        "task": "segmentation" if task is None else task.name,
     }
     params = {**cfg.to_dict(), "backbone_dir": str(args.backbone), "data": str(args.data)}
     with open_stage_run(args, "finetune", run_name, params, tags) as run:
-        train_fn = finetune if manifest["classes"] else finetune_direction  # no classes: IceCube direction
-        kw: dict[str, Any] = {}
-        if is_segmentation_dataset(manifest):  # LArTPC points: per-point semantic segmentation
-            train_fn = finetune_segmentation
-            kw["seg"] = SegmentationConfig.from_dict(seg_settings)
+        if task is None:
+            train_fn, kw = finetune_segmentation, {"seg": SegmentationConfig.from_dict(seg_settings)}
+        else:
+            train_fn, kw = finetune, {"task": task}
         meta = train_fn(
             ds,
             args.out,
@@ -204,18 +220,13 @@ def run_finetune(args: argparse.Namespace) -> int:
         run.log_metrics(
             {
                 "best_val_loss": tr["best_val_loss"],
-                **{
-                    k: tr[k]
-                    for k in ("best_val_accuracy", "best_val_mean_deg", "best_val_median_deg", "best_val_macro_f1")
-                    if k in tr
-                },
+                **{k: v for k, v in tr.items() if k.startswith("best_val_") and k != "best_val_loss"},
                 "best_step": tr["best_step"],
                 "n_labels": meta["n_labels"],
                 "wall_seconds": tr["wall_seconds"],
             }
         )
-        meta_file = "classifier.json" if manifest["classes"] else "direction.json"
-        run.log_artifact(Path(args.out) / ("segmentation.json" if kw else meta_file))
+        run.log_artifact(Path(args.out) / (PATCH_META if task is None else task.files[1]))
     print(
         f"{run_name}: {meta['n_labels']} labels, best val loss {tr['best_val_loss']:.4f} at step {tr['best_step']} "
         f"({tr['steps']} steps, {tr['wall_seconds']:.0f} s) -> {args.out}"

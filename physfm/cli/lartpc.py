@@ -136,7 +136,7 @@ def run_segfloor(args: argparse.Namespace) -> int:
     from physfm import tracking
     from physfm.cli.common import parent_run_id
     from physfm.evaluate.evaluate import EvaluateConfig
-    from physfm.finetune.segmentation import evaluate_floor
+    from physfm.finetune.patch_segmentation import evaluate_floor
     from physfm.io import write_json
     from physfm.stage import build, load_text
 

@@ -69,8 +69,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     import torch
 
     from physfm import tracking
-    from physfm.pretrain.checkpoints import PREEMPTED_EXIT_CODE, Preempted, checkpoint_info
-    from physfm.pretrain.train import pretrain, resolve_config
+    from physfm.pretrain.config import resolve_config
+    from physfm.pretrain.train import pretrain
+    from physfm.runtime import PREEMPTED_EXIT_CODE, Preempted, checkpoint_info
     from physfm.stage import load_text
 
     overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])

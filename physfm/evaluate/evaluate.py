@@ -1,4 +1,4 @@
-"""Evaluating a fine-tuned classifier on a held-out split, and embedding a split with a backbone."""
+"""Evaluating a fine-tuned model (any task) on a held-out split, and embedding a split with a backbone."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays
-from physfm.data.shards import DataError
-from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS, evaluate_scores
+from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS
 from physfm.io import atomic_path
 
 
@@ -43,36 +42,26 @@ def predict(
     split: str = "test",
     batch_size: int = 256,
     device: str = "auto",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Class probabilities ``(N, C)``, labels and event keys of a split, and the classifier's meta."""
-    from physfm.finetune.model import batched, load_classifier
+) -> tuple[np.ndarray, dict[str, np.ndarray], Any, dict[str, Any]]:
+    """``(outputs, inputs, task, meta)`` of a fine-tuned model of any task on a split: the model's raw
+    outputs (logits, directions, values, per-particle logits), the task's inputs and targets, its
+    :class:`physfm.finetune.task.Task` and the model's meta."""
+    from physfm.finetune.model import batched, load_model
     from physfm.runtime import device_of
 
-    model, meta = load_classifier(model_dir)
+    model, task, meta = load_model(model_dir)
     ds = open_dataset(data_dir, verify=True)
-    manifest = ds.manifest
-    if list(manifest["classes"]) != list(meta["classes"]):
-        raise DataError(
-            f"{data_dir} has classes {manifest['classes']}, the classifier was trained on {meta['classes']}"
-        )
+    task.check(ds, meta)
     dev = device_of(device)
     model.to(dev)
-    arrays = load_arrays(ds, split, features=meta["backbone"]["features"], max_len=meta["backbone"]["max_len"])
-    keep = arrays["label"] >= 0
-    probs = batched(
-        lambda x, m: torch.softmax(model(x, m), dim=1),
-        arrays["x"][keep],
-        arrays["mask"][keep],
-        meta["backbone"],
-        batch_size,
-        dev,
-    )
-    return probs, arrays["label"][keep], arrays["event_key"][keep], meta
+    inp = task.inputs(ds, split, meta["backbone"], None)
+    out = batched(model, inp["x"], inp["mask"], meta["backbone"], batch_size, dev, tokens=inp.get("tokens"))
+    return out, inp, task, meta
 
 
-def evaluate_classifier(
+def evaluate_model(
     model_dir: str | Path,
-    data_dir: str | Path,
+    data_dir: Dataset | str | Path,
     split: str = "test",
     *,
     pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
@@ -81,18 +70,25 @@ def evaluate_classifier(
     seed: int = 0,
     predictions: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a classifier on ``split`` with bootstrap errors, plus the cell it belongs to."""
-    probs, labels, keys, meta = predict(model_dir, data_dir, split)
-    result = evaluate_scores(probs, labels, meta["classes"], pairs=pairs, effs=effs, n_bootstrap=n_bootstrap, seed=seed)
+    """Test metrics of a fine-tuned model of any task on ``split`` with bootstrap errors, plus the cell it
+    belongs to: the evaluation record the report reads (``metrics``, ``std``, ``n_events``, ... from the
+    task's :meth:`~physfm.finetune.task.Task.evaluate`). ``pairs``/``effs``: classification only."""
+    from physfm.finetune.task import Scoring
+
+    ds = open_dataset(data_dir, verify=True)
+    out, inp, task, meta = predict(model_dir, ds, split)
+    how = Scoring(n_bootstrap=n_bootstrap, seed=seed, pairs=tuple(pairs), effs=tuple(effs))
+    result, arrays = task.evaluate(out, inp, ds, how)
     if predictions is not None:
         with atomic_path(predictions) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, probs=probs.astype(np.float32), label=labels, event_key=keys)
+            np.savez_compressed(f, **arrays)
     cell = {k: meta.get(k) for k in ("mode", "labels", "n_labels", "seed", "run_id", "data_version")}
     cell.update(meta.get("cell", {}))
     return {
         **cell,
+        "task": task.name,
         "split": split,
-        "classes": meta["classes"],
+        "classes": meta.get("classes", []),
         "model_dir": str(model_dir),
         "subset_digest": meta["subset"]["digest"],
         "backbone_objective": meta["backbone"].get("objective"),
@@ -127,15 +123,18 @@ def embed_split(
     batch_size: int = 256,
     device: str = "auto",
     max_events: int | None = None,
+    indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``) from ``model.embed``."""
+    """``(embeddings, labels, event_keys, meta)`` of a split (the first ``max_events``, or the events at
+    ``indices`` of its stored order) from ``model.embed``."""
     from physfm.finetune.model import batched
     from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
     from physfm.runtime import device_of
 
     dev = device_of(device)
     model.to(dev).eval()
-    indices = None if max_events is None else np.arange(max_events)
+    if indices is None and max_events is not None:
+        indices = np.arange(max_events)
     features = list(bmeta["features"])
     with_dom = uses_dom_tokens(bmeta)  # PolarBERT backbones also embed the sensor ids
     names = features + ([DOM_FEATURE] if with_dom else [])

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from physfm import __version__  # noqa: E402
 from physfm.artifacts import VERSION_KEYS, write_artifact  # noqa: E402
 from physfm.evaluate.efficiency import best_method_factors, efficiency_table, format_factor  # noqa: E402
+from physfm.finetune.task import report_metrics  # noqa: E402
 from physfm.io import atomic_path, read_json, write_json  # noqa: E402
 
 MODE_STYLE = {
@@ -45,18 +46,11 @@ MODE_STYLE = {
 PRETRAINED_MODES = ("finetune", "frozen")
 #: Everything trained (or not trained) without pretraining: the references of the factor.
 REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined", "floor")
-METRIC_LABELS = {
-    "accuracy": "accuracy",
-    "auc": "ROC AUC (one-vs-rest mean)",
-    "mean_angular_error_deg": "mean angular error (deg)",  # IceCube direction (issue 6)
-    "median_angular_error_deg": "median angular error (deg)",
-    "macro_f1": "macro-F1 (per point)",  # LArTPC segmentation (issue 16)
-    "seg_error": "segmentation error (1 - macro-F1)",
-}
+#: Axis labels of every task's metrics, and the metrics where lower is better (the efficiency factor then
+#: compares negated values): each task's report data (:func:`physfm.finetune.task.report_metrics`).
+METRIC_LABELS, LOWER_IS_BETTER = report_metrics()
 #: Per-point segmentation metrics shown when present (per-class F1: f1_<class>).
 SEGMENTATION_METRICS = ("macro_f1", "seg_error")
-#: Metrics where lower is better (the efficiency factor then compares negated values).
-LOWER_IS_BETTER = ("mean_angular_error_deg", "median_angular_error_deg", "seg_error")
 SECTIONS = (
     "study",
     "data",
@@ -69,6 +63,7 @@ SECTIONS = (
     "label-efficiency",
     "best-method",
     "embeddings",
+    "methods",
 )
 
 
@@ -785,6 +780,9 @@ def build_report(
     else:
         add('<p class="missing">no embeddings in this study</p>')
 
+    # ---- the method table (issue 14): one row per pretraining objective
+    method_rows = _method_section(add, results, metric, pretrain or {}, knn or [])
+
     add(
         f'<p class="note">physfm {__version__}, {now}. Every number here is in report.json and in the MLflow runs '
         "listed above.</p>"
@@ -807,6 +805,7 @@ def build_report(
             for r in results
         ],
         "knn": list(knn or []),
+        "methods": method_rows,
         "figures": {k: str(v) for k, v in fig_paths.items() if v is not None},
         "headline": lines,
     }
@@ -826,3 +825,31 @@ def _write_manifest(out_html: Path, out_json: Path, figs: Path, results: Sequenc
         files += [(figs.resolve() / name).relative_to(home).as_posix() for name in FIGURES]
     inputs = {k: ",".join(sorted({str(r[k]) for r in results if r.get(k)})) for k in VERSION_KEYS}
     write_artifact(out_html.parent, "report", files, inputs, records=[out_html.name, out_json.name])
+
+
+def _method_section(
+    add: Any, results: Sequence[dict[str, Any]], metric: str, pretrain: dict[str, Path], knn: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The method table (:mod:`physfm.evaluate.methods`): appended to the page, returned for report.json."""
+    from physfm.evaluate.methods import method_table, table_cells
+
+    rows = method_table(
+        results, metric, pretrain_dirs=pretrain, knn=knn, higher_is_better=metric not in LOWER_IS_BETTER
+    )
+    add('<h2 id="methods">Pretraining methods</h2>')
+    if not rows:
+        add('<p class="missing">no pretrained backbones in this study</p>')
+        return rows
+    add(
+        '<p class="note">One row per pretraining objective, each on the same data, backbone size and pretraining '
+        f"budget (steps × batch). Metric: {html.escape(metric_label(metric))} at the fewest labels, mean ± seed "
+        "spread; "
+        "factor against the best method without pretraining (scratch and the supervised baselines), 68 % jackknife-t "
+        "interval over seeds. k-NN: the test events classified against the smallest labelled subset (its labels "
+        "counted as any run's), beside the random-init backbone's. Collapse: the test embedding's effective rank and "
+        "uniformity (0 = collapsed; random-init in brackets) and the objective's last validation diagnostics. Wall "
+        "time: the pretraining process that finished (a resumed run's last part only).</p>"
+    )
+    header, body = table_cells(rows)
+    add(_table(header, body))
+    return rows

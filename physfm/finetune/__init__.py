@@ -1,1 +1,1 @@
-"""Fine-tuning under label-count ablations: nested label subsets, classifier heads, the training loop."""
+"""Fine-tuning under label-count ablations: nested label subsets, downstream tasks, the one training loop."""

@@ -1,6 +1,6 @@
-"""A classification head on the physfm backbone, and how classifiers are saved and loaded.
+"""Task heads on the physfm backbone, the backbone + head model, and how fine-tuned models are saved and loaded.
 
-Heads (``HeadConfig``):
+The classification (and regression) head (``HeadConfig``):
 
 * ``pool="cls"``: the class token's final state (the backbone's :meth:`~physfm.models.Backbone.pool`,
   which mean-pools instead for causal backbones or ones without a class token);
@@ -9,14 +9,18 @@ Heads (``HeadConfig``):
 
 followed by ``kind="linear"`` (a linear probe) or ``kind="mlp"`` (one hidden layer, GELU, dropout).
 
-A saved classifier is a directory with ``classifier.safetensors`` (backbone + head weights, no
-pickle), ``classifier.json`` (backbone meta, head config, classes, subset, training record) and
-``manifest.json`` (:mod:`physfm.artifacts`, kind ``finetuned``).
+:class:`PooledMLP` is the event-level MLP of the direction task. :class:`TaskModel` is any backbone +
+a task's head (:mod:`physfm.finetune.task`).
+
+A saved model (:func:`save_model`, :func:`load_model`, every task) is a directory with
+``<task file>.safetensors`` (backbone + head weights, no pickle; ``classifier.*`` for classification,
+``direction.*`` for direction), ``<task file>.json`` (task, backbone meta, head config, classes or
+target, subset, training record) and ``manifest.json`` (:mod:`physfm.artifacts`, kind ``finetuned``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,32 +79,64 @@ class Head(nn.Module):
     @property
     def uses_class_token_only(self) -> bool:
         """True when only ``h[:, :1]`` is read (frozen training may then cache just that)."""
-        return self.cfg.pool == "cls" and self.bcfg.n_cls > 0 and not self.bcfg.causal
+        return uses_class_token_only(self.bcfg, self.cfg.pool)
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        n_cls = self.bcfg.n_cls
-        if self.uses_class_token_only:
-            pooled = h[:, 0]
-        else:
-            parts = h[:, n_cls:] if h.shape[1] > mask.shape[1] else h
-            w = mask.unsqueeze(-1).to(parts.dtype)
-            if self.cfg.pool == "sum":
-                pooled = (self.particle(parts) * w).sum(1)
-            else:
-                pooled = (parts * w).sum(1) / w.sum(1).clamp(min=1.0)
-        return self.out(pooled)
+        if self.cfg.pool == "sum":
+            parts, w = particle_states(h, mask, self.bcfg)
+            return self.out((self.particle(parts) * w).sum(1))
+        return self.out(pool_states(h, mask, self.bcfg, self.cfg.pool))
 
 
-class Classifier(nn.Module):
-    """Backbone + head; ``forward(x, mask)`` takes normalised features and returns logits."""
+def uses_class_token_only(backbone_config: BackboneConfig, pool: str) -> bool:
+    """True when a head pooling ``pool`` reads only ``h[:, :1]`` (frozen training may cache just that)."""
+    return pool == "cls" and backbone_config.n_cls > 0 and not backbone_config.causal
 
-    def __init__(self, backbone: Backbone, n_classes: int, head: HeadConfig) -> None:
+
+def particle_states(h: Tensor, mask: Tensor, backbone_config: BackboneConfig) -> tuple[Tensor, Tensor]:
+    """Particle states ``(B, L, d)`` of ``h`` (class tokens dropped) and ``(B, L, 1)`` weights, 1 for real ones."""
+    parts = h[:, backbone_config.n_cls :] if h.shape[1] > mask.shape[1] else h
+    return parts, mask.unsqueeze(-1).to(parts.dtype)
+
+
+def pool_states(h: Tensor, mask: Tensor, backbone_config: BackboneConfig, pool: str) -> Tensor:
+    """``(B, d)`` event state: the class token's (``cls``, where the backbone has one) or the real particles' mean."""
+    if uses_class_token_only(backbone_config, pool):
+        return h[:, 0]
+    parts, w = particle_states(h, mask, backbone_config)
+    return (parts * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class PooledMLP(nn.Sequential):
+    """Hidden states + mask -> pooled event state -> Linear, GELU, Dropout, Linear -> ``(B, n_out)``;
+    ``unit``: normalised to unit length (directions). The MLP of regression-style heads."""
+
+    def __init__(
+        self, backbone_config: BackboneConfig, n_out: int, pool: str, hidden: int, dropout: float, unit: bool = False
+    ) -> None:
+        d = backbone_config.d_model
+        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+        self.bcfg, self.pool, self.unit = backbone_config, pool, unit
+
+    @property
+    def uses_class_token_only(self) -> bool:
+        return uses_class_token_only(self.bcfg, self.pool)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        y = super().forward(pool_states(h, mask, self.bcfg, self.pool))
+        return nn.functional.normalize(y.float(), dim=-1) if self.unit else y
+
+
+class TaskModel(nn.Module):
+    """Backbone + a task's head: ``forward(x, mask, tokens=None)`` takes normalised features (and, for
+    PolarBERT backbones, DOM ids) and returns the head's output (logits, a direction, a value, ...)."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.head = Head(backbone.config, n_classes, head)
+        self.backbone, self.head = backbone, head
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.head(self.backbone(x, mask), mask)
+    def forward(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(x, mask, tokens=tokens), mask)
 
 
 def layer_depth(name: str, n_layers: int) -> int:
@@ -113,7 +149,7 @@ def layer_depth(name: str, n_layers: int) -> int:
 
 
 def param_groups(
-    model: Classifier, mode: str, lr: float, backbone_lr_scale: float, layer_decay: float, weight_decay: float
+    model: TaskModel, mode: str, lr: float, backbone_lr_scale: float, layer_decay: float, weight_decay: float
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups for a mode.
 
@@ -155,37 +191,32 @@ def save_model_dir(
     return meta
 
 
-def read_model_dir(
-    path: str | Path, what: str, weights: str = WEIGHTS, meta_name: str = META, map_location: str = "cpu"
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(meta, state_dict)`` of a directory written by :func:`save_model_dir`, after verifying it
-    (:func:`physfm.artifacts.open_artifact`; no pickle is ever read); ``what`` names it in errors."""
+def save_model(out_dir: str | Path, model: TaskModel, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write a fine-tuned model directory: the file names are its task's (``meta["task"]``)."""
+    from physfm.finetune.task import task_from_meta
+
+    weights, meta_name = task_from_meta(meta).files
+    return save_model_dir(out_dir, model, meta, weights, meta_name)
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[TaskModel, Any, dict[str, Any]]:
+    """``(model, task, meta)`` of a fine-tuned model directory of any task, verified (no pickle is read)."""
     from safetensors.torch import load_file
 
+    from physfm.finetune.task import task_from_meta
+
     artifact = open_artifact(path, "finetuned")
-    if artifact.info.get("meta") != meta_name:
-        raise ArtifactError(
-            f"{path} is a fine-tuned model, but not a {what} (its meta is {artifact.info.get('meta')}, not {meta_name})"
-        )
-    return read_json(artifact.path / meta_name), load_file(str(artifact.path / weights), device=map_location)
-
-
-def save_classifier(out_dir: str | Path, model: Classifier, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write a classifier directory atomically (safetensors weights + JSON meta)."""
-    return save_model_dir(out_dir, model, meta)
-
-
-def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """Load a classifier directory (safetensors weights + JSON; no pickle is ever read)."""
-    meta, state = read_model_dir(path, "fine-tuned classifier", map_location=map_location)
+    meta_name = artifact.info.get("meta")
+    if not isinstance(meta_name, str) or not (artifact.path / meta_name).is_file():
+        raise ArtifactError(f"{path}: the manifest names no model meta file; re-create it with `physfm finetune`")
+    meta = read_json(artifact.path / meta_name)
+    task = task_from_meta(meta)
+    if task.files[1] != meta_name:
+        raise ArtifactError(f"{path}: a {task.name} model keeps its meta in {task.files[1]}, not {meta_name}")
     backbone = Backbone(BackboneConfig.from_dict(meta["backbone"]["config"]))
-    model = Classifier(backbone, len(meta["classes"]), HeadConfig.from_dict(meta["head"]))
-    model.load_state_dict(state)
-    return model.eval(), meta
-
-
-def head_meta(cfg: HeadConfig) -> dict[str, Any]:
-    return asdict(cfg)
+    model = TaskModel(backbone, task.head(backbone.config, meta["head"]))
+    model.load_state_dict(load_file(str(artifact.path / task.files[0]), device=map_location))
+    return model.eval(), task, meta
 
 
 # --------------------------------------------------------------------------- inference helpers

@@ -1,4 +1,7 @@
-"""Fine-tuning one cell of the label-efficiency grid: (backbone, mode, labels, seed) -> classifier.
+"""Fine-tuning one cell of the label-efficiency grid: (backbone, task, mode, labels, seed) -> model.
+
+The task (:mod:`physfm.finetune.task`: classification, direction, regression, segmentation) brings
+its head, loss, validation score and metrics; the loop (:func:`physfm.finetune.loop.fit`) is the same.
 
 Modes (same head, same label subset, same seed-driven head initialisation and batch order):
 
@@ -20,32 +23,23 @@ Under protocol ``fixed`` there is no validation part: the run trains ``max_steps
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays, open_split
 from physfm.data.shards import DataError
-from physfm.finetune.model import (
-    Classifier,
-    HeadConfig,
-    batched,
-    head_meta,
-    param_groups,
-    save_classifier,
-)
+from physfm.finetune.loop import LoopSettings, fit, tensors, train_record
+from physfm.finetune.model import HeadConfig, TaskModel, param_groups, save_model
 from physfm.finetune.subsets import load_split, make_subsets, spec_name, subset_info
+from physfm.finetune.task import Task, make_task
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
-from physfm.runtime import device_of, warmup_cosine
+from physfm.runtime import adamw, cosine_schedule, device_of
 
 MODES = ("scratch", "finetune", "frozen")
 
@@ -163,11 +157,6 @@ def prepare_backbone(
     return model, meta
 
 
-def lr_lambda(cfg: FinetuneConfig) -> Callable[[int], float]:
-    """Warm-up then cosine decay to 0.1 over ``max_steps`` (:func:`physfm.runtime.warmup_cosine`)."""
-    return lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, 0.1)
-
-
 def finetune(
     data_dir: Dataset | str | Path,
     out_dir: str | Path,
@@ -179,18 +168,21 @@ def finetune(
     run: Any = None,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
+    task: Task | str | None = None,
 ) -> dict[str, Any]:
-    """Train one classifier and write it to ``out_dir``; return its meta (with the training record).
+    """Train one model of ``task`` (one cell of the grid) and write it to ``out_dir``; return its meta.
 
-    ``subsets_dir``: label subsets from :func:`physfm.finetune.subsets.make_subsets` holding this run's
-    seed (made on the fly, default protocol, when None). ``run``: a :class:`physfm.tracking.StageRun` for metrics.
+    ``task``: a :class:`physfm.finetune.task.Task`, a spec (``classification``, ``direction``,
+    ``regression:log_mass``, ...) or None/``auto`` (classification when the dataset has classes, else
+    IceCube direction). ``subsets_dir``: label subsets from :func:`physfm.finetune.subsets.make_subsets`
+    holding this run's seed (made on the fly, default protocol, when None). ``arch`` (scratch without a
+    backbone): the BackboneConfig and ``features`` (default: the task's). ``run``: a
+    :class:`physfm.tracking.StageRun` for metrics.
     """
     t_start = time.perf_counter()
     ds = open_dataset(data_dir, verify=True)  # the one read of manifest.json; shards re-hashed once
     manifest, data_dir = ds.manifest, ds.path
-    classes = ds.classes
-    if len(classes) < 2:
-        raise DataError(f"{data_dir} has {len(classes)} class(es); classification needs at least two")
+    task = make_task(task, ds)
     device = device_of(cfg.device)
 
     if subsets_dir is None:
@@ -198,118 +190,56 @@ def finetune(
         make_subsets(ds, [cfg.labels], seed=cfg.seed, out_dir=subsets_dir, verify=False)
     train_idx, val_idx = load_split(subsets_dir, cfg.labels, cfg.seed, ds)  # both parts count in the budget
     budget = subset_info(subsets_dir, cfg.labels, cfg.seed)
+    if len(train_idx) == 0:
+        raise DataError(f"{data_dir}: the label subset '{cfg.labels}' is empty")
 
+    if backbone_dir is None or str(backbone_dir) == "none":
+        arch = {"features": list(task.default_features), **(arch or {})}
     backbone, bmeta = prepare_backbone(backbone_dir, cfg.mode, ds, arch, cfg.seed)
     if bmeta.get("data_version") and bmeta["data_version"] != manifest["data_version"]:
         print(
             f"note: backbone pretrained on data_version {bmeta['data_version']}, "
             f"fine-tuning on {manifest['data_version']}"
         )
-    features, max_len = list(bmeta["features"]), int(bmeta["max_len"])
-    train = load_arrays(ds, "train", features=features, max_len=max_len, indices=train_idx)
-    has_val = len(val_idx) > 0  # protocol fixed: no validation part (one train event stands in, never scored)
-    val = load_arrays(ds, "train", features=features, max_len=max_len, indices=val_idx if has_val else train_idx[:1])
+    train = task.inputs(ds, "train", bmeta, train_idx)
+    task.fit(train)  # what the task learns from the train part (a target scale), before val is read
+    has_val = len(val_idx) > 0  # protocol fixed: no validation part
+    val = task.inputs(ds, "train", bmeta, val_idx) if has_val else None  # the in-budget validation part
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
-    model = Classifier(backbone, len(classes), cfg.head)
-    model.to(device)
+    head = task.head_meta(cfg.head)
+    model = TaskModel(backbone, task.head(backbone.config, head)).to(device)
     groups = param_groups(model, cfg.mode, cfg.lr, cfg.backbone_lr_scale, cfg.layer_decay, cfg.weight_decay)
     if cfg.mode == "frozen":
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-
-    x_tr = normalize(train["x"], train["mask"], bmeta)
-    y_tr = torch.from_numpy(train["label"].astype(np.int64))
-    m_tr = torch.from_numpy(train["mask"])
-    y_va = torch.from_numpy(val["label"].astype(np.int64)).to(device)
-    m_va = torch.from_numpy(val["mask"]).to(device)
-    x_tr_t = torch.from_numpy(x_tr)
-
-    # frozen: compute the backbone's states once; the head then trains on the cache
-    cache_tr = cache_va = None
-    if cfg.mode == "frozen":
-        model.backbone.eval()
-        keep = 1 if model.head.uses_class_token_only else None
-        states = lambda xx, mm: model.backbone(xx, mm)[:, :keep] if keep else model.backbone(xx, mm)  # noqa: E731
-        cache_tr = torch.from_numpy(batched(states, train["x"], train["mask"], bmeta, 256, device))
-        cache_va = torch.from_numpy(batched(states, val["x"], val["mask"], bmeta, 256, device)).to(device)
-    x_va = torch.from_numpy(normalize(val["x"], val["mask"], bmeta)).to(device)
-
-    @torch.no_grad()
-    def validate() -> tuple[float, float]:
-        model.eval()
-        logits = []
-        for a in range(0, len(y_va), 256):
-            if cache_va is not None:
-                logits.append(model.head(cache_va[a : a + 256], m_va[a : a + 256]))
-            else:
-                logits.append(model(x_va[a : a + 256], m_va[a : a + 256]))
-        lg = torch.cat(logits)
-        return float(F.cross_entropy(lg, y_va)), float((lg.argmax(1) == y_va).float().mean())
-
-    n = len(y_tr)
-    bs = min(cfg.batch_size, n)
-    rng = np.random.default_rng([cfg.seed, 0xF17E])
-    order, pos = rng.permutation(n), 0
-    best = {"val_loss": float("inf"), "step": 0, "val_accuracy": float("nan")}
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict[str, float]] = []
-    bad_evals, step, loss_sum, loss_n = 0, 0, 0.0, 0
-    bar = tqdm(total=cfg.max_steps, desc=f"{cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}", disable=not progress)
-    while step < cfg.max_steps:
-        if pos + bs > n:
-            order, pos = rng.permutation(n), 0
-        idx = torch.from_numpy(order[pos : pos + bs])
-        pos += bs
-        model.train()
-        if cfg.mode == "frozen":
-            model.backbone.eval()
-            logits = model.head(cache_tr[idx].to(device), m_tr[idx].to(device))
-        else:
-            logits = model(x_tr_t[idx].to(device), m_tr[idx].to(device))
-        loss = F.cross_entropy(logits, y_tr[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        opt.step()
-        sched.step()
-        step += 1
-        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-        bar.update(1)
-        if has_val and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            val_loss, val_acc = validate()
-            rec = {"step": step, "train_loss": loss_sum / loss_n, "val_loss": val_loss, "val_accuracy": val_acc}
-            rec["lr"] = opt.param_groups[0]["lr"]
-            history.append(rec)
-            loss_sum, loss_n = 0.0, 0
-            if run is not None:
-                run.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=step)
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{min(best['val_loss'], val_loss):.4f}")
-            if val_loss < best["val_loss"] - 1e-6:
-                best = {"val_loss": val_loss, "step": step, "val_accuracy": val_acc}
-                best_state = copy.deepcopy(model.state_dict())
-                bad_evals = 0
-            else:
-                bad_evals += 1
-                if bad_evals >= cfg.patience:
-                    break
-    bar.close()
-    if has_val:
-        model.load_state_dict(best_state)
-    else:  # protocol fixed: no labels to choose a checkpoint with; the last model is kept
-        best = {"val_loss": float("nan"), "step": step, "val_accuracy": float("nan")}
-    wall = time.perf_counter() - t_start
+    opt = adamw(groups, cfg.lr, betas=(0.9, 0.98))  # each group carries its own (layer-wise) lr
+    sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, 0.1)  # warm-up, then cosine decay to 0.1
+    settings = LoopSettings(cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed)
+    result = fit(
+        model,
+        task,
+        tensors(train, normalize(train["x"], train["mask"], bmeta)),
+        None if val is None else tensors(val, normalize(val["x"], val["mask"], bmeta)),
+        opt,
+        settings,
+        sched=sched,
+        frozen=cfg.mode == "frozen",
+        device=device,
+        run=run,
+        progress=progress,
+        desc=f"{task.name} {cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}",
+    )
+    task_meta = task.to_meta()
     meta = {
-        "kind": "physfm-classifier",
+        "kind": task.kind,
+        **task_meta,
         "mode": cfg.mode,
         "labels": str(cfg.labels),
-        "n_labels": int(n + len(val_idx)),  # the budget: train part + in-budget validation part
+        "n_labels": int(len(train_idx) + len(val_idx)),  # the budget: train part + in-budget validation part
         "seed": cfg.seed,
         "budget": budget,
-        "classes": classes,
-        "head": head_meta(cfg.head),
+        "head": head,
         "config": cfg.to_dict(),
         "data_version": manifest["data_version"],
         "backbone": {
@@ -320,21 +250,17 @@ def finetune(
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
         "subset": {  # the whole budget: train part + validation part
             "digest": budget["digest"],
-            "per_class": {c: budget["per_class_train"][c] + budget["per_class_val"][c] for c in classes},
+            "per_class": {c: budget["per_class_train"][c] + budget["per_class_val"][c] for c in task_meta["classes"]},
         },
         "train": {
-            "best_step": best["step"],
-            "best_val_loss": best["val_loss"],
-            "best_val_accuracy": best["val_accuracy"],
-            "steps": step,
-            "stopped_early": step < cfg.max_steps,
-            "n_val": int(len(y_va)),
-            "wall_seconds": wall,
+            **train_record(result),
+            "n_val": int(len(val_idx) if has_val else 1),
+            "wall_seconds": time.perf_counter() - t_start,
             "device": str(device),
         },
-        "history": history,
+        "history": result.history,
         "run_id": getattr(run, "run_id", None),
         **(extra_meta or {}),
     }
     model.cpu()
-    return save_classifier(out_dir, model, meta)
+    return save_model(out_dir, model, meta)

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,6 +45,7 @@ from physfm.models.contrastive import JETCLR_VIEWS
 from physfm.models.diagnostics import effective_rank, koleo
 from physfm.models.multiview import MultiViewObjective, ViewOptions
 from physfm.models.objectives import Stats, _stat, register_objective
+from physfm.runtime.distributed import all_reduce, world_size
 
 BALANCING = ("center", "sinkhorn")
 
@@ -83,24 +83,14 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
             t.copy_(s)
 
 
-def _all_reduce(t: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 @torch.no_grad()
 def sinkhorn_knopp(logits: Tensor, temperature: float, n_iters: int = 3, distributed: bool = True) -> Tensor:
     """``(B, K)`` teacher targets whose columns (prototypes) are used equally over the batch: over all
     ranks' batches with ``distributed`` (training), over this rank's (validation: ranks may see
     different numbers of batches, so no collective may run)."""
-    reduce = _all_reduce if distributed else (lambda t: t)
+    reduce = all_reduce if distributed else (lambda t: t)
     q = torch.exp((logits.float() - 1.0) / temperature).T  # K x B; cosine logits are <= 1
-    k, b = q.shape[0], q.shape[1] * (_world() if distributed else 1)
+    k, b = q.shape[0], q.shape[1] * (world_size() if distributed else 1)
     q /= reduce(q.sum())
     for _ in range(n_iters):
         q /= reduce(q.sum(dim=1, keepdim=True))
@@ -228,7 +218,7 @@ class Dino(MultiViewObjective):
         o = self.options
         if o.collapse_patience > 0 and step % max(o.collapse_check_every, 1) == 0 and self._last:
             vals = torch.stack([self._last[k].float() for k in ("loss", "teacher_entropy", "prototypes_used")])
-            vals = _all_reduce(vals.clone()) / _world()
+            vals = all_reduce(vals.clone()) / world_size()
             loss, h_t, used = (float(v) for v in vals)
             kind = is_collapsed(loss, h_t, used, o.n_prototypes, o.collapse_tolerance)
             self.collapse_count.fill_(int(self.collapse_count) + 1 if kind else 0)
@@ -305,7 +295,9 @@ class Dino(MultiViewObjective):
                     "prototypes_used": stats["prototypes_used"][0],
                 }
                 if o.balancing == "center":
-                    batch_center = _all_reduce(torch.cat(teacher).sum(0, keepdim=True)) / (len(teacher) * n * _world())
+                    batch_center = all_reduce(torch.cat(teacher).sum(0, keepdim=True)) / (
+                        len(teacher) * n * world_size()
+                    )
                     self.center.mul_(o.center_momentum).add_(batch_center * (1 - o.center_momentum))
         loss_g, gstats = self.view_global_loss(model, batch, hidden)
         stats.update(gstats)

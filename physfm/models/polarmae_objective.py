@@ -19,7 +19,7 @@ optimiser, schedule, checkpoints, resume, MLflow). Per batch:
 The backbone is built with ``n_features = embed_dim`` (patch tokens in), ``max_len = n_patches``,
 no mask token and no index position embedding (the centre MLP is the position). The saved
 backbone's ``objective.safetensors`` holds the patch embedding (``mae.patch_embed.*``), which
-fine-tuning (:mod:`physfm.finetune.segmentation`) loads with the backbone.
+fine-tuning (:mod:`physfm.finetune.patch_segmentation`) loads with the backbone.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 * A **checkpoint** (``<dir>/last.pt`` + ``last.json``) holds everything needed to continue a run
   exactly: model, objective heads, optimizer, LR scheduler, RNG states, step and data position.
-  It is written atomically (temporary file, fsync, rename) and read with
-  ``torch.load(weights_only=True)``, which refuses pickled code.
+  Its home is :mod:`physfm.runtime.checkpoint` (shared by every loop); the names are re-exported here.
 * A **backbone** directory is the product of pretraining: ``backbone.safetensors`` (weights),
   ``backbone.json`` (config, features, normalisation, provenance), ``objective.safetensors`` (the
   pretraining heads, for generation), ``history.json``, ``metrics.json``, ``loss.png``, a copy of the
@@ -21,8 +20,6 @@ live one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,80 +28,23 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from physfm.artifacts import Artifact, input_versions, open_artifact, write_artifact
-from physfm.io import atomic_path, read_json, remove_stale_partials, sha256_file, write_json
+from physfm.io import atomic_path, write_json
 from physfm.models.backbone import Backbone, BackboneConfig
+from physfm.runtime.checkpoint import (  # noqa: F401  (re-exported: their home is the shared runtime)
+    CHECKPOINT,
+    CHECKPOINT_INFO,
+    checkpoint_info,
+    copy_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from physfm.runtime.signals import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401
 
-CHECKPOINT = "last.pt"
-CHECKPOINT_INFO = "last.json"
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_META = "backbone.json"
 HEAD_WEIGHTS = "objective.safetensors"
 METRICS = "metrics.json"
 FORMAT_VERSION = 1
-
-#: Exit status of a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint (EX_TEMPFAIL:
-#: "try again later"); rerunning the same command resumes from the checkpoint.
-PREEMPTED_EXIT_CODE = 75
-
-
-class Preempted(RuntimeError):
-    """Training was asked to stop by a signal; a checkpoint was written first."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
-        super().__init__(
-            f"received {signal_name} at step {step}: checkpoint saved to {checkpoint}; "
-            f"rerun the same command to resume (exit code {PREEMPTED_EXIT_CODE})"
-        )
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-
-
-# --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(directory: str | Path, state: dict[str, Any], info: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts only) and a small JSON ``info``.
-
-    ``last.pt`` is written under a temporary name, fsynced and renamed, then ``last.json``: a kill
-    at any moment leaves the previous checkpoint or the new one (``last.json`` may then describe
-    the previous one, so ``state`` should carry what identifies it, e.g. a configuration hash).
-    """
-    directory = Path(directory)
-    path = directory / CHECKPOINT
-    remove_stale_partials(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    write_json(directory / CHECKPOINT_INFO, {**info, "sha256": sha256_file(path)})
-    return path
-
-
-def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
-    """Hard-link (or copy) the checkpoint files of directory ``src`` into ``dst``."""
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (CHECKPOINT, CHECKPOINT_INFO):
-        if (src / name).is_file():
-            try:
-                os.link(src / name, dst / name)
-            except OSError:
-                shutil.copy2(src / name, dst / name)
-
-
-def checkpoint_info(directory: str | Path) -> dict[str, Any] | None:
-    """The JSON beside the checkpoint in ``directory`` (step, config hash, MLflow run id), or None."""
-    directory = Path(directory)
-    if not (directory / CHECKPOINT).is_file() or not (directory / CHECKPOINT_INFO).is_file():
-        return None
-    return read_json(directory / CHECKPOINT_INFO)
-
-
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``): a file holding pickled objects is refused."""
-    path = Path(directory) / CHECKPOINT
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} is not a loadable physfm checkpoint (only tensors and plain data are accepted; "
-            f"delete it or pass --fresh to start over): {exc}"
-        ) from exc
 
 
 # --------------------------------------------------------------------------- backbones

@@ -246,3 +246,19 @@ def make_loader(
 def epoch_batches(ds: PretrainShards, num_workers: int) -> int:
     """Batches in the current epoch of ``ds`` for this rank."""
     return sum(ds.batches_per_worker(max(num_workers, 1)))
+
+
+def batch_stream(
+    ds: PretrainShards, num_workers: int, epoch: int, skip: int, pin: bool = False
+) -> Iterator[tuple[int, int, dict]]:
+    """Endless batches from epoch ``epoch``, batch ``skip`` on; yields (epoch, position after, batch)."""
+    while True:
+        ds.set_epoch(epoch)
+        if epoch_batches(ds, num_workers) == 0:
+            raise ValueError(
+                f"the train split gives this rank no full batch of {ds.batch_size} events; lower batch_size "
+                f"or use more data (world size {ds.world_size})"
+            )
+        for i, batch in enumerate(make_loader(ds, num_workers, skip, pin_memory=pin), start=skip):
+            yield epoch, i + 1, batch
+        epoch, skip = epoch + 1, 0

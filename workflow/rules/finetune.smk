@@ -32,7 +32,7 @@ KNN_RESULTS = KNN_RESULTS if EV["knn"]["enabled"] else []
 STUDY_TOKENIZERS = grid.backbone_tokenizers(config.get("pretrain", {}), FT_BACKBONES)
 # A pretrained backbone is the directory the pretrain rule writes.
 BACKBONE_DIR = f"{R}/pretrain/{{backbone}}"
-# LArTPC points: every cell is per-point semantic segmentation (physfm/finetune/segmentation.py)
+# LArTPC points: every cell is per-point semantic segmentation (physfm/finetune/patch_segmentation.py)
 LARTPC = config["data"]["format"] == "pilarnet"
 
 
@@ -134,6 +134,7 @@ rule embed:
         backbone=BACKBONE_DIR,
         data=f"{R}/data",
         parent=f"{FT_DIR}/study_run.json",
+        subsets=f"{FT_DIR}/subsets",
     output:
         train=directory(f"{R}/embed/{{backbone}}/{{init}}/train"),
         test=directory(f"{R}/embed/{{backbone}}/{{init}}/{EV['split']}"),
@@ -143,6 +144,9 @@ rule embed:
         splits=f"train,{EV['split']}",
         config=json.dumps({k: v for k, v in EV["knn"].items() if k != "enabled"}, sort_keys=True),
         random=lambda wc: "--random-init 1" if wc.init == "random" else "",
+        # the k-NN probe at each small label budget of the study, on the same subsets fine-tuning reads
+        labels=",".join(str(s) for s in FT["labels"] if str(s) != "all"),
+        seeds=",".join(str(s) for s in FT["seeds"]),
         name=lambda wc: f"{wc.backbone} {wc.init}",
         track=lambda wc: track("embed", wc),
     threads: 1
@@ -153,5 +157,6 @@ rule embed:
     shell:
         "physfm embed --backbone {input.backbone} --data {input.data} --split {params.splits} --out {params.out} "
         "--config {params.config:q} {params.random} "
+        "--subsets {input.subsets} --labels '{params.labels}' --seeds '{params.seeds}' "
         "--name '{params.name}' --threads {threads} --parent-run-file {input.parent} "
         "--run-name 'embed {params.name}' {params.track} > {log} 2>&1"

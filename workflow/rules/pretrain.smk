@@ -3,7 +3,7 @@
 # next-token backbones that ask for it (sample: true): results/<study>/samples/<backbone>/.
 import json
 
-from physfm.pretrain.train import backbone_slice
+from physfm.pretrain.config import backbone_slice
 
 PRETRAIN = config["pretrain"]
 BACKBONES = PRETRAIN["backbones"]
