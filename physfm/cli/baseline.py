@@ -166,6 +166,11 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
         run.log_params(
             {"n_labels": result["n_labels"], **{f"subset.{c}": n for c, n in result["subset_per_class"].items()}}
         )
+        if args.subsets:  # the budget protocol's name and parameters, as on a fine-tuning run
+            from physfm.artifacts import open_artifact
+
+            protocol = open_artifact(args.subsets, "subsets").info.get("protocol") or {}
+            run.log_params({f"protocol.{k}": v for k, v in protocol.items()})
         tr = result["train"]
         logged = {f"{ev.split}_{k}": v for k, v in result["metrics"].items()}
         logged.update({f"{ev.split}_{k}_std": v for k, v in result["std"].items()})

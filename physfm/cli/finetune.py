@@ -73,7 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--data", required=True, type=Path, help="dataset directory (from convert)")
     f.add_argument("--backbone", default="none", help="pretrained backbone directory (physfm pretrain), or 'none'")
     f.add_argument("--backbone-name", default=None, help="short name of the backbone for run names and tags")
-    f.add_argument("--mode", required=True, choices=["scratch", "finetune", "frozen"])
+    f.add_argument(
+        "--mode",
+        required=True,
+        choices=["scratch", "finetune", "frozen", "scratch_global", "linear"],
+        help="scratch, finetune, frozen; ablations: scratch_global (scratch + global-target loss), linear (probe)",
+    )
     lab = f.add_mutually_exclusive_group(required=True)
     lab.add_argument("--labels", help="labelled events: a count (300), a fraction (0.01, 1%%) or 'all'")
     lab.add_argument("--fraction", help="same as --labels, for fractions")
@@ -88,6 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--subsets", type=Path, help="subsets directory (physfm subsets); default: made on the fly")
     f.add_argument("--out", required=True, type=Path, help="output model directory")
     add_config_arg(f, "finetune")
+    f.add_argument(
+        "--search",
+        default=None,
+        help='in-budget hyperparameter grid as JSON ({"lr": [5e-4, 2e-3], "head.dropout": [0.1, 0.3]}): '
+        "every combination is trained, the lowest loss on the subset's validation part wins",
+    )
     f.add_argument("--arch", default="", help="--backbone none: BackboneConfig as KEY=VALUE,... (d_model=64,...)")
     f.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     f.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -147,9 +158,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune_segmentation,
         is_segmentation_dataset,
     )
+    from physfm.finetune.search import mlflow_params, search
     from physfm.finetune.subsets import spec_name
     from physfm.finetune.task import make_task
     from physfm.finetune.train import CELL_KEYS, FinetuneConfig, finetune, settings_slice
+    from physfm.finetune.variants import resolve
     from physfm.stage import build, load_text
 
     set_threads(args.threads)
@@ -158,8 +171,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     seg_settings = settings.pop("segmentation", None)  # LArTPC: the segmentation task's own section
     if clash := sorted(set(settings) & set(CELL_KEYS)):
         raise ValueError(f"--config sets {clash}: the grid cell comes from --mode, --labels, --seed and --device")
-    cell = {"mode": args.mode, "labels": str(spec), "seed": args.seed, "device": args.device}
+    base_mode, settings = resolve(args.mode, settings)  # an ablation mode is a base mode with fixed settings
+    cell = {"mode": base_mode, "labels": str(spec), "seed": args.seed, "device": args.device}
     cfg = build(FinetuneConfig, {**settings, **cell})
+    grid = json.loads(args.search) if args.search and args.search.lstrip()[:1] in "{[" else load_text(args.search)
     backbone = None if args.backbone == "none" else Path(args.backbone)
     if backbone is not None and not backbone.is_dir():
         raise FileNotFoundError(f"--backbone {backbone}: no such directory (run `physfm pretrain` or pass 'none')")
@@ -171,6 +186,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     # LArTPC points (no task named): per-point segmentation on patch tokens (physfm/finetune/patch_segmentation.py)
     patch_seg = is_segmentation_dataset(manifest) and args.task in (None, "", "auto")
     task = None if patch_seg else make_task(args.task, ds)
+    task_name = "segmentation" if task is None else task.name
+    if task_name != "classification" and base_mode != args.mode:
+        raise ValueError(f"mode {args.mode} is an ablation of the classification grid; {task_name} runs have none")
     tags = {
         "mode": args.mode,
         "labels": str(spec),
@@ -180,24 +198,31 @@ def run_finetune(args: argparse.Namespace) -> int:
         "data_version.in": manifest["data_version"],
         "task": "segmentation" if task is None else task.name,
     }
-    params = {**cfg.to_dict(), "backbone_dir": str(args.backbone), "data": str(args.data)}
+    params = {**cfg.to_dict(), "mode": args.mode, "base_mode": base_mode}
+    params.update({"backbone_dir": str(args.backbone), "data": str(args.data)})
     with open_stage_run(args, "finetune", run_name, params, tags) as run:
         if task is None:
             train_fn, kw = finetune_segmentation, {"seg": SegmentationConfig.from_dict(seg_settings)}
         else:
             train_fn, kw = finetune, {"task": task}
-        meta = train_fn(
+        meta = search(  # one candidate per combination of the grid; the in-budget validation part chooses
+            train_fn,
             ds,
             args.out,
             cfg,
+            grid,
             backbone_dir=backbone,
             subsets_dir=args.subsets,
             arch=_arch(args.arch),
             run=run,
             progress=not args.no_progress,
-            extra_meta={"cell": {"backbone": tags["backbone"], "run_name": run_name}},
+            extra_meta={
+                "cell": {"backbone": tags["backbone"], "run_name": run_name},
+                **({"mode": args.mode, "base_mode": base_mode} if args.mode != base_mode else {}),
+            },
             **kw,
         )
+        run.log_params(mlflow_params(meta["search"]))
         run.set_tags(
             {
                 "subset.digest": meta["subset"]["digest"],

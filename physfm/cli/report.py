@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain", action="append", default=[], metavar="NAME=DIR", help="backbone dir (repeat)")
     p.add_argument("--knn", nargs="*", default=[], type=Path, help="k-NN JSONs (physfm search --queries)")
     p.add_argument("--subsets", type=Path, help="subsets directory, logged with the report")
+    p.add_argument(
+        "--ablation-backbone", action="append", default=[], metavar="NAME", help="a backbone that is an ablation"
+    )
     p.add_argument("--study-info", action="append", default=[], metavar="KEY=VALUE", help="extra study facts")
     add_parent_args(p)
     p.set_defaults(func=run_report)
@@ -53,6 +56,7 @@ def run_report(args: argparse.Namespace) -> int:
     results = [read_json(p) for p in args.results]
     knn = [read_json(p) for p in args.knn]
     study = dict(kv.split("=", 1) for kv in args.study_info if "=" in kv)
+    protocol: dict = {}
     if args.subsets:  # the label-budget protocol every run of the study followed
         from physfm.artifacts import open_artifact
 
@@ -72,6 +76,8 @@ def run_report(args: argparse.Namespace) -> int:
         knn=knn,
         n_bootstrap=cfg.bootstrap,
         mlflow_runs=tracking.runs_view_url(),
+        pool_backbones=cfg.pool_backbones,
+        ablation_backbones=args.ablation_backbone,
     )
     parent = parent_run_id(args)
     with tracking.resume_run(parent) as run:
@@ -80,14 +86,17 @@ def run_report(args: argparse.Namespace) -> int:
             key = f"label_efficiency_{e['mode']}_n{int(e['n'])}" + ("" if e["backbone"] == "-" else f"_{e['backbone']}")
             metrics[key] = e["factor"]
         for e in data["best_method"]:
-            name = f"factor_vs_best_{e['metric_name']}_{e['mode'].replace(' ', '_')}_n{int(e['n'])}"
+            name = f"factor_vs_{e['against']}_{e['metric_name']}_{e['mode'].replace(' ', '_')}_n{int(e['n'])}"
             metrics[name] = e["factor"]
+            metrics[name + "_low"], metrics[name + "_high"] = e["low"], e["high"]
         for k in data["knn"]:
             metrics[f"knn_accuracy_{k['name'].replace(' ', '_')}"] = k["accuracy"]
         for c in data["cells"]:
             key = f"{c['mode']}_n{c['n_labels']}" + ("" if c["backbone"] == "-" else f"_{c['backbone']}")
             metrics[f"mean_{data['metric']}_{key}"] = c[data["metric"]]
         run.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        if protocol:  # the budget protocol's name and parameters on the study's parent run
+            run.log_params({f"protocol.{k}": v for k, v in protocol.items()})
         run.log_artifact(args.out, artifact_path="report")
         run.log_artifact(args.out.with_name(args.out.stem + ".json"), artifact_path="report")
         for fig in data["figures"].values():

@@ -96,6 +96,7 @@ def evaluate_model(
         "backbone_version": meta["backbone"].get("backbone_version"),
         "train": meta["train"],
         "history": meta.get("history", []),
+        "search": meta.get("search"),  # the in-budget hyperparameter search (physfm/finetune/search.py)
         **result,
     }
 

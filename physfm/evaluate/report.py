@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,11 @@ MODE_STYLE = {
     "linefit": ("black", ""),
     "floor": ("black", ""),
     "linefit_refined": ("tab:green", "D"),
+    "scratch_global": ("tab:brown", "x"),  # ablation: scratch + the global targets as an auxiliary loss
+    "linear": ("tab:red", "<"),  # ablation: frozen backbone, linear probe
 }
 #: Modes that start from a pretrained backbone: the ones whose label-efficiency factor is measured.
-PRETRAINED_MODES = ("finetune", "frozen")
+PRETRAINED_MODES = ("finetune", "frozen", "linear")
 #: Everything trained (or not trained) without pretraining: the references of the factor.
 REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined", "floor")
 #: Axis labels of every task's metrics, and the metrics where lower is better (the efficiency factor then
@@ -62,6 +65,7 @@ SECTIONS = (
     "results",
     "label-efficiency",
     "best-method",
+    "ablations",
     "embeddings",
     "methods",
 )
@@ -74,6 +78,9 @@ class ReportConfig:
     metric: str = "auc"  # headline metric of the report and the label-efficiency factor
     title: str = "physfm label-efficiency study"
     bootstrap: int = 1000  # resamples for the label-efficiency factor
+    # pretraining runs pooled into one backbone name, e.g. {mpm: [mpm, mpm_s1]}: each label seed's value is
+    # the mean over the pretraining runs (config/full.yaml repeats pretraining with two seeds)
+    pool_backbones: dict[str, list[str]] = field(default_factory=dict)
 
 
 def metric_label(name: str) -> str:
@@ -434,9 +441,40 @@ def _fmt(v: Any, err: Any = None) -> str:
     return s
 
 
-def best_method_rows(results: Sequence[dict[str, Any]], metrics: Sequence[str], metric: str) -> list[dict[str, Any]]:
-    """The factor of each pretrained mode against the best method without pretraining, for the headline
-    ``metric`` and every background rejection shown (:func:`physfm.evaluate.efficiency.best_method_factors`)."""
+#: The reference sets of the factor: the best method without pretraining, same-architecture scratch, and the
+#: ablation scratch_global (scratch given the pretraining's global targets). ``None``: every reference mode.
+AGAINST: dict[str, tuple[str, ...] | None] = {
+    "best": None,
+    "scratch": ("scratch",),
+    "scratch_global": ("scratch_global",),
+}
+
+
+def pool_runs(results: Sequence[dict[str, Any]], pool: dict[str, list[str]] | None) -> list[dict[str, Any]]:
+    """Runs of the pooled backbones (``{name: [backbone, ...]}``, repeated pretraining runs) added once more under
+    ``name``, one record per (mode, labels, seed): the mean of each metric over the pretraining runs."""
+    out = list(results)
+    for name, members in (pool or {}).items():
+        if name in members:
+            raise ValueError(f"evaluate.report.pool_backbones: name the pool {name!r} apart from its members {members}")
+        groups: dict[tuple[str, int, Any], list[dict[str, Any]]] = {}
+        for r in results:
+            if r.get("backbone") in members and r["mode"] in PRETRAINED_MODES:
+                groups.setdefault((r["mode"], int(r["n_labels"]), r.get("seed")), []).append(r)
+        for rs in groups.values():
+            keys = set.intersection(*(set(r["metrics"]) for r in rs))
+            metrics = {k: float(np.mean([r["metrics"][k] for r in rs])) for k in keys}
+            out.append({**rs[0], "backbone": name, "metrics": metrics, "pooled": [r.get("backbone") for r in rs]})
+    return out
+
+
+def best_method_rows(
+    results: Sequence[dict[str, Any]], metrics: Sequence[str], metric: str, pool: dict[str, list[str]] | None = None
+) -> list[dict[str, Any]]:
+    """The factor of each pretrained mode (and ablation) against the best method without pretraining, against
+    same-architecture scratch and against scratch_global (when run), for the headline ``metric`` and every
+    background rejection shown (:func:`physfm.evaluate.efficiency.best_method_factors`). Rows carry ``against``."""
+    results = pool_runs(results, pool)
     several = len({r.get("backbone") or "-" for r in results if r["mode"] in PRETRAINED_MODES}) > 1
     out: list[dict[str, Any]] = []
     for name in [metric, *(m for m in metrics if m.startswith("rej") and m != metric)]:
@@ -449,12 +487,45 @@ def best_method_rows(results: Sequence[dict[str, Any]], metrics: Sequence[str], 
             if mode in PRETRAINED_MODES and several:
                 mode = f"{mode} {r.get('backbone') or '-'}"
             runs.append({"mode": mode, "n": float(r["n_labels"]), "seed": r.get("seed"), "value": float(value)})
-        refs = [m for m in REFERENCE_MODES if any(x["mode"] == m for x in runs)]
-        rated = sorted({x["mode"] for x in runs if x["mode"].split(" ")[0] in PRETRAINED_MODES})
-        if not refs or not rated:
+        present = {x["mode"] for x in runs}
+        for against, refs_of in AGAINST.items():
+            refs = [m for m in (refs_of or REFERENCE_MODES) if m in present]
+            rated = sorted({m for m in present if m.split(" ")[0] in PRETRAINED_MODES})
+            if against == "scratch" and "scratch_global" in present:
+                rated.append("scratch_global")  # how much the global targets alone help scratch
+            if not refs or not rated:
+                continue
+            rows = best_method_factors(runs, refs, methods=rated, higher_is_better=name not in LOWER_IS_BETTER)
+            out += [{"metric_name": name, "against": against, **row} for row in rows]
+    return out
+
+
+def search_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (backbone, mode, labels): the in-budget search's candidates and how often each was chosen."""
+    out: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in results:
+        rec = r.get("search")
+        if not rec or len(rec.get("candidates") or []) < 2:
             continue
-        rows = best_method_factors(runs, refs, methods=rated, higher_is_better=name not in LOWER_IS_BETTER)
-        out += [{"metric_name": name, **row} for row in rows]
+        key = (r.get("backbone") or "-", r["mode"], int(r["n_labels"]))
+        row = out.setdefault(
+            key,
+            {"backbone": key[0], "mode": key[1], "n_labels": key[2], "grid": rec["grid"], "chosen": {}, "val_loss": {}},
+        )
+        row["chosen"][str(rec["chosen"])] = row["chosen"].get(str(rec["chosen"]), 0) + 1
+        for i, c in enumerate(rec["candidates"]):
+            row["val_loss"].setdefault(str(i), []).append(c["val_loss"])
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], k[2]))]
+
+
+def ablation_rows(best_rows: Sequence[dict[str, Any]], ablation_backbones: Sequence[str]) -> list[dict[str, Any]]:
+    """The factors of the ablations: scratch_global against scratch and the pretrained modes against
+    scratch_global, the linear probe, and the modes of the ablation backbones (e.g. global targets off)."""
+    out = []
+    for e in best_rows:
+        mode, _, backbone = e["mode"].partition(" ")
+        if e["against"] == "scratch_global" or mode in ("scratch_global", "linear") or backbone in ablation_backbones:
+            out.append(e)
     return out
 
 
@@ -472,10 +543,14 @@ def build_report(
     knn: Sequence[dict[str, Any]] | None = None,
     n_bootstrap: int = 1000,
     mlflow_runs: str | None = None,
+    pool_backbones: dict[str, list[str]] | None = None,
+    ablation_backbones: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Render the report; write figures to ``figures_dir`` and every number to ``report.json`` beside the HTML.
 
     ``mlflow_runs``: address of the study's runs in the MLflow UI, linked in the study section.
+    ``pool_backbones``: repeated pretraining runs combined under one name (:func:`pool_runs`);
+    ``ablation_backbones``: backbones that are ablations (their factors go to the ablations section).
 
     ``results``: evaluation records (``physfm evaluate`` JSONs, with ``backbone`` added by the grid).
     ``knn``: records ``{"name", "k", "accuracy", ...}`` from ``physfm embed --knn``.
@@ -513,7 +588,9 @@ def build_report(
                 e[k] = None if e.get(k) is None else sign * e[k]
             eff_rows.append({"backbone": backbone, **e})
 
-    best_rows = best_method_rows(results, metrics, metric)
+    best_rows = best_method_rows(results, metrics, metric, pool_backbones)
+    abl_rows = ablation_rows(best_rows, ablation_backbones)
+    srch_rows = search_rows(results)
 
     fig_paths = {
         "efficiency": plot_efficiency(rows, metrics[: min(len(metrics), 6)], figs / "label_efficiency.png"),
@@ -590,11 +667,12 @@ def build_report(
             lines.append(f"label-efficiency factor against same-architecture scratch at {int(e['n'])} labels: "
                          f"{format_factor(e)}")  # fmt: skip
     for e in best_rows:
-        if e["metric_name"] == metric and e["mode"].startswith("finetune"):
+        if e["against"] == "best" and e["mode"].startswith("finetune"):
             span = "" if not np.isfinite(e["low"]) else f" (68 %: {e['low']:.2g}–{e['high']:.2g}×)"
+            what = "" if e["metric_name"] == metric else f" [{metric_label(e['metric_name'])}]"
             lines.append(
                 f"factor against the best method without pretraining ({e['best_reference']}) at {int(e['n'])} "
-                f"labels: {format_factor(e)}{span}"
+                f"labels{what}: {format_factor(e)}{span}"
             )
     if lines:
         add(
@@ -697,6 +775,31 @@ def build_report(
         )
     add(_table(["run", "MLflow run id", "best step", *[metric_label(m) for m in metrics]], run_rows, left=2))
 
+    if srch_rows:
+        grid = srch_rows[0]["grid"]
+        add(
+            '<p class="note">In-budget hyperparameter search (the same candidates for every mode, chosen by the '
+            "lowest loss on the subset's own validation part; the val and test splits are never read): "
+            + html.escape(json.dumps(grid))
+            + ". Candidate chosen, runs per candidate, and mean in-budget validation loss per candidate:</p>"
+        )
+        add(
+            _table(
+                ["backbone", "mode", "labels", "chosen (candidate × runs)", "mean validation loss per candidate"],
+                [
+                    [
+                        r["backbone"],
+                        r["mode"],
+                        r["n_labels"],
+                        ", ".join(f"c{i} × {n}" for i, n in sorted(r["chosen"].items())),
+                        ", ".join(f"c{i} {np.mean(v):.4g}" for i, v in sorted(r["val_loss"].items())),
+                    ]
+                    for r in srch_rows
+                ],
+                left=3,
+            )
+        )
+
     # ---- label efficiency
     add('<h2 id="label-efficiency">Label-efficiency factor</h2>')
     add(
@@ -743,10 +846,11 @@ def build_report(
     if best_rows:
         add(
             _table(
-                ["metric", "pretrained", "labels", "mean", "best reference at same labels", "seeds", "factor", "68 %"],
+                ["metric", "against", "rated", "labels", "mean", "reference at same labels", "seeds", "factor", "68 %"],
                 [
                     [
                         metric_label(e["metric_name"]),
+                        e["against"],
                         e["mode"],
                         int(e["n"]),
                         _fmt(e["metric"]),
@@ -757,11 +861,47 @@ def build_report(
                     ]
                     for e in best_rows
                 ],
-                left=2,
+                left=3,
             )
         )
     else:
         add('<p class="missing">needs pretrained runs and runs without pretraining</p>')
+
+    # ---- ablations
+    add('<h2 id="ablations">Ablations</h2>')
+    add(
+        '<p class="note">How much of the gain each ingredient explains, with the same factor and interval as above: '
+        "<b>scratch_global</b>, scratch given the pretraining's label-free global targets (log jet mass, log "
+        "multiplicity) as an auxiliary loss (its factor against scratch, and the pretrained modes' factor against "
+        "it); <b>linear</b>, a linear probe on the frozen backbone beside the MLP probe (frozen); and backbones "
+        "pretrained with an ablation ("
+        + html.escape(", ".join(ablation_backbones) or "none in this study")
+        + ", e.g. global targets off, <code>global_weight: 0</code>). Ablations not run by this study are in "
+        "config/full.yaml.</p>"
+    )
+    if abl_rows:
+        add(
+            _table(
+                ["metric", "against", "rated", "labels", "mean", "reference at same labels", "seeds", "factor", "68 %"],
+                [
+                    [
+                        metric_label(e["metric_name"]),
+                        e["against"],
+                        e["mode"],
+                        int(e["n"]),
+                        _fmt(e["metric"]),
+                        _fmt(e["reference_metric"]),
+                        str(e["n_seeds"]) + (" (few)" if e["few_seeds"] else ""),
+                        format_factor(e),
+                        "–" if not np.isfinite(e["low"]) else f"{e['low']:.2g}–{e['high']:.2g}×",
+                    ]
+                    for e in abl_rows
+                ],
+                left=3,
+            )
+        )
+    else:
+        add('<p class="missing">no ablation in this study (finetune.ablation)</p>')
 
     # ---- embeddings
     add('<h2 id="embeddings">Embeddings: k-NN accuracy</h2>')
@@ -799,6 +939,8 @@ def build_report(
         "cells": rows,
         "efficiency": eff_rows,
         "best_method": best_rows,
+        "ablations": abl_rows,
+        "search": srch_rows,
         "study": dict(study or {}),
         "runs": [
             {k: r.get(k) for k in ("run_id", "run_name", "backbone", "mode", "n_labels", "seed", "metrics", "std")}

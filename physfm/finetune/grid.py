@@ -77,3 +77,66 @@ def backbone_tokenizers(pretrain: dict[str, Any], backbones: Sequence[str]) -> l
         if tok and tok not in names:
             names.append(tok)
     return names
+
+
+def seeds_for(token: str, seeds: Sequence[int], seeds_at: dict[str, int] | None) -> list[int]:
+    """The seeds run at a label count: all of ``seeds``, or the first ``seeds_at[spec]`` of them
+    (``finetune.seeds_at``, keyed by label spec, e.g. ``{"3000": 3, "all": 3}``)."""
+    limits = {label_token(k): int(v) for k, v in (seeds_at or {}).items()}
+    return list(seeds)[: limits[token]] if token in limits else list(seeds)
+
+
+def thin_seeds(
+    cells: Sequence[tuple[str, str, str, int]], seeds: Sequence[int], seeds_at: dict[str, int] | None
+) -> list[tuple[str, str, str, int]]:
+    """``cells`` less those whose seed is beyond the label count's ``seeds_at`` limit."""
+    return [c for c in cells if c[3] in seeds_for(c[1], seeds, seeds_at)]
+
+
+def ablation_cells(
+    ablation: dict[str, Any], backbones: Sequence[str], tokens: Sequence[str], seeds: Sequence[int]
+) -> list[tuple[str, str, str, int]]:
+    """Cells of the ablations (``finetune.ablation``): its ``modes`` (``scratch_global``, ``linear``) with the
+    first backbone, and its ``backbones`` (e.g. pretrained with ``global_weight: 0``) in ``backbone_modes``,
+    each at ``tokens`` (its label counts) and ``seeds``."""
+    cells = [(backbones[0], t, m, s) for m in ablation.get("modes") or [] for t in tokens for s in seeds]
+    cells += [
+        (b, t, m, s)
+        for b in ablation.get("backbones") or []
+        for m in ablation.get("backbone_modes") or []
+        for t in tokens
+        for s in seeds
+    ]
+    return cells
+
+
+def cell_settings(section: dict[str, Any], mode: str, pretrain: dict[str, Any]) -> dict[str, Any]:
+    """One cell's ``--config``: the ``finetune`` section less its grid keys; ``scratch_global`` gets the
+    auxiliary loss on ``global_aux_targets`` (weight ``global_aux_weight``, or ``pretrain.global_weight``
+    when that is 0), every other mode none."""
+    from physfm.finetune.train import settings_slice
+
+    out = settings_slice(section)
+    if mode == "scratch_global":
+        out["global_aux_weight"] = section.get("global_aux_weight") or pretrain.get("global_weight", 0.5)
+    else:
+        out["global_aux_weight"] = 0.0
+    return out
+
+
+def pretraining_note(pretrain: dict[str, Any], backbones: Sequence[str], pool: dict[str, list[str]]) -> str:
+    """How many pretraining runs the study has and how the report combines them (a line of its study table)."""
+    from physfm.pretrain.train import backbone_slice
+
+    seeds = {b: backbone_slice(pretrain, b).get("seed", 0) for b in backbones}
+    runs = ", ".join(f"{b} (seed {s})" for b, s in seeds.items())
+    if not pool:
+        return (
+            f"one pretraining run per backbone: {runs}; the intervals resample label subsets and initialisations, "
+            "not pretraining (config/full.yaml repeats pretraining)"
+        )
+    pools = "; ".join(f"{name} = mean over {', '.join(m)}" for name, m in pool.items())
+    return (
+        f"pretraining runs: {runs}; pooled: {pools} (each label seed's value is the mean over the pretraining runs, "
+        "the interval resamples label seeds; each run's own factor is listed too)"
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,7 @@ def fit(
     *,
     sched: Any = None,
     frozen: bool = False,
+    extra_loss: Callable[[Tensor], Tensor] | None = None,
     device: torch.device | None = None,
     run: Any = None,
     progress: bool = True,
@@ -129,8 +131,10 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``train`` with ``task``'s loss; early-stop on ``val`` (see the module doc).
 
-    The model ends holding its best (or, without ``val``, its last) weights. ``run``: an object with
-    ``log_metrics(dict, step=)`` (a :class:`physfm.tracking.StageRun`) for the validation curve.
+    The model ends holding its best (or, without ``val``, its last) weights. ``extra_loss(idx)``: a term
+    added to the task's loss of the batch at rows ``idx`` of ``train``, after its forward pass (the
+    ``scratch_global`` ablation's global-target loss, :mod:`physfm.finetune.auxiliary`). ``run``: an object
+    with ``log_metrics(dict, step=)`` (a :class:`physfm.tracking.StageRun`) for the validation curve.
     """
     device = device or next(model.parameters()).device
     fwd = _Forward(model, frozen, device, settings.eval_batch)
@@ -170,6 +174,8 @@ def fit(
         if frozen:
             model.backbone.eval()
         loss = task.loss(fwd(train, cache_tr, idx), y_tr[idx].to(device), m_tr[idx].to(device))
+        if extra_loss is not None:
+            loss = loss + extra_loss(idx)
         step += 1
         optimizer_step(loss, opt, sched, params, clip, step=step, total_steps=settings.max_steps)
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1

@@ -34,6 +34,7 @@ import torch
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays, open_split
 from physfm.data.shards import DataError
+from physfm.finetune.auxiliary import maybe_global_aux
 from physfm.finetune.loop import LoopSettings, fit, tensors, train_record
 from physfm.finetune.model import HeadConfig, TaskModel, param_groups, save_model
 from physfm.finetune.subsets import load_split, make_subsets, spec_name, subset_info
@@ -55,6 +56,9 @@ GRID_KEYS = (
     "budget",
     "baselines",
     "resources",
+    "search",
+    "ablation",
+    "seeds_at",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
 CELL_KEYS = ("mode", "labels", "seed", "device")
@@ -82,6 +86,8 @@ class FinetuneConfig:
     warmup_steps: int = 20
     eval_every: int = 25  # steps between validation-loss evaluations
     patience: int = 6  # evaluations without improvement before stopping
+    global_aux_weight: float = 0.0  # scratch_global ablation: weight of the global-target loss (0 = off)
+    global_aux_targets: list[str] = field(default_factory=lambda: ["log_mass", "log_multiplicity"])
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -213,6 +219,9 @@ def finetune(
     if cfg.mode == "frozen":
         for p in model.backbone.parameters():
             p.requires_grad_(False)
+    # scratch_global ablation (physfm.finetune.auxiliary): the global targets as an extra loss term
+    aux = maybe_global_aux(cfg, model, ds, train_idx, int(bmeta["max_len"]))
+    groups += [{"params": list(aux.parameters()), "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": 0.0}] if aux else []
     opt = adamw(groups, cfg.lr, betas=(0.9, 0.98))  # each group carries its own (layer-wise) lr
     sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, 0.1)  # warm-up, then cosine decay to 0.1
     settings = LoopSettings(cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed)
@@ -225,6 +234,7 @@ def finetune(
         settings,
         sched=sched,
         frozen=cfg.mode == "frozen",
+        extra_loss=aux.loss if aux else None,
         device=device,
         run=run,
         progress=progress,

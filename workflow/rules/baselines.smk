@@ -13,7 +13,7 @@ BASELINE_RESULTS = [f"{BASE_DIR}/{m}/n0/seed1/test.json" for m in BASELINES if m
     for m in BASELINES
     if m not in ZERO_LABEL
     for t in LABEL_SPECS
-    for s in FT["seeds"]
+    for s in grid.seeds_for(t, FT["seeds"], FT["seeds_at"])
 ]
 EVAL_CONFIG = json.dumps({k: EV[k] for k in EvaluateConfig.__dataclass_fields__}, sort_keys=True)
 

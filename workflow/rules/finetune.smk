@@ -6,10 +6,10 @@
 #   embed           backbone embeddings (pretrained and random-init) in faiss, and the k-NN accuracy probe
 #   report          the HTML report (and Snakemake --report figures), logged to the parent run
 import json
+import shlex
 
 from physfm.evaluate.evaluate import EvaluateConfig
 from physfm.finetune import grid
-from physfm.finetune.train import settings_slice
 
 FT = config["finetune"]
 EV = config["evaluate"]
@@ -17,6 +17,12 @@ FT_DIR = f"{R}/finetune"
 FT_BACKBONES = FT["backbones"]
 LABEL_SPECS = grid.label_specs([*FT["labels"], *FT["reference_labels"]])
 MAIN_TOKENS = [grid.label_token(s) for s in FT["labels"]]
+ABLATION = FT["ablation"]
+ABLATION_TOKENS = [grid.label_token(s) for s in (ABLATION["labels"] or FT["labels"])]
+if missing := [t for t in ABLATION_TOKENS if t not in LABEL_SPECS]:
+    raise ValueError(f"finetune.ablation.labels {missing}: use label counts of finetune.labels or reference_labels")
+if unknown := [b for b in [*FT_BACKBONES, *ABLATION["backbones"]] if b not in config["pretrain"]["backbones"]]:
+    raise ValueError(f"finetune backbones {unknown} are not in pretrain.backbones {sorted(config['pretrain']['backbones'])}")
 FT_CELLS = grid.grid_cells(
     FT_BACKBONES,
     MAIN_TOKENS,
@@ -25,6 +31,10 @@ FT_CELLS = grid.grid_cells(
     FT["scratch_per_backbone"],
     reference_tokens=[t for t in LABEL_SPECS if t not in MAIN_TOKENS],
 )
+FT_CELLS += [c for c in grid.ablation_cells(ABLATION, FT_BACKBONES, ABLATION_TOKENS, FT["seeds"]) if c not in FT_CELLS]
+FT_CELLS = grid.thin_seeds(FT_CELLS, FT["seeds"], FT["seeds_at"])
+# the in-budget hyperparameter grid every fine-tuning mode gets (physfm/finetune/search.py)
+SEARCH = f"--search {shlex.quote(json.dumps(FT['search'], sort_keys=True))}" if FT["search"] else ""
 CELL = "{backbone}/{labels}/{mode}/seed{seed}"
 CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS]
 KNN_RESULTS = [f"{R}/embed/{b}/{i}/knn.json" for b in FT_BACKBONES for i in ("pretrained", "random")]
@@ -39,7 +49,7 @@ LARTPC = config["data"]["format"] == "pilarnet"
 wildcard_constraints:
     backbone="[A-Za-z0-9_]+",
     labels=r"n\d+|f[0-9.]+|all",
-    mode="scratch|finetune|frozen",
+    mode="scratch|finetune|frozen|scratch_global|linear",
     seed=r"\d+",
     init="pretrained|random",
 
@@ -89,11 +99,16 @@ rule finetune:
         run_name=lambda wc: grid.cell_run_name(
             wc.backbone, LABEL_SPECS[wc.labels], wc.mode, wc.seed, len(FT_BACKBONES) > 1
         ),
-        # one run's training settings: the finetune section less its grid keys (LArTPC: plus the
-        # segmentation task's section)
-        config=json.dumps(
-            {**settings_slice(FT), **({"segmentation": config["segmentation"]} if LARTPC else {})}, sort_keys=True
+        # one run's training settings: the finetune section less its grid keys (scratch_global: + its aux loss;
+        # LArTPC: + the segmentation task's section)
+        config=lambda wc: json.dumps(
+            {
+                **grid.cell_settings(FT, wc.mode, config["pretrain"]),
+                **({"segmentation": config["segmentation"]} if LARTPC else {}),
+            },
+            sort_keys=True,
         ),
+        search=SEARCH,
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
     resources:
@@ -107,7 +122,7 @@ rule finetune:
     shell:
         "physfm finetune --data {input.data} --backbone {input.backbone} --backbone-name {wildcards.backbone} "
         "--subsets {input.subsets} --labels '{params.spec}' --mode {wildcards.mode} --seed {wildcards.seed} "
-        "--out {output} --config {params.config:q} --threads {threads} --no-progress "
+        "--out {output} --config {params.config:q} {params.search} --threads {threads} --no-progress "
         "--parent-run-file {input.parent} --run-name '{params.run_name}' {params.track} > {log} 2>&1"
 
 

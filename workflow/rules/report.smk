@@ -10,7 +10,7 @@ rule report:
         summary=f"{R}/summary/summary.json",
         subsets=f"{FT_DIR}/subsets",
         parent=f"{FT_DIR}/study_run.json",
-        backbones=expand(BACKBONE_DIR, backbone=FT_BACKBONES),
+        backbones=expand(BACKBONE_DIR, backbone=[*FT_BACKBONES, *ABLATION["backbones"]]),
         tokenizers=[f"{R}/tokenizers/{t}" for t in STUDY_TOKENIZERS],
     output:
         html=report(f"{R}/report/report.html", caption="../report/report.rst", category="Report"),
@@ -30,7 +30,9 @@ rule report:
         data=f"{R}/report/report.json",
     params:
         summary=lambda wc, input: str(Path(input.summary).parent),
-        pretrain=lambda wc, input: " ".join(f"--pretrain {b}={d}" for b, d in zip(FT_BACKBONES, input.backbones)),
+        pretrain=lambda wc, input: " ".join(
+            f"--pretrain {b}={d}" for b, d in zip([*FT_BACKBONES, *ABLATION["backbones"]], input.backbones)
+        ),
         tokenizers=lambda wc, input: " ".join(
             f"--tokenizer {t}={d}" for t, d in zip(STUDY_TOKENIZERS, input.tokenizers)
         ),
@@ -38,6 +40,11 @@ rule report:
         figures=lambda wc, output: str(Path(output.efficiency).parent),
         config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
         study=STUDY,
+        ablation=" ".join(f"--ablation-backbone {b}" for b in ABLATION["backbones"]),
+        pretraining=shlex.quote(
+            "pretraining="
+            + grid.pretraining_note(config["pretrain"], [*FT_BACKBONES, *ABLATION["backbones"]], EV["report"]["pool_backbones"])
+        ),
     log:
         f"{R}/logs/report.log",
     conda:
@@ -46,7 +53,7 @@ rule report:
         "physfm report --results {input.results} {input.baselines} {params.knn} --out {output.html} --figures {params.figures} "
         "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} "
         "--subsets {input.subsets} --parent-run-file {input.parent} "
-        "--study-info study={params.study} > {log} 2>&1"
+        "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} > {log} 2>&1"
 
 
 ALL_TARGETS += [f"{R}/report/report.html"]
