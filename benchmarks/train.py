@@ -31,9 +31,9 @@ from physfm.data.views import view_length
 from physfm.models import OBJECTIVES, Backbone
 from physfm.pretrain.config import resolve_config
 from physfm.pretrain.data import make_loader
-from physfm.pretrain.train import build_run, make_datasets
+from physfm.pretrain.train import build_run, make_datasets, make_optimizer
 from physfm.pretrain.trainer import Pretrainer
-from physfm.runtime import adamw, autocast, decay_groups, optimizer_step, start
+from physfm.runtime import autocast, optimizer_step, start
 
 SIZES = {
     "cpu": {"model": {"d_model": 128, "n_layers": 4, "n_heads": 8}, "max_len": 64, "batch_size": 64},
@@ -131,7 +131,7 @@ def main() -> None:
     # 2. model consumption and 3. MFU
     torch.manual_seed(0)
     trainer = Pretrainer(Backbone(bcfg), objective).to(dev)  # a fresh copy, seeded as before
-    opt = adamw(decay_groups(trainer, cfg.weight_decay), cfg.lr, cfg.betas, fused=dev.type == "cuda")
+    opt = make_optimizer(trainer, cfg, fused=rt.cuda)
     model = torch.compile(trainer) if args.compile else trainer
     ds.set_epoch(0)
     batches = [{k: v.to(dev) for k, v in b.items()} for b, _ in zip(make_loader(ds, 0), range(4), strict=False)]

@@ -178,7 +178,7 @@ def run_embed(args: argparse.Namespace) -> int:
                         f"k-NN accuracy with {b['n_labels']} labels (seed {b['seed']}, k={b['k']}): {b['accuracy']:.4f}"
                     )
                     run.log_metrics({f"knn_accuracy_n{b['n_labels']}_seed{b['seed']}": b["accuracy"]})
-            collapse = collapse_numbers(queries.embeddings)
+            collapse = collapse_numbers(queries.embeddings) if len(queries) >= 2 else {}
             run.log_metrics({f"embedding_{k}": v for k, v in collapse.items()})
             result = {
                 "name": name,

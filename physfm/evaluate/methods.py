@@ -175,6 +175,8 @@ def _factor_text(f: Mapping[str, Any] | None) -> str:
     text = f"{prefix}{f['factor']:.2g}×"
     if _finite(f.get("low")) and _finite(f.get("high")):
         text += f" [{f['low']:.2g}–{f['high']:.2g}]"
+    if f.get("best_reference"):
+        text += f" vs {f['best_reference']}"
     if f.get("few_seeds"):
         text += " (few seeds)"
     return text

@@ -16,7 +16,11 @@ saving/loading (:func:`physfm.finetune.model.save_model` / ``load_model``) and e
 * its **report section data**: ``metric_labels`` (axis labels of its metrics), ``lower_is_better``
   (metrics compared negated by the label-efficiency factor) and ``headline`` (its default metric).
 
-Adding a task is a subclass here and one line in :data:`TASK_MODULES`; the loop is not touched.
+* what it learns from the budget's train part before training (:meth:`Task.fit`, e.g. a target scale).
+
+Adding a task is a :class:`Task` subclass in a module of its own, listed in :data:`TASK_MODULES`
+(``physfm finetune --task NAME[:OPTION]`` then reaches it); the loop, the entry point, saving and
+evaluation are not touched.
 """
 
 from __future__ import annotations

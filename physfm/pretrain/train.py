@@ -164,6 +164,11 @@ def make_datasets(cfg: PretrainConfig, parts: RunParts, rt: Runtime) -> tuple[Pr
     )
 
 
+def make_optimizer(module: torch.nn.Module, cfg: PretrainConfig, fused: bool = False) -> torch.optim.AdamW:
+    """The run's AdamW: weight decay on Linear weight matrices only (:func:`physfm.runtime.decay_groups`)."""
+    return adamw(decay_groups(module, cfg.weight_decay), cfg.lr, cfg.betas, fused=fused)
+
+
 def backbone_meta(cfg: PretrainConfig, parts: RunParts) -> dict[str, Any]:
     """``backbone.json``'s provenance: features, normalisation, data/tokenizer versions, settings."""
     tok = parts.tokenizer
@@ -212,7 +217,7 @@ def pretrain(
     parts = build_run(cfg, data_dir, tokenizer_dir, main=rt.main)
     backbone, objective = parts.backbone, parts.objective
     trainer = Pretrainer(backbone, objective).to(rt.device)
-    optimizer = adamw(decay_groups(trainer, cfg.weight_decay), cfg.lr, cfg.betas, fused=rt.cuda)
+    optimizer = make_optimizer(trainer, cfg, fused=rt.cuda)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     state = {"backbone": backbone, "objective": objective, "optimizer": optimizer, "scheduler": scheduler}
     ckpt = Checkpointer(ckpt_dir, parts.config_hash, rt, state, who=WHO)

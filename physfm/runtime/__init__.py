@@ -65,7 +65,15 @@ from physfm.runtime.checkpoint import (  # noqa: E402
     load_checkpoint,
     save_checkpoint,
 )
-from physfm.runtime.distributed import DistInfo, Runtime, all_reduce, pick_device, start, unwrap  # noqa: E402
+from physfm.runtime.distributed import (  # noqa: E402
+    DistInfo,
+    Runtime,
+    all_reduce,
+    pick_device,
+    start,
+    unwrap,
+    world_size,
+)
 from physfm.runtime.meters import Window, accumulate, due, means, progress_bar  # noqa: E402
 from physfm.runtime.optim import AfterStep, adamw, cosine_schedule, decay_groups, optimizer_step  # noqa: E402
 from physfm.runtime.signals import PREEMPTED_EXIT_CODE, Preempted, StopSignals  # noqa: E402
@@ -100,4 +108,5 @@ __all__ = [
     "start",
     "unwrap",
     "warmup_cosine",
+    "world_size",
 ]
