@@ -78,14 +78,16 @@ def test_data_stage_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -
     from physfm.data.convert import ConvertConfig
     from physfm.data.generate_icecube import IceCubeGenConfig
     from physfm.data.generate_jets import JetGenConfig
+    from physfm.data.generate_lartpc import LArTPCGenConfig
     from physfm.data.summary import SummaryConfig
 
     data = schema_defaults["data"]
     assert to_dict(ConvertConfig()) == data["convert"]
     assert to_dict(SummaryConfig()) == data["summary"]
-    jets, icecube = to_dict(JetGenConfig()), to_dict(IceCubeGenConfig())
-    assert {**jets, **icecube} == data["generate"], "data.generate holds the keys of both generators"
-    assert jets["seed"] == icecube["seed"]
+    jets, icecube, lartpc = to_dict(JetGenConfig()), to_dict(IceCubeGenConfig()), to_dict(LArTPCGenConfig())
+    assert {**jets, **icecube, **lartpc} == data["generate"], "data.generate holds the keys of every generator"
+    assert jets["seed"] == icecube["seed"] == lartpc["seed"]
+    assert icecube["n_events"] == lartpc["n_events"]
 
 
 def test_a_stage_reads_its_datasets_manifest_once(jet_dataset: Path, tmp_path: Path, monkeypatch) -> None:
@@ -122,3 +124,11 @@ def test_pretrain_model_and_new_objective_defaults_equal_the_schema(schema_defau
     }
     for name in ("flow", "mpm2"):
         assert OBJECTIVES[name].Options().to_dict() == schema_defaults["pretrain"]["objectives"][name]
+
+
+def test_lartpc_defaults_equal_the_schema(schema_defaults: dict[str, Any]) -> None:
+    from physfm.finetune.patch_segmentation import SegmentationConfig
+    from physfm.models.polarmae_objective import PolarMAEOptions
+
+    assert to_dict(SegmentationConfig()) == schema_defaults["segmentation"]
+    assert PolarMAEOptions().to_dict() == schema_defaults["pretrain"]["objectives"]["polarmae"]

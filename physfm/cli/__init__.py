@@ -27,6 +27,7 @@ FAMILIES = (
     "physfm.cli.linefit",
     "physfm.cli.baseline",
     "physfm.cli.tracking_cmd",
+    "physfm.cli.lartpc",
 )
 
 EPILOG = """\
@@ -49,6 +50,7 @@ stages, in pipeline order:
   linefit           LineFit direction baselines for IceCube (zero-label, and refined within a label budget)
   observables       jet observables (m, m_SD, N-subjettiness, ...) of a dataset, cached for the baselines
   baseline          supervised (bdt, pfn) and zero-label (cut) baselines on the same label subsets
+  segfloor          zero-label floor of LArTPC per-point segmentation (geometric rules)
 
 every stage logs one MLflow run (see `physfm tracking-init --help` for where).
 """

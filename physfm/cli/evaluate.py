@@ -95,21 +95,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from physfm import tracking
     from physfm.evaluate.evaluate import EvaluateConfig, evaluate_model
+    from physfm.finetune.patch_segmentation import evaluate_segmentation, is_segmentation_model
     from physfm.finetune.task import report_metrics
     from physfm.io import write_json
 
     set_threads(args.threads)
     cfg = stage_config(EvaluateConfig, args.config)
     split = cfg.split
-    result = evaluate_model(  # any task: the model's meta names it (pairs/effs: classification only)
-        args.model,
-        args.data,
-        split,
-        pairs=parse_pairs(cfg.pairs),
-        effs=cfg.effs,
-        n_bootstrap=cfg.bootstrap,
-        predictions=args.predictions,
-    )
+    if is_segmentation_model(args.model):  # patch backbones (PoLAr-MAE): per-point segmentation
+        result = evaluate_segmentation(args.model, args.data, split, n_bootstrap=cfg.bootstrap)
+    else:
+        result = evaluate_model(  # any task: the model's meta names it (pairs/effs: classification only)
+            args.model,
+            args.data,
+            split,
+            pairs=parse_pairs(cfg.pairs),
+            effs=cfg.effs,
+            n_bootstrap=cfg.bootstrap,
+            predictions=args.predictions,
+        )
     with tracking.resume_run(result.get("run_id")) as run:
         logged = {f"{split}_{k}": v for k, v in result["metrics"].items()}
         logged.update({f"{split}_{k}_std": v for k, v in result["std"].items()})

@@ -166,6 +166,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     from physfm.finetune import backbone_source
     from physfm.finetune.backbone_source import input_fill_tags
     from physfm.finetune.grid import cell_run_name
+    from physfm.finetune.patch_segmentation import META as PATCH_META
+    from physfm.finetune.patch_segmentation import (
+        SegmentationConfig,
+        finetune_segmentation,
+        is_segmentation_dataset,
+    )
     from physfm.finetune.search import mlflow_params, search
     from physfm.finetune.subsets import spec_name
     from physfm.finetune.task import make_task
@@ -176,6 +182,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     spec = args.labels or args.fraction
     settings = settings_slice(load_text(args.config))
+    seg_settings = settings.pop("segmentation", None)  # LArTPC: the segmentation task's own section
     if clash := sorted(set(settings) & set(CELL_KEYS)):
         raise ValueError(f"--config sets {clash}: the grid cell comes from --mode, --labels, --seed and --device")
     if args.allow_missing_inputs:
@@ -191,9 +198,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     ds = open_dataset(args.data, verify=True)  # opened once, shards re-hashed once; the library takes it
     manifest = ds.manifest
-    task = make_task(args.task, ds)
-    if task.name != "classification" and base_mode != args.mode:
-        raise ValueError(f"mode {args.mode} is an ablation of the classification grid; {task.name} runs have none")
+    # LArTPC points (no task named): per-point segmentation on patch tokens (physfm/finetune/patch_segmentation.py)
+    patch_seg = is_segmentation_dataset(manifest) and args.task in (None, "", "auto")
+    task = None if patch_seg else make_task(args.task, ds)
+    task_name = "segmentation" if task is None else task.name
+    if task_name != "classification" and base_mode != args.mode:
+        raise ValueError(f"mode {args.mode} is an ablation of the classification grid; {task_name} runs have none")
     tags = {
         "mode": args.mode,
         "labels": str(spec),
@@ -203,13 +213,17 @@ def run_finetune(args: argparse.Namespace) -> int:
         "data_version.in": manifest["data_version"],
         "backbone.source": source.kind,
         **({"backbone.registry": f"{source.name}/{source.version}"} if source.kind == "registry" else {}),
-        "task": task.name,
+        "task": "segmentation" if task is None else task.name,
     }
     params = {**cfg.to_dict(), "mode": args.mode, "base_mode": base_mode}
     params.update({"backbone_dir": str(args.backbone), "data": str(args.data)})
     with open_stage_run(args, "finetune", run_name, params, tags) as run:
+        if task is None:
+            train_fn, kw = finetune_segmentation, {"seg": SegmentationConfig.from_dict(seg_settings)}
+        else:
+            train_fn, kw = finetune, {"task": task}
         meta = search(  # one candidate per combination of the grid; the in-budget validation part chooses
-            finetune,
+            train_fn,
             ds,
             args.out,
             cfg,
@@ -223,7 +237,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                 "cell": {"backbone": tags["backbone"], "run_name": run_name},
                 **({"mode": args.mode, "base_mode": base_mode} if args.mode != base_mode else {}),
             },
-            task=task,
+            **kw,
         )
         run.log_params(mlflow_params(meta["search"]))
         run.set_tags(
@@ -255,7 +269,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                 "wall_seconds": tr["wall_seconds"],
             }
         )
-        run.log_artifact(Path(args.out) / task.files[1])
+        run.log_artifact(Path(args.out) / (PATCH_META if task is None else task.files[1]))
     if fill := (meta["backbone"].get("input_fill") or {}).get("features"):
         reason = meta["backbone"]["input_fill"]["reason"]
         print(f"note: {args.data} lacks {', '.join(fill)}: filled with zeros ({reason})")

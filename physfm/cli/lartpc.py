@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_tracking_args, parse_tags
+from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags
 
 DESCRIPTION = """\
 Simulate LArTPC events (a toy of PILArNet-M's MPV/MPR particle bombs in a 2.3 m liquid-argon cube)
@@ -33,14 +33,15 @@ def add_generate_parser(gsub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory for lartpc_NNN.h5")
-    p.add_argument("--n-events", required=True, type=int, help="number of events")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--events-per-file", type=int, default=1000, help="events per file (default 1000)")
+    add_config_arg(p, "data.generate (n_events, seed, events_per_file, cluster_columns)")
+    p.add_argument("--n-events", type=int, default=None, help="number of events (overrides --config)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 1; overrides --config)")
+    p.add_argument("--events-per-file", type=int, default=None, help="events per file (default 1000)")
     p.add_argument(
         "--cluster-columns",
         type=int,
         choices=(5, 6),
-        default=5,
+        default=None,
         help="cluster table layout: 5 (PILArNet-M v1, default) or 6 (v2, with the PDG code)",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel processes, one file each (default 1)")
@@ -55,10 +56,17 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
     import numpy as np
 
     from physfm import tracking
-    from physfm.data.generate_lartpc import LArConfig, generate_lartpc
+    from physfm.data.generate_lartpc import LArConfig, LArTPCGenConfig, generate_lartpc
     from physfm.data.generation import write_generation_record
+    from physfm.stage import build, load_text
 
-    cfg = LArConfig(cluster_columns=args.cluster_columns)
+    flags = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
+    flags["cluster_columns"] = args.cluster_columns
+    gen = build(LArTPCGenConfig, {**load_text(args.config), **{k: v for k, v in flags.items() if v is not None}})
+    if gen.n_events < 1 or gen.events_per_file < 1 or gen.cluster_columns not in (5, 6):
+        raise ValueError(f"generate lartpc: n_events and events_per_file must be >= 1, cluster_columns 5 or 6: {gen}")
+    args.n_events, args.seed, args.events_per_file = gen.n_events, gen.seed, gen.events_per_file
+    cfg = LArConfig(cluster_columns=gen.cluster_columns)
     params = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
     with tracking.stage_run(
         "generate", run_name=args.run_name or "generate lartpc", params=params, tags=parse_tags(args.tag)
@@ -90,5 +98,64 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.n_events} events ({n_points / args.n_events:.0f} points/event) in {len(paths)} file(s) "
         f"to {args.out} ({wall:.1f} s)"
+    )
+    return 0
+
+
+FLOOR_DESCRIPTION = """\
+Score the zero-label floor of LArTPC semantic segmentation on a split (default test): geometric
+rules without training or labels (physfm.models.segmentation_floor: isolated points are low-energy
+deposits, locally linear ones track, the rest shower; Michel and delta never predicted). Writes an
+evaluation record like `physfm evaluate` on a segmentation model (macro-F1, per-class F1, accuracy,
+seg_error = 1 - macro-F1, confusion matrix, bootstrap std over events), mode `floor`, 0 labels:
+the report's zero-label reference, as `cut` is for jets.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``physfm segfloor``."""
+    from physfm.cli.common import add_parent_args
+
+    p = sub.add_parser(
+        "segfloor",
+        help="zero-label floor of LArTPC per-point segmentation (geometric rules), scored on a split",
+        description=FLOOR_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="lartpc dataset directory (from convert)")
+    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
+    p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
+    add_parent_args(p)
+    add_tracking_args(p)
+    p.set_defaults(func=run_segfloor)
+
+
+def run_segfloor(args: argparse.Namespace) -> int:
+    import math
+
+    from physfm import tracking
+    from physfm.cli.common import parent_run_id
+    from physfm.evaluate.evaluate import EvaluateConfig
+    from physfm.finetune.patch_segmentation import evaluate_floor
+    from physfm.io import write_json
+    from physfm.stage import build, load_text
+
+    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
+    tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none", **parse_tags(args.tag)}
+    run_name = args.run_name or "baseline floor"
+    with tracking.stage_run(
+        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=parent_run_id(args)
+    ) as run:
+        record = evaluate_floor(args.data, ev.split, n_bootstrap=ev.bootstrap)
+        logged = {f"{ev.split}_{k}": v for k, v in record["metrics"].items()}
+        logged.update({f"{ev.split}_{k}_std": v for k, v in record["std"].items()})
+        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        run.set_tags({"data_version.in": record["data_version"]})
+        record["run_id"], record["run_name"] = run.run_id, run_name
+        write_json(args.out, record)
+    m = record["metrics"]
+    print(
+        f"{run_name} on {record['n_events']} {ev.split} events: "
+        f"macro_f1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}"
     )
     return 0

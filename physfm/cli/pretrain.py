@@ -23,6 +23,8 @@ objectives (--set objective=NAME or the config's backbone entry):
   flow        flow matching of the noised particle features, conditioned on the jet globals
               (no tokenizer; can generate jets: physfm sample)
   mpm2        MPM v2: MAE encoder on unmasked particles, small decoder, registers, code + ID
+  polarmae    PoLAr-MAE on LArTPC point clouds: masked patches, Chamfer + energy infilling
+              (features x,y,z,log_energy; global_weight 0; docs/lartpc.md)
 PET's local kNN block in front of the transformer, for any objective: --set model.local=knn
 Every objective also trains the class token on label-free event targets (log jet mass,
 log multiplicity), weight `global_weight` (flow: they are its generation condition instead).

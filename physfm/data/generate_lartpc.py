@@ -66,6 +66,16 @@ PDG = {"mu-": 13, "mu+": -13, "e-": 11, "e+": -11, "pi+": 211, "pi-": -211, "p":
 MASS = {13: MMU, 211: MPI, 2212: MP, 11: ME, 22: 0.0}
 
 
+@dataclass
+class LArTPCGenConfig:
+    """Settings of ``physfm generate lartpc`` (config section ``data.generate``; the other generators' keys aside)."""
+
+    n_events: int = 20000  # events to simulate (shared with the IceCube generator's key)
+    seed: int = 1
+    events_per_file: int = 1000  # events per lartpc_NNN.h5
+    cluster_columns: int = 5  # 5: PILArNet-M v1 cluster table; 6: v2, with the PDG code
+
+
 @dataclass(frozen=True)
 class LArConfig:
     """Parameters of the simulation (defaults tuned to PILArNet-M's class shares; docs/lartpc.md)."""

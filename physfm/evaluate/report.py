@@ -40,6 +40,7 @@ MODE_STYLE = {
     "pfn": ("tab:purple", "v"),
     "cut": ("black", ""),
     "linefit": ("black", ""),
+    "floor": ("black", ""),
     "linefit_refined": ("tab:green", "D"),
     "scratch_global": ("tab:brown", "x"),  # ablation: scratch + the global targets as an auxiliary loss
     "linear": ("tab:red", "<"),  # ablation: frozen backbone, linear probe
@@ -47,10 +48,12 @@ MODE_STYLE = {
 #: Modes that start from a pretrained backbone: the ones whose label-efficiency factor is measured.
 PRETRAINED_MODES = ("finetune", "frozen", "linear")
 #: Everything trained (or not trained) without pretraining: the references of the factor.
-REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined")
+REFERENCE_MODES = ("scratch", "bdt", "pfn", "cut", "linefit", "linefit_refined", "floor")
 #: Axis labels of every task's metrics, and the metrics where lower is better (the efficiency factor then
 #: compares negated values): each task's report data (:func:`physfm.finetune.task.report_metrics`).
 METRIC_LABELS, LOWER_IS_BETTER = report_metrics()
+#: Per-point segmentation metrics shown when present (per-class F1: f1_<class>).
+SEGMENTATION_METRICS = ("macro_f1", "seg_error")
 SECTIONS = (
     "study",
     "data",
@@ -83,7 +86,8 @@ class ReportConfig:
 def metric_label(name: str) -> str:
     if name in METRIC_LABELS:
         return METRIC_LABELS[name]
-    for prefix, text in (("auc_", "AUC "), ("rej50_", "1/εB at εS=0.5, "), ("rej30_", "1/εB at εS=0.3, ")):
+    prefixes = (("auc_", "AUC "), ("rej50_", "1/εB at εS=0.5, "), ("rej30_", "1/εB at εS=0.3, "), ("f1_", "F1 "))
+    for prefix, text in prefixes:
         if name.startswith(prefix):
             return text + name[len(prefix) :].replace("_vs_", " vs ")
     return name
@@ -133,14 +137,16 @@ def headline_metrics(results: Sequence[dict[str, Any]], primary: str) -> list[st
     present: list[str] = []
     for r in results:
         for k in r["metrics"]:
-            if (
-                k not in present
-                and (k in ("accuracy", "auc") or k.startswith(("auc_", "rej")))
+            if k not in present and (
+                (k in ("accuracy", "auc") or k.startswith(("auc_", "rej")))
                 and ("_vs_" in k or k in ("accuracy", "auc"))
                 or k in LOWER_IS_BETTER
+                or k in SEGMENTATION_METRICS
+                or k.startswith("f1_")
             ):
                 present.append(k)
-    order = [primary] + [m for m in ("auc", "accuracy", *LOWER_IS_BETTER) if m != primary]
+    order = list(dict.fromkeys([primary, "auc", "accuracy", *LOWER_IS_BETTER, *SEGMENTATION_METRICS]))
+    order += [m for m in present if m.startswith("f1_") and m not in order]
     order += [m for m in present if m.startswith("auc_") and m not in order]
     rejections = [m for m in present if m.startswith("rej") and m not in order]
     order += sorted(rejections, key=lambda m: (m.split("_", 1)[1], -int(m[3:].split("_")[0])))

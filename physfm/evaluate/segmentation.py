@@ -30,7 +30,12 @@ def f1_scores(cm: np.ndarray) -> np.ndarray:
 
 def segmentation_metrics(true: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Macro F1 (over classes present or predicted), F1 per class, accuracy and the confusion matrix."""
-    cm = confusion_matrix(true, pred, len(classes))
+    return metrics_from_confusion(confusion_matrix(true, pred, len(classes)), classes)
+
+
+def metrics_from_confusion(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """:func:`segmentation_metrics` of a summed confusion matrix (e.g. of resampled events)."""
+    cm = np.asarray(cm)
     f1 = f1_scores(cm)
     n = int(cm.sum())
     return {
@@ -41,3 +46,27 @@ def segmentation_metrics(true: np.ndarray, pred: np.ndarray, classes: Sequence[s
         "confusion": cm.tolist(),
         "classes": list(classes),
     }
+
+
+def flat_metrics(m: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics a study reports: ``macro_f1``, ``seg_error`` (1 - macro F1), ``accuracy``
+    and ``f1_<class>`` per class (Michel and delta apart)."""
+    out = {"macro_f1": m["macro_f1"], "seg_error": 1.0 - m["macro_f1"], "accuracy": m["accuracy"]}
+    out.update({f"f1_{c}": v for c, v in m["f1"].items()})
+    return out
+
+
+def bootstrap_metrics(
+    per_event: np.ndarray, classes: Sequence[str], n_bootstrap: int, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Metrics of the summed per-event confusion matrices ``(E, C, C)`` and their standard deviation
+    over ``n_bootstrap`` resamples of the events (the unit the label budget counts)."""
+    per_event = np.asarray(per_event, dtype=np.int64)
+    full = metrics_from_confusion(per_event.sum(0), classes)
+    rng = np.random.default_rng([seed, 0xB007])
+    draws = []
+    for _ in range(n_bootstrap if len(per_event) > 1 else 0):
+        idx = rng.integers(0, len(per_event), len(per_event))
+        draws.append(flat_metrics(metrics_from_confusion(per_event[idx].sum(0), classes)))
+    std = {k: float(np.nanstd([d[k] for d in draws])) if draws else 0.0 for k in flat_metrics(full)}
+    return full, std

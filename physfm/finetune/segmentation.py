@@ -50,7 +50,11 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     val_keys = ("val_loss", "val_accuracy", "val_macro_f1")
-    metric_labels: ClassVar[dict[str, str]] = {"macro_f1": "macro F1 (per particle)"}
+    metric_labels: ClassVar[dict[str, str]] = {
+        "macro_f1": "macro-F1 (per point)",
+        "seg_error": "segmentation error (1 - macro-F1)",
+    }
+    lower_is_better = ("seg_error",)
     headline = "macro_f1"
     default_features = ("x", "y", "z", "log_energy")
 
@@ -111,8 +115,11 @@ class SegmentationTask(Task):
         for _ in range(how.n_bootstrap if n > 1 else 0):
             i = rng.integers(0, n, n)
             draws.append(segmentation_metrics(inp["target"][i][mask[i]], pred[i][mask[i]], self.classes))
-        scalar = {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}
-        std = {k: float(np.nanstd([d[k] for d in draws])) if draws else float("nan") for k in scalar}
+        from physfm.evaluate.segmentation import flat_metrics
+
+        scalar = flat_metrics(metrics)  # macro_f1, seg_error, accuracy, f1_<class>
+        flat = [flat_metrics(d) for d in draws]
+        std = {k: float(np.nanstd([d[k] for d in flat])) if flat else float("nan") for k in scalar}
         record = {
             "n_events": int(n),
             "lower_bounds": [],

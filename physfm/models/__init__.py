@@ -10,9 +10,9 @@ New objectives subclass :class:`Objective` and register with :func:`register_obj
 """
 
 # registering imports: the IceCube objective (issue 6), the view-comparing objectives (issue 14),
-# the generative (flow) and MAE (mpm2) objectives (issue 15)
+# the generative (flow) and MAE (mpm2) objectives (issue 15), PoLAr-MAE on LArTPC point clouds (issue 16)
 from physfm.hashing import hash_uniform  # noqa: F401  (the masking and views draw from it)
-from physfm.models import contrastive, dino, flow, mpm2, polarbert  # noqa: F401
+from physfm.models import contrastive, dino, flow, mpm2, polarbert, polarmae_objective  # noqa: F401
 from physfm.models.backbone import Backbone, BackboneConfig, normalize
 from physfm.models.objectives import (
     OBJECTIVES,

@@ -1,4 +1,5 @@
-"""The PoLAr-MAE objective as a module, tensors in and tensors out (not wired to the pretraining loop yet).
+"""The PoLAr-MAE objective as a module, tensors in and tensors out (the pretraining loop's objective
+``polarmae`` wraps it: :mod:`physfm.models.polarmae_objective`).
 
 For a padded batch of point clouds (``points (B, N, F)``: x, y, z in voxels, then an energy
 feature such as log voxel energy, then optional extras; ``mask (B, N)``):
@@ -17,7 +18,9 @@ feature such as log voxel energy, then optional extras; ``mask (B, N)``):
 
 ``forward`` returns ``(loss, stats)`` with ``stats[name] = tensor([sum, count])`` like
 :mod:`physfm.models.objectives`. Masking draws from ``generator`` (a ``torch.Generator``), so it
-is reproducible for a seed.
+is reproducible for a seed, or ranks given per-patch scores (``score``, e.g. hashed from the event
+key). :class:`PolarMAEHeads` is everything but the encoder, which its :meth:`~PolarMAEHeads.loss`
+takes as an argument (the pretraining loop owns the backbone); :class:`PolarMAE` adds the encoder.
 """
 
 from __future__ import annotations
@@ -59,13 +62,18 @@ def _stat(total: Tensor, count: Tensor | float) -> Tensor:
     return torch.stack([total.detach().float(), torch.as_tensor(count, dtype=torch.float32, device=total.device)])
 
 
-def choose_patch_mask(valid: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+def choose_patch_mask(
+    valid: Tensor, ratio: float, generator: torch.Generator | None = None, score: Tensor | None = None
+) -> Tensor:
     """``(B, P)`` bool: ``round(ratio * n_valid)`` of each event's valid patches, at random.
 
     At least one patch stays visible and, when there are two or more, at least one is masked.
+    ``score`` (``(B, P)`` in [0, 1)): the patches with the lowest scores are masked (default: uniform
+    draws from ``generator``).
     """
-    score = torch.rand(valid.shape, generator=generator, device=valid.device)
-    score = score.masked_fill(~valid, 2.0)
+    if score is None:
+        score = torch.rand(valid.shape, generator=generator, device=valid.device)
+    score = score.to(valid.device).float().masked_fill(~valid, 2.0)
     rank = torch.argsort(torch.argsort(score, dim=1), dim=1)
     n_valid = valid.sum(1)
     n_mask = torch.clamp(torch.round(n_valid * ratio).long(), min=(n_valid >= 2).long(), max=(n_valid - 1).clamp(min=0))
@@ -93,8 +101,8 @@ def chamfer(pred: Tensor, target: Tensor, target_ok: Tensor) -> Tensor:
     return pred_to_true + true_to_pred
 
 
-class PolarMAE(nn.Module):
-    """Patch embedding + encoder (the backbone) + decoder + reconstruction and energy heads."""
+class PolarMAEHeads(nn.Module):
+    """Patch embedding + decoder + reconstruction and energy heads: PoLAr-MAE without its encoder."""
 
     def __init__(self, config: PolarMAEConfig, encoder: BackboneConfig) -> None:
         super().__init__()
@@ -105,7 +113,6 @@ class PolarMAE(nn.Module):
             raise ValueError(f"the encoder's max_len ({encoder.max_len}) must be >= n_patches ({pc.n_patches})")
         self.config = config
         self.patch_embed = PatchEmbedding(pc)
-        self.encoder = Backbone(encoder)
         dd = config.decoder_dim
         self.to_decoder = nn.Linear(encoder.d_model, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
@@ -124,21 +131,28 @@ class PolarMAE(nn.Module):
         self.reconstruct = nn.Linear(dd, pc.group_size * 4)
         self.energy_head = nn.Sequential(nn.Linear(dd + 3, dd), nn.GELU(), nn.Linear(dd, 1))
 
-    def encode(self, points: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
-        """Encoder states of every valid patch ``(B, P, d_model)`` (no masking: fine-tuning and
-        embeddings) and the :class:`~physfm.models.patching.Patches`."""
+    def encode_with(self, encoder: Backbone, points: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
+        """``encoder``'s states of every valid patch ``(B, P, d_model)`` (no masking) and the patches."""
         patches = self.patch_embed(points, mask)
-        h = self.encoder(patches.tokens, patches.mask)[:, self.encoder.config.n_cls :]
+        h = encoder(patches.tokens, patches.mask)[:, encoder.config.n_cls :]
         return h, patches
 
-    def forward(self, points: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Stats]:
+    def loss(
+        self,
+        encoder: Backbone,
+        points: Tensor,
+        mask: Tensor,
+        generator: torch.Generator | None = None,
+        score: Tensor | None = None,
+    ) -> tuple[Tensor, Stats]:
+        """Masked-patch reconstruction loss and stats, ``encoder`` seeing the visible patches only."""
         cfg = self.config
         patches = self.patch_embed(points, mask)
-        masked = choose_patch_mask(patches.mask, cfg.mask_ratio, generator)
+        masked = choose_patch_mask(patches.mask, cfg.mask_ratio, generator, score)
         visible = patches.mask & ~masked
         # encoder: visible patches only
         vis_tokens, vis_mask, vis_index = compact(patches.tokens, visible)
-        h_vis = self.encoder(vis_tokens, vis_mask)[:, self.encoder.config.n_cls :]
+        h_vis = encoder(vis_tokens, vis_mask)[:, encoder.config.n_cls :]
         # decoder: every valid patch, encoded or a mask token, plus its centre
         b, p, _ = patches.tokens.shape
         dd = cfg.decoder_dim
@@ -153,10 +167,10 @@ class PolarMAE(nn.Module):
         target = patches.local[masked][..., :4]  # (S, G, 4): local x, y, z and the energy feature
         ok = patches.group_mask[masked]
         pred = self.reconstruct(hm).reshape(len(hm), cfg.patches.group_size, 4)
-        cd = chamfer(pred, target, ok)
+        cd = chamfer(pred.float(), target.float(), ok)
         g = target.shape[1]
         e_pred = self.energy_head(torch.cat([hm[:, None, :].expand(-1, g, -1), target[..., :3]], -1)).squeeze(-1)
-        se = ((e_pred - target[..., 3]) ** 2).masked_fill(~ok, 0.0)
+        se = ((e_pred.float() - target[..., 3].float()) ** 2).masked_fill(~ok, 0.0)
         n_pts = ok.sum()
         loss_cd = cd.mean() if len(cd) else points.new_zeros(())
         loss_e = se.sum() / n_pts.clamp(min=1)
@@ -168,3 +182,19 @@ class PolarMAE(nn.Module):
             "masked_fraction": _stat(masked.sum().float(), patches.mask.sum()),
         }
         return loss, stats
+
+
+class PolarMAE(PolarMAEHeads):
+    """Patch embedding + encoder (the backbone) + decoder + reconstruction and energy heads."""
+
+    def __init__(self, config: PolarMAEConfig, encoder: BackboneConfig) -> None:
+        super().__init__(config, encoder)
+        self.encoder = Backbone(encoder)
+
+    def encode(self, points: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
+        """Encoder states of every valid patch ``(B, P, d_model)`` (no masking: fine-tuning and
+        embeddings) and the :class:`~physfm.models.patching.Patches`."""
+        return self.encode_with(self.encoder, points, mask)
+
+    def forward(self, points: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Stats]:
+        return self.loss(self.encoder, points, mask, generator)

@@ -3,9 +3,10 @@
 #   observables   jet observables of every event, once per dataset (the BDT's and the cut's inputs)
 #   baseline      bdt / pfn at every label count and seed; cut once (no labels)
 #   linefit       IceCube: LineFit once (no labels); linefit_refined at every label count and seed
+#   segfloor      LArTPC: the zero-label segmentation floor (geometric rules), once
 # Results land in results/<study>/baselines/<method>/<labels>/seed<S>/test.json and go to the report.
 BASELINES = FT["baselines"]
-ZERO_LABEL = ("cut", "linefit")
+ZERO_LABEL = ("cut", "linefit", "floor")
 BASE_DIR = f"{R}/baselines"
 BASELINE_RESULTS = [f"{BASE_DIR}/{m}/n0/seed1/test.json" for m in BASELINES if m in ZERO_LABEL] + [
     f"{BASE_DIR}/{m}/{t}/seed{s}/test.json"
@@ -92,3 +93,26 @@ rule linefit:
         "physfm linefit --data {input.data} --mode {wildcards.method} {params.labelled} --seed {wildcards.seed} "
         "--eval-config {params.eval_config:q} --threads {threads} --out {output} {params.parent} "
         "{params.track} > {log} 2>&1"
+
+
+rule segfloor:
+    input:
+        data=f"{R}/data",
+        parent=f"{FT_DIR}/study_run.json",
+    output:
+        f"{BASE_DIR}/{{method}}/{{labels}}/seed{{seed}}/test.json",
+    wildcard_constraints:
+        method="floor",
+        labels="n0",
+        seed="1",
+    params:
+        eval_config=EVAL_CONFIG,
+        track=lambda wc: track("segfloor", wc),
+    threads: 1
+    log:
+        f"{R}/logs/baselines/{{method}}_{{labels}}_seed{{seed}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "physfm segfloor --data {input.data} --eval-config {params.eval_config:q} --out {output} "
+        "--parent-run-file {input.parent} {params.track} > {log} 2>&1"

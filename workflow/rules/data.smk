@@ -4,23 +4,23 @@ import json
 
 from physfm.data.generate_icecube import IceCubeGenConfig
 from physfm.data.generate_jets import JetGenConfig
+from physfm.data.generate_lartpc import LArTPCGenConfig
 
 GEN = config["data"]["generate"]
 if config["data"]["source"] == "generate" and config["data"]["format"] == "prometheus":
     raise ValueError("data.source 'generate' simulates IceCube events in the Kaggle layout: set data.format: kaggle")
-ICECUBE_SIM = config["data"]["format"] != "jetclass"  # IceCube formats: simulate in the Kaggle layout
+# the simulator writing each format (IceCube formats: simulate in the Kaggle layout), and its settings
+SIMULATORS = {"jetclass": ("jets", JetGenConfig), "pilarnet": ("lartpc", LArTPCGenConfig)}
+SIM_NAME, SIM_CONFIG = SIMULATORS.get(config["data"]["format"], ("icecube", IceCubeGenConfig))
 
 
 rule generate:
     output:
         directory(f"{R}/raw"),
     params:
-        what="icecube" if ICECUBE_SIM else "jets",
+        what=SIM_NAME,
         # the keys of this generator only: an IceCube setting does not regenerate jets
-        config=json.dumps(
-            {k: GEN[k] for k in (IceCubeGenConfig if ICECUBE_SIM else JetGenConfig).__dataclass_fields__},
-            sort_keys=True,
-        ),
+        config=json.dumps({k: GEN[k] for k in SIM_CONFIG.__dataclass_fields__}, sort_keys=True),
         track=track("generate"),
     threads: 2
     log:

@@ -42,6 +42,8 @@ KNN_RESULTS = KNN_RESULTS if EV["knn"]["enabled"] else []
 STUDY_TOKENIZERS = grid.backbone_tokenizers(config.get("pretrain", {}), FT_BACKBONES)
 # A pretrained backbone is the directory the pretrain rule writes.
 BACKBONE_DIR = f"{R}/pretrain/{{backbone}}"
+# LArTPC points: every cell is per-point semantic segmentation (physfm/finetune/patch_segmentation.py)
+LARTPC = config["data"]["format"] == "pilarnet"
 
 
 wildcard_constraints:
@@ -97,8 +99,15 @@ rule finetune:
         run_name=lambda wc: grid.cell_run_name(
             wc.backbone, LABEL_SPECS[wc.labels], wc.mode, wc.seed, len(FT_BACKBONES) > 1
         ),
-        # one run's training settings: the finetune section less its grid keys (scratch_global: + its aux loss)
-        config=lambda wc: json.dumps(grid.cell_settings(FT, wc.mode, config["pretrain"]), sort_keys=True),
+        # one run's training settings: the finetune section less its grid keys (scratch_global: + its aux loss;
+        # LArTPC: + the segmentation task's section)
+        config=lambda wc: json.dumps(
+            {
+                **grid.cell_settings(FT, wc.mode, config["pretrain"]),
+                **({"segmentation": config["segmentation"]} if LARTPC else {}),
+            },
+            sort_keys=True,
+        ),
         search=SEARCH,
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
