@@ -248,6 +248,8 @@ def test_tiny_study_end_to_end_with_nested_mlflow_runs(
     capsys.readouterr()
     assert main(["search", "--index", str(root / "embed/pretrained/test"), "--row", "3", "-k", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and lines[1].split()[:2] == ["0", "3"] and float(lines[1].split()[-1]) < 1e-3
+    # a line with the latency, the table's header, then one row per neighbour
+    assert len(lines) == 6 and lines[0].startswith("4 neighbours among")
+    assert lines[2].split()[:2] == ["0", "3"] and float(lines[2].split()[-1]) < 1e-3
     knn = json.loads((root / "embed/pretrained/knn.json").read_text())
     assert 0 <= knn["accuracy"] <= 1 and knn["n_reference"] > knn["n_queries"] > 0

@@ -106,8 +106,8 @@ def test_methods_config_trains_every_objective_on_one_backbone_and_budget():
     cfg = yaml.safe_load((REPO / "config/methods.yaml").read_text())
     section = cfg["pretrain"]
     objectives = {b["objective"] for b in section["backbones"].values()}
-    # every registered jet objective (polarbert is IceCube's DOM-token model)
-    assert objectives == set(OBJECTIVES) - {"polarbert"}
+    # every registered jet objective (polarbert: IceCube's DOM-token model; polarmae: LArTPC patches)
+    assert objectives == set(OBJECTIVES) - {"polarbert", "polarmae"}
     assert set(cfg["finetune"]["backbones"]) == set(section["backbones"])
     resolved = {name: resolve_config(backbone_slice(section, name)) for name in section["backbones"]}
     # one backbone and budget; the PET row differs only by its local kNN block (issue 15)
