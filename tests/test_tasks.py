@@ -8,6 +8,7 @@ different network, trains through it too.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,32 @@ def test_each_task_trains_saves_and_evaluates_through_the_one_loop(
     assert np.isfinite(result["metrics"][metric]) and result["std"][metric] >= 0
     assert result["train"] == meta["train"] and result["subset_digest"] == meta["subset"]["digest"]
     assert np.load(tmp_path / "p.npz")["event_key"].shape == (result["n_events"],)
+
+    # evaluation streams the split (issue 20): one event per block it gives the record and predictions
+    # file that the whole split read into memory at once (task.inputs, one call of the model) gives
+    streamed = evaluate_model(
+        tmp_path / "m", data, "test", n_bootstrap=5, predictions=tmp_path / "s.npz", block_events=1
+    )
+    whole, arrays = _whole_split_record(tmp_path / "m", data, "test", Scoring(n_bootstrap=5, seed=0))
+    assert result["n_events"] > 1  # so several blocks were read
+    assert json.dumps({k: streamed[k] for k in whole}, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert json.dumps(streamed, sort_keys=True) == json.dumps(result, sort_keys=True)
+    with open(tmp_path / "w.npz", "wb") as f:
+        np.savez_compressed(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # the layout may differ
+    saved = np.load(tmp_path / "s.npz")
+    assert sorted(saved.files) == sorted(arrays) and all(np.array_equal(saved[k], v) for k, v in arrays.items())
+    assert (tmp_path / "s.npz").read_bytes() == (tmp_path / "w.npz").read_bytes() == (tmp_path / "p.npz").read_bytes()
+
+
+def _whole_split_record(model_dir: Path, data: Path, split: str, how: Scoring) -> tuple[dict[str, Any], dict]:
+    """The evaluation of a saved model with the whole split in memory (the path before streaming)."""
+    from physfm.finetune.model import batched, load_model
+
+    model, task, meta = load_model(model_dir)
+    ds = open_dataset(data)
+    inp = task.inputs(ds, split, meta["backbone"], None)
+    out = batched(model, inp["x"], inp["mask"], meta["backbone"], 256, torch.device("cpu"), tokens=inp.get("tokens"))
+    return task.evaluate(out, inp, ds, how)
 
 
 def test_auto_task_follows_the_dataset(jet_dataset: Path, icecube: Path) -> None:
