@@ -75,6 +75,24 @@ def test_blocks_cover_the_split_in_order(datasets: dict[int, Path]) -> None:
     np.testing.assert_array_equal(np.concatenate([b.label for b in split.blocks(stop=777)]), whole["label"][:777])
 
 
+def test_rechunk_regroups_blocks_into_whole_batches() -> None:
+    from physfm.data.loader import rechunk
+
+    sizes = [3, 0, 1, 7, 2, 9, 1]
+    start = np.cumsum([0, *sizes])
+    blocks = [
+        {"a": np.arange(a, b), "b": np.arange(2 * a, 2 * b).reshape(-1, 2)}
+        for a, b in zip(start[:-1], start[1:], strict=True)
+    ]
+    chunks = list(rechunk(blocks, 4))
+    assert [len(c["a"]) for c in chunks] == [4, 4, 4, 4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate([c["a"] for c in chunks]), np.arange(start[-1]))
+    np.testing.assert_array_equal(np.concatenate([c["b"] for c in chunks]), np.arange(2 * start[-1]).reshape(-1, 2))
+    assert list(rechunk([], 4)) == []
+    with pytest.raises(ValueError, match=">= 1"):
+        list(rechunk(blocks, 0))
+
+
 def test_embedding_and_knn_memory_is_flat_in_the_split_size(
     datasets: dict[int, Path], tmp_path: Path, one_torch_thread: None
 ) -> None:
