@@ -1,5 +1,6 @@
-"""Streaming past the loader (issue 20): embedding, the k-NN probe, the data summary and the jet
-observables read a split in bounded blocks, so their peak memory does not grow with the split.
+"""Streaming past the loader (issue 20): evaluation of a fine-tuned model, embedding, the k-NN probe,
+the data summary and the jet observables read a split in bounded blocks, so their peak memory does not
+grow with the split.
 
 Two datasets of real Pythia jets, one 4x the other (rotated copies, physfm.data.replicate), in shards
 of 250 events; the peak of numpy/Python allocations (tracemalloc) of each stage on the large one stays
@@ -74,6 +75,24 @@ def test_blocks_cover_the_split_in_order(datasets: dict[int, Path]) -> None:
     np.testing.assert_array_equal(np.concatenate([b.label for b in split.blocks(stop=777)]), whole["label"][:777])
 
 
+def test_rechunk_regroups_blocks_into_whole_batches() -> None:
+    from physfm.data.loader import rechunk
+
+    sizes = [3, 0, 1, 7, 2, 9, 1]
+    start = np.cumsum([0, *sizes])
+    blocks = [
+        {"a": np.arange(a, b), "b": np.arange(2 * a, 2 * b).reshape(-1, 2)}
+        for a, b in zip(start[:-1], start[1:], strict=True)
+    ]
+    chunks = list(rechunk(blocks, 4))
+    assert [len(c["a"]) for c in chunks] == [4, 4, 4, 4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate([c["a"] for c in chunks]), np.arange(start[-1]))
+    np.testing.assert_array_equal(np.concatenate([c["b"] for c in chunks]), np.arange(2 * start[-1]).reshape(-1, 2))
+    assert list(rechunk([], 4)) == []
+    with pytest.raises(ValueError, match=">= 1"):
+        list(rechunk(blocks, 0))
+
+
 def test_embedding_and_knn_memory_is_flat_in_the_split_size(
     datasets: dict[int, Path], tmp_path: Path, one_torch_thread: None
 ) -> None:
@@ -108,6 +127,44 @@ def test_embedding_and_knn_memory_is_flat_in_the_split_size(
     n_train = {n: open_dataset(datasets[n]).n_events["train"] for n in (SMALL, LARGE)}
     _flat("embed", peaks[SMALL], peaks[LARGE], per_event * (n_train[LARGE] - n_train[SMALL]))
     _flat("k-NN probe", knn[SMALL], knn[LARGE], 2_000_000)  # the faiss search is outside tracemalloc
+
+
+def test_evaluation_memory_is_flat_in_the_split_size(
+    datasets: dict[int, Path], tmp_path: Path, one_torch_thread: None
+) -> None:
+    """``evaluate_model`` keeps only the per-event outputs, labels and keys; the whole-split path it
+    replaced (every event's padded inputs at once, task.inputs) grows past the same bound."""
+    import torch
+
+    from physfm.evaluate.evaluate import evaluate_model
+    from physfm.finetune.model import batched, load_model
+    from physfm.finetune.train import FinetuneConfig, finetune
+
+    model_dir = tmp_path / "model"
+    cfg = FinetuneConfig(mode="scratch", labels="40", seed=1, max_steps=2, eval_every=2, batch_size=8, device="cpu")
+    arch = {"d_model": D, "n_layers": 1, "n_heads": 2, "max_len": MAX_LEN}
+    finetune(datasets[SMALL], model_dir, cfg, arch=arch, progress=False, task="classification")
+    model, task, meta = load_model(model_dir)
+
+    def whole(n: int) -> None:  # the path before streaming: the split's inputs in memory, one model call
+        inp = task.inputs(open_dataset(datasets[n]), "train", meta["backbone"], None)
+        batched(model, inp["x"], inp["mask"], meta["backbone"], 256, torch.device("cpu"))
+
+    streamed, before = {}, {}
+    for n in (SMALL, LARGE):
+        with torch.no_grad():
+            streamed[n] = _peak(
+                lambda n=n: evaluate_model(model_dir, datasets[n], "train", n_bootstrap=3, block_events=512)
+            )
+            before[n] = _peak(lambda n=n: whole(n))
+    # kept per event: logits, probabilities (float32 and the softmax's float32 copy), label, key, each
+    # concatenated once; the bootstrap's index and resampled arrays
+    per_event = 4 * 4 * 4 + 8 * 2 * 2 + 4 * 4 * 2 + 8 * 4
+    n_train = {n: open_dataset(datasets[n]).n_events["train"] for n in (SMALL, LARGE)}
+    output_bytes = per_event * (n_train[LARGE] - n_train[SMALL])
+    _flat("evaluate", streamed[SMALL], streamed[LARGE], output_bytes)
+    assert before[LARGE] > 1.25 * before[SMALL] + output_bytes  # the same check fails the whole-split path
+    assert before[LARGE] > 2 * streamed[LARGE]
 
 
 @pytest.mark.slow

@@ -3,11 +3,13 @@
 Classification, IceCube direction and a jet regression (log jet mass from all the constituents) are
 trained by the same entry point and loop, saved and evaluated the same way; a per-particle task
 (segmentation) trains through the same loop on a small hand-made example; the PFN baseline, a
-different network, trains through it too.
+different network, trains through it too. Each task's evaluation streams the split and gives the
+record and predictions file of the whole split read at once (segmentation: on simulated LArTPC events).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,19 @@ def icecube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def lartpc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 simulated LArTPC events (per-point semantic labels) converted to shards of 12."""
+    from physfm.data.convert import convert
+    from physfm.data.generate_lartpc import generate_lartpc
+
+    raw = tmp_path_factory.mktemp("lartpc_raw")
+    paths = generate_lartpc(raw, 24, seed=5, events_per_file=24, progress=False)
+    out = tmp_path_factory.mktemp("lartpc") / "data"
+    convert("pilarnet", [str(p) for p in paths], out, shard_events=12, progress=False)
+    return out
+
+
 @pytest.fixture
 def fits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the tasks :func:`physfm.finetune.loop.fit` trained (spied where the entry point calls it)."""
@@ -57,17 +72,25 @@ def fits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ("classification", "40", "auc"),
         ("regression:log_mass", "40", "rmse"),
         ("direction", "12", "mean_angular_error_deg"),
+        ("segmentation", "8", "macro_f1"),
     ],
 )
 def test_each_task_trains_saves_and_evaluates_through_the_one_loop(
-    task: str, labels: str, metric: str, jet_dataset: Path, icecube: Path, tmp_path: Path, fits: list[str]
+    task: str,
+    labels: str,
+    metric: str,
+    jet_dataset: Path,
+    icecube: Path,
+    lartpc: Path,
+    tmp_path: Path,
+    fits: list[str],
 ) -> None:
     from physfm.artifacts import open_artifact
     from physfm.evaluate.evaluate import evaluate_model
     from physfm.finetune.model import load_model
     from physfm.finetune.task import make_task
 
-    data = icecube if task == "direction" else jet_dataset
+    data = {"direction": icecube, "segmentation": lartpc}.get(task, jet_dataset)
     cfg = FinetuneConfig(mode="scratch", labels=labels, seed=1, max_steps=6, eval_every=3, batch_size=8, device="cpu")
     meta = finetune(data, tmp_path / "m", cfg, arch=TINY, progress=False, task=task)
     name = make_task(task, open_dataset(data)).name
@@ -87,6 +110,32 @@ def test_each_task_trains_saves_and_evaluates_through_the_one_loop(
     assert np.isfinite(result["metrics"][metric]) and result["std"][metric] >= 0
     assert result["train"] == meta["train"] and result["subset_digest"] == meta["subset"]["digest"]
     assert np.load(tmp_path / "p.npz")["event_key"].shape == (result["n_events"],)
+
+    # evaluation streams the split (issue 20): one event per block it gives the record and predictions
+    # file that the whole split read into memory at once (task.inputs, one call of the model) gives
+    streamed = evaluate_model(
+        tmp_path / "m", data, "test", n_bootstrap=5, predictions=tmp_path / "s.npz", block_events=1
+    )
+    whole, arrays = _whole_split_record(tmp_path / "m", data, "test", Scoring(n_bootstrap=5, seed=0))
+    assert result["n_events"] > 1  # so several blocks were read
+    assert json.dumps({k: streamed[k] for k in whole}, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert json.dumps(streamed, sort_keys=True) == json.dumps(result, sort_keys=True)
+    with open(tmp_path / "w.npz", "wb") as f:
+        np.savez_compressed(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # the layout may differ
+    saved = np.load(tmp_path / "s.npz")
+    assert sorted(saved.files) == sorted(arrays) and all(np.array_equal(saved[k], v) for k, v in arrays.items())
+    assert (tmp_path / "s.npz").read_bytes() == (tmp_path / "w.npz").read_bytes() == (tmp_path / "p.npz").read_bytes()
+
+
+def _whole_split_record(model_dir: Path, data: Path, split: str, how: Scoring) -> tuple[dict[str, Any], dict]:
+    """The evaluation of a saved model with the whole split in memory (the path before streaming)."""
+    from physfm.finetune.model import batched, load_model
+
+    model, task, meta = load_model(model_dir)
+    ds = open_dataset(data)
+    inp = task.inputs(ds, split, meta["backbone"], None)
+    out = batched(model, inp["x"], inp["mask"], meta["backbone"], 256, torch.device("cpu"), tokens=inp.get("tokens"))
+    return task.evaluate(out, inp, ds, how)
 
 
 def test_auto_task_follows_the_dataset(jet_dataset: Path, icecube: Path) -> None:

@@ -6,7 +6,7 @@ Particles are kept in stored order (pT-descending for jets), so truncation drops
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,16 @@ class Split:
 
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
+
+    def max_particles(self) -> int:
+        """The most particles one event of the split holds (0 when it is empty), from the shards' offsets."""
+        most = 0
+        for path, _ in self.shards:
+            with h5py.File(path, "r") as f:
+                offsets = f["offsets"][:]
+            if len(offsets) > 1:
+                most = max(most, int(np.diff(offsets).max()))
+        return most
 
     def features(self, block: EventBlock, names: Sequence[str] | None) -> np.ndarray:
         """Per-particle features of ``block``: stored columns or derived ones (physfm.features)."""
@@ -218,6 +228,31 @@ def iter_arrays(
     """:func:`load_arrays` in blocks of at most ``block_events`` events, in stored order (all events,
     those at ``indices``, or the first ``stop``)."""
     return open_split(data_dir, split).arrays(features, max_len, block_events, indices, stop)
+
+
+def rechunk(blocks: Iterable[dict[str, np.ndarray]], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Blocks of row-aligned arrays (the same keys in each) regrouped, in order, into chunks of exactly
+    ``size`` rows (the last one shorter): e.g. so model batches fall where they would on the whole split."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    pending: list[dict[str, np.ndarray]] = []
+    have = 0
+    for block in blocks:
+        n = len(next(iter(block.values()))) if block else 0
+        if n == 0:
+            continue
+        pending.append(block)
+        have += n
+        if have < size:
+            continue
+        merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        full = have - have % size
+        for a in range(0, full, size):
+            yield {k: v[a : a + size] for k, v in merged.items()}
+        pending = [{k: v[full:].copy() for k, v in merged.items()}] if have > full else []
+        have -= full
+    if have:
+        yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
 
 
 class ShardDataset(IterableDataset):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from physfm.data.dataset import Dataset, open_dataset
-from physfm.data.loader import iter_arrays
+from physfm.data.loader import BLOCK_EVENTS, iter_arrays, rechunk
 from physfm.evaluate.metrics import DEFAULT_EFFS, DEFAULT_PAIRS
 from physfm.io import atomic_path
 
@@ -43,11 +43,13 @@ def predict(
     split: str = "test",
     batch_size: int = 256,
     device: str = "auto",
+    block_events: int = BLOCK_EVENTS,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], Any, dict[str, Any]]:
-    """``(outputs, inputs, task, meta)`` of a fine-tuned model of any task on a split: the model's raw
-    outputs (logits, directions, values, per-particle logits), the task's inputs and targets, its
-    :class:`physfm.finetune.task.Task` and the model's meta."""
-    from physfm.finetune.model import batched, load_model
+    """``(outputs, arrays, task, meta)`` of a fine-tuned model of any task on a split: the model's raw
+    outputs (logits, directions, values, per-particle logits), the arrays its task's
+    :meth:`~physfm.finetune.task.Task.evaluate` reads (``task.eval_keys``), the
+    :class:`physfm.finetune.task.Task` and the model's meta. Streamed (:func:`predict_split`)."""
+    from physfm.finetune.model import load_model
     from physfm.runtime import device_of
 
     model, task, meta = load_model(model_dir)
@@ -55,9 +57,38 @@ def predict(
     task.check(ds, meta)
     dev = device_of(device)
     model.to(dev)
-    inp = task.inputs(ds, split, meta["backbone"], None)
-    out = batched(model, inp["x"], inp["mask"], meta["backbone"], batch_size, dev, tokens=inp.get("tokens"))
-    return out, inp, task, meta
+    out, kept = predict_split(model, task, ds, split, meta["backbone"], batch_size, dev, block_events)
+    return out, kept, task, meta
+
+
+def predict_split(
+    model: Any,
+    task: Any,
+    ds: Dataset,
+    split: str,
+    bmeta: dict[str, Any],
+    batch_size: int,
+    device: torch.device,
+    block_events: int = BLOCK_EVENTS,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``model`` on a whole split, read in blocks of at most ``block_events`` events
+    (:meth:`~physfm.finetune.task.Task.iter_inputs`): the outputs and the task's ``eval_keys`` arrays,
+    equal to running it on ``task.inputs(ds, split, bmeta, None)`` at once (the blocks are regrouped so
+    the batches are the same), while memory holds one block's padded inputs plus those per-event arrays."""
+    from physfm.finetune.model import batched
+
+    chunk = batch_size * max(1, block_events // batch_size)
+    outs: list[np.ndarray] = []
+    kept: list[dict[str, np.ndarray]] = []
+    for inp in rechunk(task.iter_inputs(ds, split, bmeta, block_events), chunk):
+        outs.append(batched(model, inp["x"], inp["mask"], bmeta, batch_size, device, tokens=inp.get("tokens")))
+        kept.append({k: inp[k] for k in task.eval_keys})
+        del inp
+    if not outs:
+        raise ValueError(f"split '{split}' of {ds.path} has no events to evaluate")
+    # C order whatever the blocks' layout (a one-event block is both C and F), so the file is the same bytes
+    arrays = {k: np.ascontiguousarray(np.concatenate([p[k] for p in kept])) for k in task.eval_keys}
+    return np.concatenate(outs), arrays
 
 
 def evaluate_model(
@@ -70,14 +101,17 @@ def evaluate_model(
     n_bootstrap: int = 200,
     seed: int = 0,
     predictions: str | Path | None = None,
+    block_events: int = BLOCK_EVENTS,
 ) -> dict[str, Any]:
     """Test metrics of a fine-tuned model of any task on ``split`` with bootstrap errors, plus the cell it
     belongs to: the evaluation record the report reads (``metrics``, ``std``, ``n_events``, ... from the
-    task's :meth:`~physfm.finetune.task.Task.evaluate`). ``pairs``/``effs``: classification only."""
+    task's :meth:`~physfm.finetune.task.Task.evaluate`). ``pairs``/``effs``: classification only. The split is
+    read ``block_events`` at a time (:func:`predict_split`): memory is flat in its size but for the
+    per-event outputs and targets."""
     from physfm.finetune.task import Scoring
 
     ds = open_dataset(data_dir, verify=True)
-    out, inp, task, meta = predict(model_dir, ds, split)
+    out, inp, task, meta = predict(model_dir, ds, split, block_events=block_events)
     how = Scoring(n_bootstrap=n_bootstrap, seed=seed, pairs=tuple(pairs), effs=tuple(effs))
     result, arrays = task.evaluate(out, inp, ds, how)
     if predictions is not None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from physfm.data.dataset import Dataset
 from physfm.data.shards import DataError
 from physfm.features import JET_DEFAULT
-from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task
 from physfm.models.backbone import BackboneConfig
 
 
@@ -32,6 +32,7 @@ class ClassificationTask(Task):
     metric_labels: ClassVar[dict[str, str]] = {"accuracy": "accuracy", "auc": "ROC AUC (one-vs-rest mean)"}
     headline = "auc"
     default_features = JET_DEFAULT
+    eval_keys = ("label", "event_key")
 
     def __init__(self, classes: list[str]) -> None:
         if len(classes) < 2:
@@ -51,11 +52,8 @@ class ClassificationTask(Task):
     def from_meta(cls, meta: dict[str, Any]) -> Task:
         return cls(list(meta["classes"]))
 
-    def inputs(
-        self, ds: Dataset, split: str, bmeta: dict[str, Any], indices: np.ndarray | None
-    ) -> dict[str, np.ndarray]:
-        inp = load_inputs(ds, split, bmeta, indices)
-        if indices is None:  # a whole split: score the labelled events only
+    def complete(self, ds: Dataset, inp: Inputs, whole: bool) -> Inputs:
+        if whole:  # a whole split: score the labelled events only
             keep = inp["label"] >= 0
             inp = {k: v[keep] for k, v in inp.items()}
         inp["target"] = inp["label"].astype(np.int64)

@@ -27,7 +27,7 @@ from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import DataError
 from physfm.features import ICECUBE_DEFAULT
 from physfm.finetune.model import PooledMLP
-from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task
 from physfm.models.backbone import BackboneConfig
 
 KIND = "physfm-direction"
@@ -112,11 +112,9 @@ class DirectionTask(Task):
     lower_is_better = ("mean_angular_error_deg", "median_angular_error_deg")
     headline = "mean_angular_error_deg"
     default_features = ICECUBE_DEFAULT
+    eval_keys = ("truth", "events", "event_key")
 
-    def inputs(
-        self, ds: Dataset, split: str, bmeta: dict[str, Any], indices: np.ndarray | None
-    ) -> dict[str, np.ndarray]:
-        inp = load_inputs(ds, split, bmeta, indices)
+    def complete(self, ds: Dataset, inp: Inputs, whole: bool) -> Inputs:
         inp["truth"] = direction_truth(ds, inp["events"])  # float64, for the test metrics
         inp["target"] = inp["truth"].astype(np.float32)
         return inp

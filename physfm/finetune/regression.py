@@ -12,6 +12,7 @@ residuals) and the 68 % half-width of the residuals, with bootstrap errors; lowe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physfm.data.dataset import Dataset
-from physfm.data.loader import load_arrays
+from physfm.data.loader import BLOCK_EVENTS, iter_arrays, load_arrays, open_split
 from physfm.data.shards import DataError
 from physfm.features import GLOBAL_TARGETS, JET_DEFAULT
-from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task, iter_inputs, load_inputs
 from physfm.models.backbone import BackboneConfig
 
 DEFAULT_TARGET = "log_mass"
@@ -51,6 +52,7 @@ class RegressionTask(Task):
     lower_is_better = ("rmse", "mae", "resolution", "q68")
     headline = "rmse"
     default_features = JET_DEFAULT
+    eval_keys = ("truth", "event_key")
 
     def __init__(self, target: str = DEFAULT_TARGET, mean: float = 0.0, std: float = 1.0) -> None:
         if target not in GLOBAL_TARGETS:
@@ -75,19 +77,40 @@ class RegressionTask(Task):
 
     def truth(self, ds: Dataset, split: str, indices: np.ndarray | None, n_particles: np.ndarray) -> np.ndarray:
         """The target of each event from all its particles (read with ``max_len`` = its longest event)."""
-        spec = GLOBAL_TARGETS[self.target]
         longest = max(int(n_particles.max()) if len(n_particles) else 1, 1)
-        raw = load_arrays(ds, split, features=list(spec.features) or None, max_len=longest, indices=indices)
+        return self.truth_of(load_arrays(ds, split, self.truth_columns(), max_len=longest, indices=indices))
+
+    def truth_columns(self) -> list[str] | None:
+        """The particle columns the target reads (None: all stored ones)."""
+        return list(GLOBAL_TARGETS[self.target].features) or None
+
+    def truth_of(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        """The target of padded :meth:`truth_columns` arrays (``x``, ``mask``)."""
+        spec = GLOBAL_TARGETS[self.target]
         cols = {name: raw["x"][..., i] for i, name in enumerate(spec.features)}
         return spec.fn(cols, raw["mask"])
+
+    def complete(self, ds: Dataset, inp: Inputs, whole: bool) -> Inputs:
+        inp["target"] = ((inp["truth"] - self.mean) / self.std).astype(np.float32)
+        return inp
 
     def inputs(
         self, ds: Dataset, split: str, bmeta: dict[str, Any], indices: np.ndarray | None
     ) -> dict[str, np.ndarray]:
         inp = load_inputs(ds, split, bmeta, indices)
         inp["truth"] = self.truth(ds, split, indices, inp["n_particles"])
-        inp["target"] = ((inp["truth"] - self.mean) / self.std).astype(np.float32)
-        return inp
+        return self.complete(ds, inp, indices is None)
+
+    def iter_inputs(
+        self, ds: Dataset, split: str, bmeta: dict[str, Any], block_events: int = BLOCK_EVENTS
+    ) -> Iterator[Inputs]:
+        """Blocks of the split with the target read beside them, padded to the split's longest event as
+        :meth:`inputs` pads it (so the sums, and the record, are the same)."""
+        longest = max(open_split(ds, split).max_particles(), 1)
+        raws = iter_arrays(ds, split, self.truth_columns(), max_len=longest, block_events=block_events)
+        for inp, raw in zip(iter_inputs(ds, split, bmeta, (), block_events), raws, strict=True):
+            inp["truth"] = self.truth_of(raw)
+            yield self.complete(ds, inp, True)
 
     def fit(self, train: dict[str, np.ndarray]) -> None:
         """Standardise with the train part's mean and std (refitting ``target`` from ``truth``)."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from physfm.data.dataset import Dataset
 from physfm.data.shards import DataError
-from physfm.finetune.task import Inputs, Scoring, Task, load_inputs
+from physfm.finetune.task import Inputs, Scoring, Task
 from physfm.models.backbone import BackboneConfig
 from physfm.models.segmentation import segmentation_loss
 
@@ -57,6 +57,7 @@ class SegmentationTask(Task):
     lower_is_better = ("seg_error",)
     headline = "macro_f1"
     default_features = ("x", "y", "z", "log_energy")
+    eval_keys = ("mask", "target", "event_key")  # per-particle: (N, L) labels and mask, not the (N, L, F) inputs
 
     def __init__(self, classes: list[str], column: str = DEFAULT_COLUMN, gamma: float = 0.0) -> None:
         self.classes, self.column, self.gamma = list(classes), column, float(gamma)
@@ -77,10 +78,10 @@ class SegmentationTask(Task):
     def from_meta(cls, meta: dict[str, Any]) -> Task:
         return cls(meta["particle_classes"], meta["column"])
 
-    def inputs(
-        self, ds: Dataset, split: str, bmeta: dict[str, Any], indices: np.ndarray | None
-    ) -> dict[str, np.ndarray]:
-        inp = load_inputs(ds, split, bmeta, indices, extra=(self.column,))
+    def extra_columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def complete(self, ds: Dataset, inp: Inputs, whole: bool) -> Inputs:
         inp["target"] = inp.pop("extra")[..., 0].astype(np.int64)
         return inp
 

@@ -7,6 +7,8 @@ saving/loading (:func:`physfm.finetune.model.save_model` / ``load_model``) and e
 
 * its **inputs and targets**: :meth:`Task.inputs` reads a split (or the events of a label subset)
   as padded arrays ``x``, ``mask``, ``target``, ``event_key`` (and ``tokens`` for PolarBERT backbones);
+  :meth:`Task.iter_inputs` streams a whole split as the same arrays in bounded blocks, and
+  ``eval_keys`` names the per-event arrays :meth:`Task.evaluate` reads (all that evaluation keeps);
 * its **head**: :meth:`Task.head` maps the backbone's states ``(B, n_cls + L, d)`` and the mask to the
   output (per event ``(B, ...)``, or per particle ``(B, L, ...)`` for per-particle tasks);
 * its **loss** (:meth:`Task.loss`, masked for per-particle tasks);
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +37,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from physfm.data.dataset import Dataset
-from physfm.data.loader import load_arrays
+from physfm.data.loader import BLOCK_EVENTS, iter_arrays, load_arrays
 from physfm.data.shards import DataError
 from physfm.models.backbone import BackboneConfig
 
@@ -74,6 +76,7 @@ class Task(ABC):
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str]
     default_features: ClassVar[tuple[str, ...]]  # inputs of a backbone-less scratch model
+    eval_keys: ClassVar[tuple[str, ...]]  # the arrays of inputs() that evaluate() reads (kept while streaming)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,11 +103,28 @@ class Task(ABC):
         return None
 
     # ------------------------------------------------------------------ data, head, loss, scores
-    @abstractmethod
+    def extra_columns(self) -> tuple[str, ...]:
+        """Per-particle columns the task reads beside the backbone's inputs (``extra`` of :func:`load_inputs`)."""
+        return ()
+
+    def complete(self, ds: Dataset, inp: Inputs, whole: bool) -> Inputs:
+        """``target`` (and what else the task derives) of a block of :func:`load_inputs` arrays; ``whole``:
+        they come from a whole split, not a label subset's ``indices``. Row-wise, so blocks concatenate."""
+        return inp
+
     def inputs(
         self, ds: Dataset, split: str, bmeta: dict[str, Any], indices: np.ndarray | None
     ) -> dict[str, np.ndarray]:
         """``x`` (raw features in ``bmeta["features"]`` order), ``mask``, ``target``, ``event_key`` (+ ``tokens``)."""
+        return self.complete(ds, load_inputs(ds, split, bmeta, indices, self.extra_columns()), indices is None)
+
+    def iter_inputs(
+        self, ds: Dataset, split: str, bmeta: dict[str, Any], block_events: int = BLOCK_EVENTS
+    ) -> Iterator[Inputs]:
+        """:meth:`inputs` of the whole split in blocks of at most ``block_events`` events, in stored order
+        (concatenated, equal to ``inputs(ds, split, bmeta, None)``): memory bounded by the block."""
+        for inp in iter_inputs(ds, split, bmeta, self.extra_columns(), block_events):
+            yield self.complete(ds, inp, True)
 
     @abstractmethod
     def head(self, backbone_config: BackboneConfig, head: dict[str, Any]) -> nn.Module:
@@ -145,19 +165,39 @@ def load_inputs(
     order, ``mask``, ``label``, ``events``, ``event_key``, ``n_particles``; ``tokens`` (DOM ids) when the
     backbone embeds them (:func:`physfm.models.polarbert.uses_dom_tokens`); ``extra`` per-particle columns
     (e.g. a per-particle label) as ``extra`` ``(N, L, len(extra))``."""
-    from physfm.models.polarbert import DOM_FEATURE, dom_tokens, uses_dom_tokens
-
-    features = list(bmeta["features"])
-    with_dom = uses_dom_tokens(bmeta)
-    names = features + ([DOM_FEATURE] if with_dom else []) + list(extra)
+    names = input_columns(bmeta, extra)
     arr = load_arrays(ds, split, features=names, max_len=int(bmeta["max_len"]), indices=indices)
+    return shape_inputs(arr, bmeta, extra)
+
+
+def iter_inputs(
+    ds: Dataset, split: str, bmeta: dict[str, Any], extra: tuple[str, ...] = (), block_events: int = BLOCK_EVENTS
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`load_inputs` of a whole split in blocks of at most ``block_events`` events, in stored order."""
+    names = input_columns(bmeta, extra)
+    for arr in iter_arrays(ds, split, features=names, max_len=int(bmeta["max_len"]), block_events=block_events):
+        yield shape_inputs(arr, bmeta, extra)
+
+
+def input_columns(bmeta: dict[str, Any], extra: tuple[str, ...] = ()) -> list[str]:
+    """The columns read for a backbone: its features, the DOM id when it embeds them, then ``extra``."""
+    from physfm.models.polarbert import DOM_FEATURE, uses_dom_tokens
+
+    return list(bmeta["features"]) + ([DOM_FEATURE] if uses_dom_tokens(bmeta) else []) + list(extra)
+
+
+def shape_inputs(arr: dict[str, np.ndarray], bmeta: dict[str, Any], extra: tuple[str, ...] = ()) -> Inputs:
+    """Padded arrays of :func:`input_columns` as the inputs of :func:`load_inputs` (``x``, ``tokens``, ``extra``)."""
+    from physfm.models.polarbert import dom_tokens, uses_dom_tokens
+
+    n_features = len(bmeta["features"])
     x = arr.pop("x")
-    out = {**arr, "x": np.ascontiguousarray(x[..., : len(features)])}
-    if with_dom:
+    out = {**arr, "x": np.ascontiguousarray(x[..., :n_features])}
+    if uses_dom_tokens(bmeta):
         n_doms = int(bmeta["config"]["vocab_size"]) - 1
-        out["tokens"] = dom_tokens(x[..., len(features)], arr["mask"], n_doms)
+        out["tokens"] = dom_tokens(x[..., n_features], arr["mask"], n_doms)
     if extra:
-        out["extra"] = x[..., len(names) - len(extra) :]
+        out["extra"] = x[..., x.shape[-1] - len(extra) :]
     return out
 
 
