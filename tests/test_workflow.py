@@ -136,7 +136,14 @@ def _report_numbers(report_json: Path) -> dict[str, object]:
         ({k: v for k, v in r.items() if k != "run_id"} for r in report["runs"]),
         key=lambda r: (str(r["backbone"]), r["mode"], r["n_labels"], r["seed"]),
     )
-    return {**{k: v for k, v in report.items() if k not in ("runs", "figures")}, "runs": runs}
+    # a method row's pretraining cost carries the wall time of the last pretraining process (and whether it
+    # resumed): clock readings, not results
+    clock = ("wall_seconds", "resumed_from")
+    methods = [
+        {**row, "cost": {k: v for k, v in (row.get("cost") or {}).items() if k not in clock}}
+        for row in report.get("methods", [])
+    ]
+    return {**{k: v for k, v in report.items() if k not in ("runs", "figures")}, "runs": runs, "methods": methods}
 
 
 def _pretrain_pid(work: Path, backbone: str) -> int | None:
