@@ -549,6 +549,29 @@ def input_fill_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
+
+def _factor_table(rows: Sequence[dict[str, Any]]) -> str:
+    """HTML table of factor rows (:func:`physfm.evaluate.efficiency.best_method_factors`): best method, ablations."""
+    return _table(
+        ["metric", "against", "rated", "labels", "mean", "reference at same labels", "seeds", "factor", "68 %"],
+        [
+            [
+                metric_label(e["metric_name"]),
+                e["against"],
+                e["mode"],
+                int(e["n"]),
+                _fmt(e["metric"]),
+                _fmt(e["reference_metric"]),
+                str(e["n_seeds"]) + (" (few)" if e["few_seeds"] else ""),
+                format_factor(e),
+                "–" if not np.isfinite(e["low"]) else f"{e['low']:.2g}–{e['high']:.2g}×",
+            ]
+            for e in rows
+        ],
+        left=3,
+    )
+
+
 def build_report(
     out_html: str | Path,
     results: Sequence[dict[str, Any]],
@@ -874,26 +897,7 @@ def build_report(
         "the budget includes its in-budget validation part.</p>"
     )
     if best_rows:
-        add(
-            _table(
-                ["metric", "against", "rated", "labels", "mean", "reference at same labels", "seeds", "factor", "68 %"],
-                [
-                    [
-                        metric_label(e["metric_name"]),
-                        e["against"],
-                        e["mode"],
-                        int(e["n"]),
-                        _fmt(e["metric"]),
-                        _fmt(e["reference_metric"]),
-                        str(e["n_seeds"]) + (" (few)" if e["few_seeds"] else ""),
-                        format_factor(e),
-                        "–" if not np.isfinite(e["low"]) else f"{e['low']:.2g}–{e['high']:.2g}×",
-                    ]
-                    for e in best_rows
-                ],
-                left=3,
-            )
-        )
+        add(_factor_table(best_rows))
     else:
         add('<p class="missing">needs pretrained runs and runs without pretraining</p>')
 
@@ -910,26 +914,7 @@ def build_report(
         "config/full.yaml.</p>"
     )
     if abl_rows:
-        add(
-            _table(
-                ["metric", "against", "rated", "labels", "mean", "reference at same labels", "seeds", "factor", "68 %"],
-                [
-                    [
-                        metric_label(e["metric_name"]),
-                        e["against"],
-                        e["mode"],
-                        int(e["n"]),
-                        _fmt(e["metric"]),
-                        _fmt(e["reference_metric"]),
-                        str(e["n_seeds"]) + (" (few)" if e["few_seeds"] else ""),
-                        format_factor(e),
-                        "–" if not np.isfinite(e["low"]) else f"{e['low']:.2g}–{e['high']:.2g}×",
-                    ]
-                    for e in abl_rows
-                ],
-                left=3,
-            )
-        )
+        add(_factor_table(abl_rows))
     else:
         add('<p class="missing">no ablation in this study (finetune.ablation)</p>')
 
