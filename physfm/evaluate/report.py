@@ -549,7 +549,6 @@ def input_fill_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
-
 def _factor_table(rows: Sequence[dict[str, Any]]) -> str:
     """HTML table of factor rows (:func:`physfm.evaluate.efficiency.best_method_factors`): best method, ablations."""
     return _table(
