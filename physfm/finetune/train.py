@@ -59,6 +59,7 @@ GRID_KEYS = (
     "search",
     "ablation",
     "seeds_at",
+    "search_labels",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
 CELL_KEYS = ("mode", "labels", "seed", "device")

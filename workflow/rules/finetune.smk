@@ -33,8 +33,11 @@ FT_CELLS = grid.grid_cells(
 )
 FT_CELLS += [c for c in grid.ablation_cells(ABLATION, FT_BACKBONES, ABLATION_TOKENS, FT["seeds"]) if c not in FT_CELLS]
 FT_CELLS = grid.thin_seeds(FT_CELLS, FT["seeds"], FT["seeds_at"])
-# the in-budget hyperparameter grid every fine-tuning mode gets (physfm/finetune/search.py)
-SEARCH = f"--search {shlex.quote(json.dumps(FT['search'], sort_keys=True))}" if FT["search"] else ""
+# the in-budget hyperparameter grid every fine-tuning mode gets (physfm/finetune/search.py), at the label
+# counts of finetune.search_labels (all when null); elsewhere its first candidate, for every mode
+SEARCH_TOKENS = set(LABEL_SPECS) if FT["search_labels"] is None else {grid.label_token(s) for s in FT["search_labels"]}
+if unknown_search := sorted(SEARCH_TOKENS - set(LABEL_SPECS)):
+    raise ValueError(f"finetune.search_labels {unknown_search}: use label counts of finetune.labels or reference_labels")
 CELL = "{backbone}/{labels}/{mode}/seed{seed}"
 CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS]
 KNN_RESULTS = [f"{R}/embed/{b}/{i}/knn.json" for b in FT_BACKBONES for i in ("pretrained", "random")]
@@ -108,7 +111,7 @@ rule finetune:
             },
             sort_keys=True,
         ),
-        search=SEARCH,
+        search=lambda wc: grid.search_args(FT["search"], wc.labels in SEARCH_TOKENS),
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
     resources:
