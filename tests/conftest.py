@@ -7,9 +7,11 @@ store behind; tracking tests set ``PHYSFM_TRACKING=1`` and their own ``PHYSFM_RE
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from read_spy import ReadSpy
 
 os.environ["PHYSFM_TRACKING"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -54,3 +56,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def spy_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ReadSpy]:
+    """``spy_reads(module, ...)``: a :class:`ReadSpy` on those modules' ``load_arrays`` (undone after the test)."""
+    return lambda *modules: ReadSpy(monkeypatch, modules)
