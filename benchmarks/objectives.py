@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import counted_flops, round_robin
 
 from physfm.models import OBJECTIVES
 from physfm.pretrain.config import resolve_config
@@ -81,14 +81,8 @@ def step(v: dict[str, Any], i: int, dev: torch.device) -> None:
 
 
 def counted_flops_per_jet(v: dict[str, Any]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     batch = v["batches"][0]
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = v["trainer"](batch)
-        loss.backward()
-    v["trainer"].zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(batch["mask"])
+    return counted_flops(lambda: v["trainer"](batch)[0], len(batch["mask"]), v["trainer"])
 
 
 def main() -> None:
@@ -115,16 +109,8 @@ def main() -> None:
         v["flops"] = counted_flops_per_jet(v)
         for i in range(0 if args.flops_only else 2):  # warm-up
             step(v, i, dev)
-    times: dict[str, list[float]] = {n: [float("nan")] if args.flops_only else [] for n in names}
-    for r in range(0 if args.flops_only else args.rounds):
-        for n, v in variants.items():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            step(v, r + 2, dev)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            times[n].append(time.perf_counter() - t0)
+    steps = {n: (lambda r, v=v: step(v, r + 2, dev)) for n, v in variants.items()}
+    times = {n: [float("nan")] for n in names} if args.flops_only else round_robin(steps, range(args.rounds), dev)
     ref = statistics.median(times[names[0]])
     out: dict[str, Any] = {"device": str(dev), "threads": torch.get_num_threads(), "size": size, "variants": {}}
     print(f"{'variant':28s} {'s/step':>8s} {'ratio':>6s} {'GFLOP/jet':>10s} {'estimate':>9s} {'params':>9s}")

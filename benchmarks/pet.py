@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import counted_flops, round_robin
 from torch import Tensor, nn
 
 from physfm.data.loader import load_arrays
@@ -99,8 +99,6 @@ def main() -> None:
     pairs = pair_features(*(raw[..., feats.index(f)] for f in ("log_pt", "deta", "dphi")))
     x, mask, pairs = x.to(dev), mask.to(dev), pairs.to(dev)
     result: dict = {"device": str(dev), "threads": torch.get_num_threads(), "size": size, "variants": {}}
-    from torch.utils.flop_counter import FlopCounterMode
-
     variants: dict[str, dict] = {}
     for name in ("plain", "knn", "pair", "knn+pair"):
         torch.manual_seed(0)
@@ -120,7 +118,6 @@ def main() -> None:
             "bias": bias_net,
             "opt": torch.optim.AdamW(params, lr=1e-4),
             "n_params": sum(p.numel() for p in params),
-            "times": [],
         }
 
     def loss_fn(v: dict) -> Tensor:
@@ -134,20 +131,12 @@ def main() -> None:
         v["opt"].step()
 
     for v in variants.values():
-        with FlopCounterMode(display=False) as counter:
-            loss_fn(v).backward()
-        v["flops"] = counter.get_total_flops() / len(mask)
+        v["flops"] = counted_flops(lambda v=v: loss_fn(v), len(mask))
         for _ in range(2):
             step(v)
-    for _ in range(args.steps):  # round-robin: every variant sees the same load
-        for v in variants.values():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            step(v)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            v["times"].append(time.perf_counter() - t0)
+    steps = {name: (lambda r, v=v: step(v)) for name, v in variants.items()}
+    for name, times in round_robin(steps, range(args.steps), dev).items():  # every variant sees the same load
+        variants[name]["times"] = times
     ref_sec = statistics.median(variants["plain"]["times"])
     for name, v in variants.items():
         sec = statistics.median(v["times"])

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import counted_flops, sync
 
 from physfm.data.shards import load_manifest
 from physfm.data.views import view_length
@@ -59,23 +60,6 @@ def peak_flops(device: torch.device, seconds: float = 3.0) -> float:
             reps += 1
         sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def counted_flops_per_jet(model: torch.nn.Module, batch: dict) -> float:
-    """FLOPs of one forward + backward of the whole objective (backbone, heads, decoder, kNN edge MLPs,
-    a teacher's forward) per jet, counted by torch's FlopCounterMode (matrix products and attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = model(batch)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(batch["mask"])
 
 
 def main() -> None:
@@ -186,7 +170,9 @@ def main() -> None:
     lengths = [view_length(v, cfg.max_len) for v in spec.views] if spec is not None else [cfg.max_len]
     flops_per_jet = sum(trainer.backbone.flops_per_token(n) * (n + bcfg.n_cls) for n in lengths)
     achieved = flops_per_jet * args.steps * cfg.batch_size / dt  # student passes only: a lower bound with a teacher
-    counted = counted_flops_per_jet(model, batches[0])
+    # FLOPs of one forward + backward of the whole objective (backbone, heads, decoder, kNN edge MLPs, a
+    # teacher's forward) per jet
+    counted = counted_flops(lambda: model(batches[0])[0], len(batches[0]["mask"]), model)
     peak = peak_flops(dev)
     result.update(
         {
