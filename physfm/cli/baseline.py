@@ -7,7 +7,6 @@ Subcommands: ``observables`` (jet observables of a dataset, computed once and ca
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -16,9 +15,11 @@ from physfm.cli.common import (
     add_parent_args,
     add_tracking_args,
     csv_list,
+    log_finite,
     open_stage_run,
     parse_pairs,
     set_threads,
+    split_metrics,
     wrap,
 )
 
@@ -172,13 +173,12 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
             protocol = open_artifact(args.subsets, "subsets").info.get("protocol") or {}
             run.log_params({f"protocol.{k}": v for k, v in protocol.items()})
         tr = result["train"]
-        logged = {f"{ev.split}_{k}": v for k, v in result["metrics"].items()}
-        logged.update({f"{ev.split}_{k}_std": v for k, v in result["std"].items()})
+        logged = split_metrics(result, ev.split)
         logged.update({"n_labels": result["n_labels"], "n_labels_used": result["n_labels_used"]})
         logged.update(
             {k: tr[k] for k in ("best_val_loss", "best_val_accuracy", "best_step", "wall_seconds") if k in tr}
         )
-        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        log_finite(run, logged)
         run.log_artifact(Path(args.out) / "test.json")
     m, s = result["metrics"], result["std"]
     shown = [k for k in m if k in ("accuracy", "auc") or "_vs_" in k]

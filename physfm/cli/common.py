@@ -126,6 +126,42 @@ def open_stage_run(
     )
 
 
+def split_metrics(record: dict[str, Any], split: str) -> dict[str, Any]:
+    """An evaluation record's metrics and their bootstrap std as every stage logs them:
+    ``<split>_<name>`` and ``<split>_<name>_std``."""
+    logged = {f"{split}_{k}": v for k, v in record["metrics"].items()}
+    logged.update({f"{split}_{k}_std": v for k, v in record["std"].items()})
+    return logged
+
+
+def log_finite(run: Any, metrics: dict[str, Any]) -> None:
+    """Log the metrics that have a finite value into ``run`` (None, NaN and infinities left out)."""
+    import math
+
+    run.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)})
+
+
+def log_generation(
+    run: Any,
+    out: Any,
+    generator: str,
+    params: dict[str, Any],
+    paths: list[Any],
+    sim_config: dict[str, Any] | None,
+    metrics: dict[str, Any],
+) -> None:
+    """Write a simulation's ``out/generation.json`` and log it into the stage's run: its content version
+    (tag ``data_version.out``), ``metrics`` and the record itself."""
+    from pathlib import Path
+
+    from physfm.data.generation import write_generation_record
+
+    info = write_generation_record(out, generator, params, paths, sim_config)
+    run.set_tags({"data_version.out": info["content_version"]})
+    run.log_metrics(metrics)
+    run.log_artifact(Path(out) / "generation.json")
+
+
 def parse_pairs(items: str | list[str] | None) -> list[tuple[str, str]]:
     """``["Tbqq:QCD", "Wqq:QCD"]`` (or ``"Tbqq:QCD,Wqq:QCD"``) -> ``[("Tbqq", "QCD"), ("Wqq", "QCD")]``."""
     out = []

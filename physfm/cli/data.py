@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
+from physfm.cli.common import (
+    add_config_arg,
+    add_tracking_args,
+    log_generation,
+    open_stage_run,
+    print_json,
+    stage_config,
+)
 
 if TYPE_CHECKING:
     from physfm.data.convert import ConvertConfig, ConvertStats
@@ -118,7 +125,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_generate_jets(args: argparse.Namespace) -> int:
     from physfm.data.generate_jets import JetGenConfig, generate_jets
-    from physfm.data.generation import write_generation_record
 
     cfg = stage_config(JetGenConfig, args.config)
     cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
@@ -139,10 +145,8 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             **shift,
         )
         wall = time.perf_counter() - t0
-        info = write_generation_record(args.out, "pythia8+fastjet", params, paths)
-        run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics({"jets": cfg.n_jets, "wall_seconds": wall, "jets_per_second": cfg.n_jets / max(wall, 1e-9)})
-        run.log_artifact(Path(args.out) / "generation.json")
+        metrics = {"jets": cfg.n_jets, "wall_seconds": wall, "jets_per_second": cfg.n_jets / max(wall, 1e-9)}
+        log_generation(run, args.out, "pythia8+fastjet", params, paths, None, metrics)
     print(f"wrote {cfg.n_jets} jets to {len(paths)} file(s) in {args.out} ({wall:.1f} s)")
     return 0
 

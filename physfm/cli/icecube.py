@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, stage_config
+from physfm.cli.common import add_config_arg, add_tracking_args, log_generation, open_stage_run, stage_config
 
 DESCRIPTION = """\
 Simulate IceCube-86 events and write them in the Kaggle layout (train/batch_<k>.parquet,
@@ -60,7 +60,6 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from physfm.data.generate_icecube import IceCubeGenConfig, SimConfig, generate_icecube
-    from physfm.data.generation import write_generation_record
 
     gen = stage_config(IceCubeGenConfig, args.config)
     gen.n_events = args.n_events if args.n_events is not None else gen.n_events
@@ -91,18 +90,14 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t0
         meta = pq.read_table(Path(args.out) / "train_meta.parquet", columns=["first_pulse_index", "last_pulse_index"])
         n_pulses = int(np.sum(meta.column(1).to_numpy() - meta.column(0).to_numpy() + 1))
-        info = write_generation_record(args.out, "physfm icecube simulator", params, paths, asdict(cfg))
-        run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics(
-            {
-                "events": gen.n_events,
-                "pulses": n_pulses,
-                "pulses_per_event": n_pulses / gen.n_events,
-                "wall_seconds": wall,
-                "events_per_second": gen.n_events / max(wall, 1e-9),
-            }
-        )
-        run.log_artifact(Path(args.out) / "generation.json")
+        metrics = {
+            "events": gen.n_events,
+            "pulses": n_pulses,
+            "pulses_per_event": n_pulses / gen.n_events,
+            "wall_seconds": wall,
+            "events_per_second": gen.n_events / max(wall, 1e-9),
+        }
+        log_generation(run, args.out, "physfm icecube simulator", params, paths, asdict(cfg), metrics)
     print(
         f"wrote {gen.n_events} events ({n_pulses / gen.n_events:.1f} pulses/event) in "
         f"{len(paths) - 2} batch file(s) to {args.out} ({wall:.1f} s)"

@@ -9,7 +9,15 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags
+from physfm.cli.common import (
+    add_config_arg,
+    add_parent_args,
+    add_tracking_args,
+    log_finite,
+    log_generation,
+    open_stage_run,
+    split_metrics,
+)
 
 DESCRIPTION = """\
 Simulate LArTPC events (a toy of PILArNet-M's MPV/MPR particle bombs in a 2.3 m liquid-argon cube)
@@ -55,9 +63,7 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from physfm import tracking
     from physfm.data.generate_lartpc import LArConfig, LArTPCGenConfig, generate_lartpc
-    from physfm.data.generation import write_generation_record
     from physfm.stage import build, load_text
 
     flags = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
@@ -68,9 +74,7 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
     args.n_events, args.seed, args.events_per_file = gen.n_events, gen.seed, gen.events_per_file
     cfg = LArConfig(cluster_columns=gen.cluster_columns)
     params = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
-    with tracking.stage_run(
-        "generate", run_name=args.run_name or "generate lartpc", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "generate", "generate lartpc", params) as run:
         t0 = time.perf_counter()
         paths = generate_lartpc(
             args.out,
@@ -83,18 +87,14 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
         )
         wall = time.perf_counter() - t0
         n_points = sum(int(np.load(p.with_name(p.stem + "_points.npy")).sum()) for p in paths)
-        info = write_generation_record(args.out, "physfm lartpc simulator", params, paths, asdict(cfg))
-        run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics(
-            {
-                "events": args.n_events,
-                "points": n_points,
-                "points_per_event": n_points / args.n_events,
-                "wall_seconds": wall,
-                "events_per_second": args.n_events / max(wall, 1e-9),
-            }
-        )
-        run.log_artifact(Path(args.out) / "generation.json")
+        metrics = {
+            "events": args.n_events,
+            "points": n_points,
+            "points_per_event": n_points / args.n_events,
+            "wall_seconds": wall,
+            "events_per_second": args.n_events / max(wall, 1e-9),
+        }
+        log_generation(run, args.out, "physfm lartpc simulator", params, paths, asdict(cfg), metrics)
     print(
         f"wrote {args.n_events} events ({n_points / args.n_events:.0f} points/event) in {len(paths)} file(s) "
         f"to {args.out} ({wall:.1f} s)"
@@ -114,8 +114,6 @@ the report's zero-label reference, as `cut` is for jets.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``physfm segfloor``."""
-    from physfm.cli.common import add_parent_args
-
     p = sub.add_parser(
         "segfloor",
         help="zero-label floor of LArTPC per-point segmentation (geometric rules), scored on a split",
@@ -131,25 +129,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_segfloor(args: argparse.Namespace) -> int:
-    import math
-
-    from physfm import tracking
-    from physfm.cli.common import parent_run_id
     from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.finetune.patch_segmentation import evaluate_floor
     from physfm.io import write_json
     from physfm.stage import build, load_text
 
     ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
-    tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none", **parse_tags(args.tag)}
+    tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none"}
     run_name = args.run_name or "baseline floor"
-    with tracking.stage_run(
-        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=parent_run_id(args)
-    ) as run:
+    with open_stage_run(args, "baseline", run_name, {"data": str(args.data)}, tags) as run:
         record = evaluate_floor(args.data, ev.split, n_bootstrap=ev.bootstrap)
-        logged = {f"{ev.split}_{k}": v for k, v in record["metrics"].items()}
-        logged.update({f"{ev.split}_{k}_std": v for k, v in record["std"].items()})
-        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        log_finite(run, split_metrics(record, ev.split))
         run.set_tags({"data_version.in": record["data_version"]})
         record["run_id"], record["run_name"] = run.run_id, run_name
         write_json(args.out, record)
