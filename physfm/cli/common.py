@@ -58,11 +58,39 @@ def add_config_arg(p: argparse.ArgumentParser, section: str) -> None:
     )
 
 
-def stage_config(cls: type, text: str | None) -> Any:
-    """Build a stage's settings dataclass from ``--config`` (see :mod:`physfm.stage`)."""
+def stage_config(cls: type, text: str | None, overrides: dict[str, Any] | None = None) -> Any:
+    """Build a stage's settings dataclass from ``--config`` (see :mod:`physfm.stage`); ``overrides``: the
+    values of flags typed by hand, which replace the config's where given (not None)."""
     from physfm.stage import build, load_text
 
-    return build(cls, load_text(text))
+    data = load_text(text)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build(cls, data)
+
+
+def add_generate_args(
+    p: argparse.ArgumentParser,
+    *,
+    out: str,
+    section: str,
+    count: str,
+    count_help: str,
+    seed_help: str = "random seed (overrides --config)",
+    workers: int | None = None,
+    workers_help: str = "parallel processes (default: all cores)",
+) -> None:
+    """The arguments of every ``physfm generate KIND``: ``--out`` (help ``out``), ``--config`` (the
+    ``section``), the number to simulate (the flag ``count``, e.g. ``--n-jets``) and ``--seed`` (both
+    override ``--config``), ``--workers``, ``--no-progress`` and the tracking arguments."""
+    from pathlib import Path
+
+    p.add_argument("--out", required=True, type=Path, help=out)
+    add_config_arg(p, section)
+    p.add_argument(count, type=int, default=None, help=count_help)
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
+    p.add_argument("--workers", type=int, default=workers, help=workers_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_args(p)
 
 
 def wrap(text: str) -> str:

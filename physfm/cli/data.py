@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from physfm.cli.common import (
     add_config_arg,
+    add_generate_args,
     add_tracking_args,
     log_generation,
     open_stage_run,
@@ -33,15 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "matching to the hard-process partons (as JetClass), and write JetClass-schema ROOT files. "
         "Deterministic for a given seed, whatever the number of workers.",
     )
-    jets.add_argument("--out", required=True, type=Path, help="output directory for jets_NNN.root")
-    add_config_arg(jets, "data.generate (n_jets, seed, processes, files, tune, smear_energy, smear_angle)")
-    jets.add_argument(
-        "--n-jets", type=int, help="total number of jets, split evenly over processes (overrides --config)"
+    add_generate_args(
+        jets,
+        out="output directory for jets_NNN.root",
+        section="data.generate (n_jets, seed, processes, files, tune, smear_energy, smear_angle)",
+        count="--n-jets",
+        count_help="total number of jets, split evenly over processes (overrides --config)",
     )
-    jets.add_argument("--seed", type=int, help="random seed (overrides --config)")
-    jets.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    jets.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_tracking_args(jets)
     jets.set_defaults(func=run_generate_jets)
     from physfm.cli.lartpc import add_generate_parser as add_generate_lartpc
 
@@ -126,9 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_generate_jets(args: argparse.Namespace) -> int:
     from physfm.data.generate_jets import JetGenConfig, generate_jets
 
-    cfg = stage_config(JetGenConfig, args.config)
-    cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
-    cfg.seed = args.seed if args.seed is not None else cfg.seed
+    cfg = stage_config(JetGenConfig, args.config, {"n_jets": args.n_jets, "seed": args.seed})
     params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
     shift = {"tune": cfg.tune, "smear_energy": cfg.smear_energy, "smear_angle": cfg.smear_angle}
     params.update({k: v for k, v in shift.items() if v != getattr(JetGenConfig(), k)})  # only a shifted domain

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, log_generation, open_stage_run, stage_config
+from physfm.cli.common import add_generate_args, log_generation, open_stage_run, stage_config
 
 DESCRIPTION = """\
 Simulate IceCube-86 events and write them in the Kaggle layout (train/batch_<k>.parquet,
@@ -43,13 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, type=Path, help="output directory (the Kaggle dataset root)")
-    add_config_arg(p, "data.generate (n_events, seed, events_per_batch, track_fraction, noise_rate_hz)")
-    p.add_argument("--n-events", type=int, help="number of triggered events (overrides --config)")
-    p.add_argument("--seed", type=int, help="random seed (overrides --config)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_tracking_args(p)
+    add_generate_args(
+        p,
+        out="output directory (the Kaggle dataset root)",
+        section="data.generate (n_events, seed, events_per_batch, track_fraction, noise_rate_hz)",
+        count="--n-events",
+        count_help="number of triggered events (overrides --config)",
+    )
     p.set_defaults(func=run_generate_icecube)
 
 
@@ -61,9 +61,7 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
 
     from physfm.data.generate_icecube import IceCubeGenConfig, SimConfig, generate_icecube
 
-    gen = stage_config(IceCubeGenConfig, args.config)
-    gen.n_events = args.n_events if args.n_events is not None else gen.n_events
-    gen.seed = args.seed if args.seed is not None else gen.seed
+    gen = stage_config(IceCubeGenConfig, args.config, {"n_events": args.n_events, "seed": args.seed})
     if not 0.0 <= gen.track_fraction <= 1.0:
         raise ValueError(f"track_fraction must be in [0, 1], got {gen.track_fraction}")
     if gen.noise_rate_hz < 0:

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 from physfm.cli.common import (
-    add_config_arg,
+    add_generate_args,
     add_parent_args,
     add_tracking_args,
     log_finite,
     log_generation,
     open_stage_run,
     split_metrics,
+    stage_config,
 )
 
 DESCRIPTION = """\
@@ -40,10 +41,16 @@ def add_generate_parser(gsub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, type=Path, help="output directory for lartpc_NNN.h5")
-    add_config_arg(p, "data.generate (n_events, seed, events_per_file, cluster_columns)")
-    p.add_argument("--n-events", type=int, default=None, help="number of events (overrides --config)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 1; overrides --config)")
+    add_generate_args(
+        p,
+        out="output directory for lartpc_NNN.h5",
+        section="data.generate (n_events, seed, events_per_file, cluster_columns)",
+        count="--n-events",
+        count_help="number of events (overrides --config)",
+        seed_help="random seed (default 1; overrides --config)",
+        workers=1,
+        workers_help="parallel processes, one file each (default 1)",
+    )
     p.add_argument("--events-per-file", type=int, default=None, help="events per file (default 1000)")
     p.add_argument(
         "--cluster-columns",
@@ -52,9 +59,6 @@ def add_generate_parser(gsub: argparse._SubParsersAction) -> None:
         default=None,
         help="cluster table layout: 5 (PILArNet-M v1, default) or 6 (v2, with the PDG code)",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes, one file each (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_tracking_args(p)
     p.set_defaults(func=run_generate_lartpc)
 
 
@@ -64,11 +68,9 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
     import numpy as np
 
     from physfm.data.generate_lartpc import LArConfig, LArTPCGenConfig, generate_lartpc
-    from physfm.stage import build, load_text
 
     flags = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
-    flags["cluster_columns"] = args.cluster_columns
-    gen = build(LArTPCGenConfig, {**load_text(args.config), **{k: v for k, v in flags.items() if v is not None}})
+    gen = stage_config(LArTPCGenConfig, args.config, {**flags, "cluster_columns": args.cluster_columns})
     if gen.n_events < 1 or gen.events_per_file < 1 or gen.cluster_columns not in (5, 6):
         raise ValueError(f"generate lartpc: n_events and events_per_file must be >= 1, cluster_columns 5 or 6: {gen}")
     args.n_events, args.seed, args.events_per_file = gen.n_events, gen.seed, gen.events_per_file
