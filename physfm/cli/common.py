@@ -93,6 +93,19 @@ def add_generate_args(
     add_tracking_args(p)
 
 
+def add_eval_config_arg(p: argparse.ArgumentParser, keys: str = "split, bootstrap") -> None:
+    """``--eval-config``: the study's `evaluate` settings, for a stage that scores a split itself."""
+    p.add_argument("--eval-config", metavar="JSON|FILE", help=f"the `evaluate` settings: {keys}")
+
+
+def eval_config(args: argparse.Namespace) -> Any:
+    """The `evaluate` settings (:class:`physfm.evaluate.evaluate.EvaluateConfig`) from ``--eval-config``."""
+    from physfm.evaluate.evaluate import EvaluateConfig
+    from physfm.stage import build, load_text
+
+    return build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
+
+
 def wrap(text: str) -> str:
     """A description paragraph wrapped for ``--help``."""
     import textwrap

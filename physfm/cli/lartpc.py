@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 from physfm.cli.common import (
+    add_eval_config_arg,
     add_generate_args,
     add_parent_args,
     add_tracking_args,
+    eval_config,
     log_finite,
     log_generation,
     open_stage_run,
@@ -123,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="lartpc dataset directory (from convert)")
-    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
+    add_eval_config_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
     add_parent_args(p)
     add_tracking_args(p)
@@ -131,12 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_segfloor(args: argparse.Namespace) -> int:
-    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.finetune.patch_segmentation import evaluate_floor
     from physfm.io import write_json
-    from physfm.stage import build, load_text
 
-    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
+    ev = eval_config(args)
     tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none"}
     run_name = args.run_name or "baseline floor"
     with open_stage_run(args, "baseline", run_name, {"data": str(args.data)}, tags) as run:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from physfm.cli.common import (
     add_config_arg,
+    add_eval_config_arg,
     add_parent_args,
     add_tracking_args,
+    eval_config,
     log_finite,
     open_stage_run,
     split_metrics,
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="linefit_refined: label spec of the budget (e.g. 300)")
     p.add_argument("--seed", type=int, default=1, help="seed: which subset draw, and the trees' seed (default 1)")
     add_config_arg(p, "baselines.linefit (max_rounds, learning_rate, max_leaf_nodes, min_samples_leaf, ...)")
-    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
+    add_eval_config_arg(p)
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the trees (default 1)")
     p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
     add_parent_args(p)
@@ -57,7 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_linefit(args: argparse.Namespace) -> int:
     from physfm.baselines.linefit import RefineConfig, linefit_baseline
     from physfm.data.shards import load_manifest
-    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.io import write_json
     from physfm.stage import build, load_text
 
@@ -72,7 +73,7 @@ def run_linefit(args: argparse.Namespace) -> int:
     }
     run_name = args.run_name or f"baseline n={labels} mode={args.mode} seed={args.seed}"
     cfg = build(RefineConfig, load_text(args.config), "baselines.linefit.")
-    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
+    ev = eval_config(args)
     with open_stage_run(args, "baseline", run_name, {"data": str(args.data)}, tags) as run:
         record = linefit_baseline(
             args.data,
