@@ -189,16 +189,25 @@ def log_generation(
     params: dict[str, Any],
     paths: list[Any],
     sim_config: dict[str, Any] | None,
-    metrics: dict[str, Any],
+    *,
+    unit: str,
+    n: int,
+    wall: float,
+    **totals: int,
 ) -> None:
     """Write a simulation's ``out/generation.json`` and log it into the stage's run: its content version
-    (tag ``data_version.out``), ``metrics`` and the record itself."""
+    (tag ``data_version.out``), the record, and as metrics the ``n`` ``unit`` simulated (``jets``,
+    ``events``), each of ``totals`` (e.g. ``pulses``) with its mean per event, the wall seconds and the rate."""
     from pathlib import Path
 
     from physfm.data.generation import write_generation_record
 
     info = write_generation_record(out, generator, params, paths, sim_config)
     run.set_tags({"data_version.out": info["content_version"]})
+    metrics: dict[str, float] = {unit: n}
+    for name, total in totals.items():
+        metrics.update({name: total, f"{name}_per_event": total / n})
+    metrics.update({"wall_seconds": wall, f"{unit}_per_second": n / max(wall, 1e-9)})
     run.log_metrics(metrics)
     run.log_artifact(Path(out) / "generation.json")
 

@@ -142,8 +142,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             **shift,
         )
         wall = time.perf_counter() - t0
-        metrics = {"jets": cfg.n_jets, "wall_seconds": wall, "jets_per_second": cfg.n_jets / max(wall, 1e-9)}
-        log_generation(run, args.out, "pythia8+fastjet", params, paths, None, metrics)
+        log_generation(run, args.out, "pythia8+fastjet", params, paths, None, unit="jets", n=cfg.n_jets, wall=wall)
     print(f"wrote {cfg.n_jets} jets to {len(paths)} file(s) in {args.out} ({wall:.1f} s)")
     return 0
 
@@ -171,21 +170,13 @@ def run_convert(args: argparse.Namespace) -> int:
         "labels": options.get("labels"),
         "on_error": cfg.on_error,
     }
+    # the library's keyword arguments (physfm.data.convert.ConvertOptions): one job's, and each group's part's
+    kw = {"shard_events": cfg.shard_events, "split_fractions": split, "reader_options": options}
+    kw.update(on_error=cfg.on_error, step=args.step, workers=args.workers, progress=not args.no_progress)
     if args.group is not None:
-        return _convert_part(args, cfg, options, params)
+        return _convert_part(args, cfg, kw, params)
     with open_stage_run(args, "convert", f"convert {args.format}", params) as run:
-        manifest, stats = convert(
-            args.format,
-            args.input,
-            args.out,
-            shard_events=cfg.shard_events,
-            split_fractions=split,
-            reader_options=options,
-            on_error=cfg.on_error,
-            step=args.step,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
+        manifest, stats = convert(args.format, args.input, args.out, **kw)
         _log_converted(run, args.out, manifest, stats)
     _print_converted(args.out, manifest, stats)
     return 0
@@ -223,25 +214,12 @@ def _print_converted(out: Path, manifest: dict[str, Any], stats: ConvertStats) -
         print(f"skipped {len(stats.skipped)} file(s)/event(s); reasons are listed in {out}/manifest.json")
 
 
-def _convert_part(args: argparse.Namespace, cfg: ConvertConfig, options: dict, params: dict) -> int:
+def _convert_part(args: argparse.Namespace, cfg: ConvertConfig, kw: dict[str, Any], params: dict) -> int:
     from physfm.data.convert_parts import convert_part
 
     params = {**params, "group": args.group, "groups": cfg.groups}
     with open_stage_run(args, "convert", f"convert {args.format} part {args.group}/{cfg.groups}", params) as run:
-        record = convert_part(
-            args.format,
-            args.input,
-            args.out,
-            group=args.group,
-            groups=cfg.groups,
-            shard_events=cfg.shard_events,
-            split_fractions=cfg.split,
-            reader_options=options,
-            on_error=cfg.on_error,
-            step=args.step,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
+        record = convert_part(args.format, args.input, args.out, group=args.group, groups=cfg.groups, **kw)
         run.log_metrics(
             {
                 "events_in": record["events_in"],

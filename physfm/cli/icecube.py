@@ -88,14 +88,9 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t0
         meta = pq.read_table(Path(args.out) / "train_meta.parquet", columns=["first_pulse_index", "last_pulse_index"])
         n_pulses = int(np.sum(meta.column(1).to_numpy() - meta.column(0).to_numpy() + 1))
-        metrics = {
-            "events": gen.n_events,
-            "pulses": n_pulses,
-            "pulses_per_event": n_pulses / gen.n_events,
-            "wall_seconds": wall,
-            "events_per_second": gen.n_events / max(wall, 1e-9),
-        }
-        log_generation(run, args.out, "physfm icecube simulator", params, paths, asdict(cfg), metrics)
+        sim = asdict(cfg)
+        log_generation(run, args.out, "physfm icecube simulator", params, paths, sim, unit="events", n=gen.n_events,
+                       wall=wall, pulses=n_pulses)  # fmt: skip
     print(
         f"wrote {gen.n_events} events ({n_pulses / gen.n_events:.1f} pulses/event) in "
         f"{len(paths) - 2} batch file(s) to {args.out} ({wall:.1f} s)"

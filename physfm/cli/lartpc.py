@@ -91,14 +91,9 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
         )
         wall = time.perf_counter() - t0
         n_points = sum(int(np.load(p.with_name(p.stem + "_points.npy")).sum()) for p in paths)
-        metrics = {
-            "events": args.n_events,
-            "points": n_points,
-            "points_per_event": n_points / args.n_events,
-            "wall_seconds": wall,
-            "events_per_second": args.n_events / max(wall, 1e-9),
-        }
-        log_generation(run, args.out, "physfm lartpc simulator", params, paths, asdict(cfg), metrics)
+        sim = asdict(cfg)
+        log_generation(run, args.out, "physfm lartpc simulator", params, paths, sim, unit="events", n=args.n_events,
+                       wall=wall, points=n_points)  # fmt: skip
     print(
         f"wrote {args.n_events} events ({n_points / args.n_events:.0f} points/event) in {len(paths)} file(s) "
         f"to {args.out} ({wall:.1f} s)"

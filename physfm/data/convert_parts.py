@@ -85,37 +85,23 @@ def convert_part(
     *,
     group: int,
     groups: int,
-    shard_events: int = 10_000,
-    split_fractions: dict[str, float] | None = None,
-    reader_options: dict[str, Any] | None = None,
-    on_error: str = "fail",
-    step: int = 20_000,
-    workers: int = 1,
-    progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Read and prepare group ``group`` of ``groups`` of the input files into the part ``out_dir``.
 
-    Takes the same settings as :func:`physfm.data.convert.convert` (all parts of one dataset must
-    get the same ones; :func:`gather_parts` checks). Returns the part's record (``part.json``).
+    Takes the same settings ``options`` as :func:`physfm.data.convert.convert` (the fields of
+    :class:`physfm.data.convert.ConvertOptions`; all parts of one dataset must get the same ones:
+    :func:`gather_parts` checks). Returns the part's record (``part.json``).
     """
-    su = _set_up(
-        fmt,
-        inputs,
-        shard_events=shard_events,
-        split_fractions=split_fractions,
-        reader_options=reader_options,
-        on_error=on_error,
-        step=step,
-        workers=workers,
-    )
-    reader, every_file = su.reader, su.files
+    su = _set_up(fmt, inputs, options)
+    reader, every_file, o = su.reader, su.files, su.options
     files = group_files(every_file, group, groups)
     t0 = time.perf_counter()
-    readable, file_skipped = _check_files(reader, files, on_error)
+    readable, file_skipped = _check_files(reader, files, o.on_error)
     items: list[dict[str, Any]] = []
     n_in = 0
     with atomic_dir(out_dir) as tmp:
-        stream = _stream(reader, readable, su.step, su.prep, workers, tmp / ".exchange")
+        stream = _stream(reader, readable, su.step, su.prep, o.workers, tmp / ".exchange")
         with h5py.File(tmp / CHUNKS, "w", libver="earliest", track_order=False) as h5:
             for item in stream:
                 if isinstance(item, _FileEnd):
@@ -140,7 +126,7 @@ def convert_part(
             "seconds": time.perf_counter() - t0,
         }
         write_json(tmp / PART, record)
-    if progress:
+    if o.progress:
         print(f"part {group + 1}/{groups}: {len(readable)} file(s), {n_in} events -> {out_dir}")
     return record
 
