@@ -16,13 +16,12 @@ A variant is ``objective[:key=value,key=value]`` with pretrain settings as in ``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
-from timing import counted_flops, round_robin
+from harness import add_machine_args, counted_flops, parse_args, round_robin, write_json
 
 from physfm.models import OBJECTIVES
 from physfm.pretrain.config import resolve_config
@@ -94,12 +93,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8, help="timed rounds (one step of every variant each)")
     ap.add_argument("--batch-size", type=int, help="override the size's batch")
     ap.add_argument("--flops-only", action="store_true", help="count FLOPs per jet only (--size gpu on CPU)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_machine_args(ap)
+    args = parse_args(ap)
     rt = start(args.device)
     dev = rt.device
     names = args.variant or DEFAULT_VARIANTS
@@ -130,8 +125,7 @@ def main() -> None:
             f"{n:28s} {med:8.3f} {med / ref:6.2f} {v['flops'] / 1e9:10.3f} {v['estimate'] / 1e9:9.3f} "
             f"{v['n_params_total']:9d}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from timing import timed
+from harness import timed
 
 
 def main() -> None:

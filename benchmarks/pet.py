@@ -20,13 +20,12 @@ torch's FlopCounterMode (forward + backward).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
-from timing import counted_flops, round_robin
+from harness import add_machine_args, counted_flops, parse_args, round_robin, write_json
 from torch import Tensor, nn
 
 from physfm.data.loader import load_arrays
@@ -82,12 +81,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="converted jet dataset")
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES))
     ap.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every variant each)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_machine_args(ap)
+    args = parse_args(ap)
     dev = torch.device(args.device)
     size = SIZES[args.size]
     feats = list(JET_DEFAULT)
@@ -150,8 +145,7 @@ def main() -> None:
             f"{name:9s} {sec * 1e3:8.1f} ms/step  ratio to plain {sec / ref_sec:.2f}  "
             f"{v['flops'] / 1e9:.3f} GFLOP/jet (fwd+bwd, counted)  ratio {v['flops'] / variants['plain']['flops']:.2f}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from timing import timed
+from harness import timed
 
 from physfm.tokenizers.binning import BinningTokenizer
 from physfm.tokenizers.kmeans import KMeansTokenizer, gpu_available, kmeans_centroids

@@ -22,12 +22,11 @@ Three numbers, all measured in the same run on the same machine:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from timing import counted_flops, sync
+from harness import add_machine_args, counted_flops, parse_args, sync, write_json
 
 from physfm.data.shards import load_manifest
 from physfm.data.views import view_length
@@ -70,17 +69,13 @@ def main() -> None:
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES), help="cpu: 4 x 128; gpu: 8 x 512")
     ap.add_argument("--batch-size", type=int, help="override the size's batch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain setting, as in pretrain")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
     ap.add_argument("--loader-batches", type=int, default=30)
     ap.add_argument("--steps", type=int, default=20, help="timed training steps")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     ap.add_argument("--loader-only", action="store_true", help="measure only the loader (e.g. the gpu size on a CPU)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--json", type=Path, help="also write the numbers here")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_machine_args(ap, device="auto")
+    args = parse_args(ap)
 
     rt = start(args.device)  # the loop's set-up: device, data, tokenizer, model, normalisation, loader
     dev = rt.device
@@ -122,8 +117,7 @@ def main() -> None:
         print(f"loader, {w} worker(s): {loader[w]:.0f} jets/s")
     result["loader_jets_per_second"] = loader
     if args.loader_only:
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
         return
 
     # 2. model consumption and 3. MFU
@@ -211,8 +205,7 @@ def main() -> None:
         f"loader / model = {result['loader_over_model']:.2f} (best loader {best:.0f} jets/s; >= 1: loader not the "
         "bottleneck)"
     )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,40 @@
-"""The timing helpers of the benchmarks: one home for how a step is timed and its FLOPs counted.
+"""What the benchmarks share: how a step is timed and its FLOPs counted, and the machine arguments.
 
 Run a benchmark from the repository root (``python benchmarks/X.py``): Python puts ``benchmarks/`` on
-the path, so ``from timing import ...`` finds this module.
+the path, so ``from harness import ...`` finds this module.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+
+def add_machine_args(ap: argparse.ArgumentParser, device: str = "cpu") -> None:
+    """``--device``, ``--threads`` and ``--json``; read them with :func:`parse_args`."""
+    ap.add_argument("--device", default=device, help=f"torch device: cpu, cuda, auto, ... (default {device})")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+
+
+def parse_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, with torch's CPU threads set from ``--threads``."""
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """Write the numbers to ``--json`` (nothing without it)."""
+    if path:
+        path.write_text(json.dumps(result, indent=2, default=str))
 
 
 def sync(device: Any) -> None:
