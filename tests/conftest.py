@@ -47,6 +47,20 @@ def jet_dataset(tmp_path_factory: pytest.TempPathFactory, jet_files: list[Path])
     return out
 
 
+@pytest.fixture(scope="session")
+def lartpc_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 simulated LArTPC events (per-point semantic labels) converted to shards of 12 (80/10/10 split by
+    event hash)."""
+    from physfm.data.convert import convert
+    from physfm.data.generate_lartpc import generate_lartpc
+
+    raw = tmp_path_factory.mktemp("lartpc_raw")
+    paths = generate_lartpc(raw, 24, seed=5, events_per_file=24, progress=False)
+    out = tmp_path_factory.mktemp("lartpc_data") / "data"
+    convert("pilarnet", [str(p) for p in paths], out, shard_events=12, progress=False)
+    return out
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from a second thread, and lose a lot when the cores are shared."""
