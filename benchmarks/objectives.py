@@ -16,13 +16,12 @@ A variant is ``objective[:key=value,key=value]`` with pretrain settings as in ``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from harness import add_machine_args, counted_flops, parse_args, round_robin, write_json
 
 from physfm.models import OBJECTIVES
 from physfm.pretrain.config import resolve_config
@@ -81,14 +80,8 @@ def step(v: dict[str, Any], i: int, dev: torch.device) -> None:
 
 
 def counted_flops_per_jet(v: dict[str, Any]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     batch = v["batches"][0]
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = v["trainer"](batch)
-        loss.backward()
-    v["trainer"].zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(batch["mask"])
+    return counted_flops(lambda: v["trainer"](batch)[0], len(batch["mask"]), v["trainer"])
 
 
 def main() -> None:
@@ -100,12 +93,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8, help="timed rounds (one step of every variant each)")
     ap.add_argument("--batch-size", type=int, help="override the size's batch")
     ap.add_argument("--flops-only", action="store_true", help="count FLOPs per jet only (--size gpu on CPU)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_machine_args(ap)
+    args = parse_args(ap)
     rt = start(args.device)
     dev = rt.device
     names = args.variant or DEFAULT_VARIANTS
@@ -115,16 +104,8 @@ def main() -> None:
         v["flops"] = counted_flops_per_jet(v)
         for i in range(0 if args.flops_only else 2):  # warm-up
             step(v, i, dev)
-    times: dict[str, list[float]] = {n: [float("nan")] if args.flops_only else [] for n in names}
-    for r in range(0 if args.flops_only else args.rounds):
-        for n, v in variants.items():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            step(v, r + 2, dev)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            times[n].append(time.perf_counter() - t0)
+    steps = {n: (lambda r, v=v: step(v, r + 2, dev)) for n, v in variants.items()}
+    times = {n: [float("nan")] for n in names} if args.flops_only else round_robin(steps, range(args.rounds), dev)
     ref = statistics.median(times[names[0]])
     out: dict[str, Any] = {"device": str(dev), "threads": torch.get_num_threads(), "size": size, "variants": {}}
     print(f"{'variant':28s} {'s/step':>8s} {'ratio':>6s} {'GFLOP/jet':>10s} {'estimate':>9s} {'params':>9s}")
@@ -144,8 +125,7 @@ def main() -> None:
             f"{n:28s} {med:8.3f} {med / ref:6.2f} {v['flops'] / 1e9:10.3f} {v['estimate'] / 1e9:9.3f} "
             f"{v['n_params_total']:9d}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

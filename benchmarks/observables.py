@@ -13,9 +13,9 @@ Input: the train split of a converted jets dataset (e.g. from `physfm generate j
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from harness import timed
 
 
 def main() -> None:
@@ -41,9 +41,7 @@ def main() -> None:
     n = len(block)
 
     def rate(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return n / (time.perf_counter() - t0)
+        return n / timed(fn)
 
     ca = fastjet.JetDefinition(fastjet.cambridge_algorithm, obs.CA_RECLUSTER_R)
     reference = rate(lambda: fastjet.ClusterSequence(jets, ca).inclusive_jets())

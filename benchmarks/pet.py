@@ -20,13 +20,12 @@ torch's FlopCounterMode (forward + backward).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import add_machine_args, counted_flops, parse_args, round_robin, write_json
 from torch import Tensor, nn
 
 from physfm.data.loader import load_arrays
@@ -82,12 +81,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="converted jet dataset")
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES))
     ap.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every variant each)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_machine_args(ap)
+    args = parse_args(ap)
     dev = torch.device(args.device)
     size = SIZES[args.size]
     feats = list(JET_DEFAULT)
@@ -99,8 +94,6 @@ def main() -> None:
     pairs = pair_features(*(raw[..., feats.index(f)] for f in ("log_pt", "deta", "dphi")))
     x, mask, pairs = x.to(dev), mask.to(dev), pairs.to(dev)
     result: dict = {"device": str(dev), "threads": torch.get_num_threads(), "size": size, "variants": {}}
-    from torch.utils.flop_counter import FlopCounterMode
-
     variants: dict[str, dict] = {}
     for name in ("plain", "knn", "pair", "knn+pair"):
         torch.manual_seed(0)
@@ -120,7 +113,6 @@ def main() -> None:
             "bias": bias_net,
             "opt": torch.optim.AdamW(params, lr=1e-4),
             "n_params": sum(p.numel() for p in params),
-            "times": [],
         }
 
     def loss_fn(v: dict) -> Tensor:
@@ -134,20 +126,12 @@ def main() -> None:
         v["opt"].step()
 
     for v in variants.values():
-        with FlopCounterMode(display=False) as counter:
-            loss_fn(v).backward()
-        v["flops"] = counter.get_total_flops() / len(mask)
+        v["flops"] = counted_flops(lambda v=v: loss_fn(v), len(mask))
         for _ in range(2):
             step(v)
-    for _ in range(args.steps):  # round-robin: every variant sees the same load
-        for v in variants.values():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            step(v)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            v["times"].append(time.perf_counter() - t0)
+    steps = {name: (lambda r, v=v: step(v)) for name, v in variants.items()}
+    for name, times in round_robin(steps, range(args.steps), dev).items():  # every variant sees the same load
+        variants[name]["times"] = times
     ref_sec = statistics.median(variants["plain"]["times"])
     for name, v in variants.items():
         sec = statistics.median(v["times"])
@@ -161,8 +145,7 @@ def main() -> None:
             f"{name:9s} {sec * 1e3:8.1f} ms/step  ratio to plain {sec / ref_sec:.2f}  "
             f"{v['flops'] / 1e9:.3f} GFLOP/jet (fwd+bwd, counted)  ratio {v['flops'] / variants['plain']['flops']:.2f}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

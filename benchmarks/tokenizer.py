@@ -23,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from harness import timed
 
 from physfm.tokenizers.binning import BinningTokenizer
 from physfm.tokenizers.kmeans import KMeansTokenizer, gpu_available, kmeans_centroids
@@ -100,16 +101,10 @@ def bench_encode(x: np.ndarray, k: int, n_particles: int, repeats: int = 3) -> d
     out = {}
     for name, tok in toks.items():
         tok.encode(jets[:10], mask[:10])  # warm-up
-        best = min(_timed(tok.encode, jets, mask) for _ in range(repeats))
+        best = min(timed(tok.encode, jets, mask) for _ in range(repeats))
         out[name] = n_real / best
         print(f"encode {name:10s}  : {out[name]:12,.0f} particles/s  (K={tok.codebook_size}, {n_real} particles)")
     return out
-
-
-def _timed(fn, *args) -> float:  # noqa: ANN001
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ Three numbers, all measured in the same run on the same machine:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from harness import add_machine_args, counted_flops, parse_args, sync, write_json
 
 from physfm.data.shards import load_manifest
 from physfm.data.views import view_length
@@ -61,23 +61,6 @@ def peak_flops(device: torch.device, seconds: float = 3.0) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def counted_flops_per_jet(model: torch.nn.Module, batch: dict) -> float:
-    """FLOPs of one forward + backward of the whole objective (backbone, heads, decoder, kNN edge MLPs,
-    a teacher's forward) per jet, counted by torch's FlopCounterMode (matrix products and attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = model(batch)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(batch["mask"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path, help="converted dataset")
@@ -86,17 +69,13 @@ def main() -> None:
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES), help="cpu: 4 x 128; gpu: 8 x 512")
     ap.add_argument("--batch-size", type=int, help="override the size's batch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain setting, as in pretrain")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
     ap.add_argument("--loader-batches", type=int, default=30)
     ap.add_argument("--steps", type=int, default=20, help="timed training steps")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     ap.add_argument("--loader-only", action="store_true", help="measure only the loader (e.g. the gpu size on a CPU)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--json", type=Path, help="also write the numbers here")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_machine_args(ap, device="auto")
+    args = parse_args(ap)
 
     rt = start(args.device)  # the loop's set-up: device, data, tokenizer, model, normalisation, loader
     dev = rt.device
@@ -138,8 +117,7 @@ def main() -> None:
         print(f"loader, {w} worker(s): {loader[w]:.0f} jets/s")
     result["loader_jets_per_second"] = loader
     if args.loader_only:
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
         return
 
     # 2. model consumption and 3. MFU
@@ -186,7 +164,9 @@ def main() -> None:
     lengths = [view_length(v, cfg.max_len) for v in spec.views] if spec is not None else [cfg.max_len]
     flops_per_jet = sum(trainer.backbone.flops_per_token(n) * (n + bcfg.n_cls) for n in lengths)
     achieved = flops_per_jet * args.steps * cfg.batch_size / dt  # student passes only: a lower bound with a teacher
-    counted = counted_flops_per_jet(model, batches[0])
+    # FLOPs of one forward + backward of the whole objective (backbone, heads, decoder, kNN edge MLPs, a
+    # teacher's forward) per jet
+    counted = counted_flops(lambda: model(batches[0])[0], len(batches[0]["mask"]), model)
     peak = peak_flops(dev)
     result.update(
         {
@@ -225,8 +205,7 @@ def main() -> None:
         f"loader / model = {result['loader_over_model']:.2f} (best loader {best:.0f} jets/s; >= 1: loader not the "
         "bottleneck)"
     )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ store behind; tracking tests set ``PHYSFM_TRACKING=1`` and their own ``PHYSFM_RE
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from read_spy import ReadSpy
 
 os.environ["PHYSFM_TRACKING"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -45,6 +47,20 @@ def jet_dataset(tmp_path_factory: pytest.TempPathFactory, jet_files: list[Path])
     return out
 
 
+@pytest.fixture(scope="session")
+def lartpc_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 simulated LArTPC events (per-point semantic labels) converted to shards of 12 (80/10/10 split by
+    event hash)."""
+    from physfm.data.convert import convert
+    from physfm.data.generate_lartpc import generate_lartpc
+
+    raw = tmp_path_factory.mktemp("lartpc_raw")
+    paths = generate_lartpc(raw, 24, seed=5, events_per_file=24, progress=False)
+    out = tmp_path_factory.mktemp("lartpc_data") / "data"
+    convert("pilarnet", [str(p) for p in paths], out, shard_events=12, progress=False)
+    return out
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from a second thread, and lose a lot when the cores are shared."""
@@ -54,3 +70,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def spy_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ReadSpy]:
+    """``spy_reads(module, ...)``: a :class:`ReadSpy` on those modules' ``load_arrays`` (undone after the test)."""
+    return lambda *modules: ReadSpy(monkeypatch, modules)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from read_spy import ReadSpy
 
 from physfm.finetune.subsets import (
     BudgetProtocol,
@@ -130,7 +132,7 @@ def test_deterministic_and_checked(subsets: Path, jet_dataset: Path, tmp_path: P
 
 
 def test_no_finetuning_run_reads_the_val_split_or_a_label_outside_its_subset(
-    jet_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    jet_dataset: Path, tmp_path: Path, spy_reads: Callable[..., ReadSpy]
 ) -> None:
     """Every labelled event a run touches is in its budget: its subset's train and validation parts."""
     from tiny_study import save_tiny_backbone
@@ -142,20 +144,12 @@ def test_no_finetuning_run_reads_the_val_split_or_a_label_outside_its_subset(
     subsets = tmp_path / "subsets"
     make_subsets(jet_dataset, ["40"], [2], subsets)
     train_part, val_part = load_split(subsets, "40", 2, jet_dataset)
-    reads: list[tuple[str, np.ndarray | None]] = []
-    real = ft.load_arrays
-
-    def spy(data, split, *args, indices=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        reads.append((split, None if indices is None else np.asarray(indices)))
-        return real(data, split, *args, indices=indices, **kwargs)
-
-    monkeypatch.setattr(ft, "load_arrays", spy)
+    spy = spy_reads(ft)
     for mode in ("finetune", "frozen"):
         cfg = FinetuneConfig(mode=mode, labels="40", seed=2, max_steps=4, eval_every=2, batch_size=8)
         meta = finetune(jet_dataset, tmp_path / mode, cfg, subsets_dir=subsets, backbone_dir=backbone, progress=False)
         assert meta["n_labels"] == 40 and meta["budget"]["n_train"] + meta["budget"]["n_val"] == 40
-    assert reads and {split for split, _ in reads} == {"train"}, f"splits read: {sorted({s for s, _ in reads})}"
-    budget = set(train_part.tolist()) | set(val_part.tolist())
-    for _, idx in reads:
-        assert idx is not None and set(idx.tolist()) <= budget, "a run read events outside its label subset"
+    assert spy.reads and spy.splits() == {"train"}, f"splits read: {sorted(spy.splits())}"
+    assert not spy.outside(train_part, val_part), "a run read events outside its label subset"
+    reads = spy.reads
     assert any(np.array_equal(i, train_part) for _, i in reads) and any(np.array_equal(i, val_part) for _, i in reads)

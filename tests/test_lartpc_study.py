@@ -47,19 +47,6 @@ TINY_PRETRAIN = {
 
 
 @pytest.fixture(scope="module")
-def lartpc_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 simulated LArTPC events converted to shards (80/10/10 split by event hash)."""
-    from physfm.data.convert import convert
-    from physfm.data.generate_lartpc import generate_lartpc
-
-    raw = tmp_path_factory.mktemp("lartpc_raw")
-    paths = generate_lartpc(raw, 24, seed=5, events_per_file=24, progress=False)
-    out = tmp_path_factory.mktemp("lartpc_data") / "data"
-    convert("pilarnet", [str(p) for p in paths], out, shard_events=12, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def polarmae_backbone(lartpc_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from physfm.pretrain.train import PretrainConfig, pretrain
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from read_spy import ReadSpy
 
 from physfm.finetune.search import apply, candidates, mlflow_params, search
 from physfm.finetune.subsets import load_split, make_subsets
@@ -36,7 +38,7 @@ def test_candidates_expand_the_grid_and_refuse_bad_keys() -> None:
 
 
 def test_search_keeps_the_lowest_in_budget_val_loss_and_reads_only_the_subset(
-    jet_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
+    jet_dataset: Path, tmp_path: Path, spy_reads: Callable[..., ReadSpy], one_torch_thread: None
 ) -> None:
     import physfm.finetune.task as ft_task  # the tasks' reads of the subset's events
     import physfm.finetune.train as ft  # scratch's input-norm fit
@@ -44,15 +46,7 @@ def test_search_keeps_the_lowest_in_budget_val_loss_and_reads_only_the_subset(
     subsets = tmp_path / "subsets"
     make_subsets(jet_dataset, ["40"], [3], subsets)
     train_part, val_part = load_split(subsets, "40", 3, jet_dataset)
-    reads: list[tuple[str, np.ndarray | None]] = []
-    real = ft.load_arrays
-
-    def spy(data, split, *args, indices=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        reads.append((split, None if indices is None else np.asarray(indices)))
-        return real(data, split, *args, indices=indices, **kwargs)
-
-    monkeypatch.setattr(ft, "load_arrays", spy)
-    monkeypatch.setattr(ft_task, "load_arrays", spy)
+    spy = spy_reads(ft, ft_task)
     cfg = FinetuneConfig(mode="scratch", labels="40", seed=3, max_steps=6, eval_every=2, batch_size=8, warmup_steps=1)
     grid = {"lr": [1e-6, 3e-3], "weight_decay": [0.0, 0.1]}
     logged: list[dict[str, float]] = []
@@ -74,11 +68,8 @@ def test_search_keeps_the_lowest_in_budget_val_loss_and_reads_only_the_subset(
     params = mlflow_params(rec)
     assert params["search.n_candidates"] == 4 and params["search.grid.lr"] == "1e-06,0.003"
     # every labelled event the search touched is in the budget; the val and test splits were never read
-    assert {split for split, _ in reads} == {"train"}
-    budget = set(train_part.tolist()) | set(val_part.tolist())
-    for _, idx in reads:
-        if idx is not None and not np.array_equal(idx, np.arange(len(idx))):  # not scratch's input-norm fit
-            assert set(idx.tolist()) <= budget
+    assert spy.splits() == {"train"}
+    assert not spy.outside(train_part, val_part, norm_fit=True)
 
 
 def test_search_refuses_several_candidates_without_a_validation_part(jet_dataset: Path, tmp_path: Path) -> None:

@@ -37,19 +37,6 @@ def icecube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def lartpc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 simulated LArTPC events (per-point semantic labels) converted to shards of 12."""
-    from physfm.data.convert import convert
-    from physfm.data.generate_lartpc import generate_lartpc
-
-    raw = tmp_path_factory.mktemp("lartpc_raw")
-    paths = generate_lartpc(raw, 24, seed=5, events_per_file=24, progress=False)
-    out = tmp_path_factory.mktemp("lartpc") / "data"
-    convert("pilarnet", [str(p) for p in paths], out, shard_events=12, progress=False)
-    return out
-
-
 @pytest.fixture
 def fits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the tasks :func:`physfm.finetune.loop.fit` trained (spied where the entry point calls it)."""
@@ -81,7 +68,7 @@ def test_each_task_trains_saves_and_evaluates_through_the_one_loop(
     metric: str,
     jet_dataset: Path,
     icecube: Path,
-    lartpc: Path,
+    lartpc_dataset: Path,
     tmp_path: Path,
     fits: list[str],
 ) -> None:
@@ -90,7 +77,7 @@ def test_each_task_trains_saves_and_evaluates_through_the_one_loop(
     from physfm.finetune.model import load_model
     from physfm.finetune.task import make_task
 
-    data = {"direction": icecube, "segmentation": lartpc}.get(task, jet_dataset)
+    data = {"direction": icecube, "segmentation": lartpc_dataset}.get(task, jet_dataset)
     cfg = FinetuneConfig(mode="scratch", labels=labels, seed=1, max_steps=6, eval_every=3, batch_size=8, device="cpu")
     meta = finetune(data, tmp_path / "m", cfg, arch=TINY, progress=False, task=task)
     name = make_task(task, open_dataset(data)).name

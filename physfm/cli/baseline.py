@@ -7,18 +7,21 @@ Subcommands: ``observables`` (jet observables of a dataset, computed once and ca
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 from physfm.cli.common import (
     add_config_arg,
+    add_eval_config_arg,
     add_parent_args,
     add_tracking_args,
     csv_list,
+    eval_config,
+    log_finite,
     open_stage_run,
     parse_pairs,
     set_threads,
+    split_metrics,
     wrap,
 )
 
@@ -77,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=1, help="seed: which subset draw (physfm subsets), init, batch order (default 1)"
     )
     add_config_arg(b, "baselines.<method>")
-    b.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap, pairs, effs")
+    add_eval_config_arg(b, "split, bootstrap, pairs, effs")
     b.add_argument("--observables", type=Path, help="cached observables (physfm observables); default: computed here")
     b.add_argument("--out", required=True, type=Path, help="output directory: test.json, predictions.npz")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch / the tree (default: library's)")
@@ -111,13 +114,12 @@ def run_observables(args: argparse.Namespace) -> int:
 def run_baseline_cmd(args: argparse.Namespace) -> int:
     from physfm.baselines.run import method_config, run_baseline
     from physfm.data.dataset import open_dataset
-    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.finetune.subsets import spec_name
-    from physfm.stage import build, load_text
+    from physfm.stage import load_text
 
     set_threads(args.threads)
     cfg = method_config(args.method, load_text(args.config))
-    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
+    ev = eval_config(args)
     if args.method != "cut" and (args.subsets is None or args.labels is None):
         raise ValueError(f"--method {args.method} trains on a label subset: pass --subsets DIR and --labels SPEC")
     spec = "0" if args.method == "cut" else str(args.labels)
@@ -172,13 +174,12 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
             protocol = open_artifact(args.subsets, "subsets").info.get("protocol") or {}
             run.log_params({f"protocol.{k}": v for k, v in protocol.items()})
         tr = result["train"]
-        logged = {f"{ev.split}_{k}": v for k, v in result["metrics"].items()}
-        logged.update({f"{ev.split}_{k}_std": v for k, v in result["std"].items()})
+        logged = split_metrics(result, ev.split)
         logged.update({"n_labels": result["n_labels"], "n_labels_used": result["n_labels_used"]})
         logged.update(
             {k: tr[k] for k in ("best_val_loss", "best_val_accuracy", "best_step", "wall_seconds") if k in tr}
         )
-        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        log_finite(run, logged)
         run.log_artifact(Path(args.out) / "test.json")
     m, s = result["metrics"], result["std"]
     shown = [k for k in m if k in ("accuracy", "auc") or "_vs_" in k]

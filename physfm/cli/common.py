@@ -58,11 +58,52 @@ def add_config_arg(p: argparse.ArgumentParser, section: str) -> None:
     )
 
 
-def stage_config(cls: type, text: str | None) -> Any:
-    """Build a stage's settings dataclass from ``--config`` (see :mod:`physfm.stage`)."""
+def stage_config(cls: type, text: str | None, overrides: dict[str, Any] | None = None) -> Any:
+    """Build a stage's settings dataclass from ``--config`` (see :mod:`physfm.stage`); ``overrides``: the
+    values of flags typed by hand, which replace the config's where given (not None)."""
     from physfm.stage import build, load_text
 
-    return build(cls, load_text(text))
+    data = load_text(text)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build(cls, data)
+
+
+def add_generate_args(
+    p: argparse.ArgumentParser,
+    *,
+    out: str,
+    section: str,
+    count: str,
+    count_help: str,
+    seed_help: str = "random seed (overrides --config)",
+    workers: int | None = None,
+    workers_help: str = "parallel processes (default: all cores)",
+) -> None:
+    """The arguments of every ``physfm generate KIND``: ``--out`` (help ``out``), ``--config`` (the
+    ``section``), the number to simulate (the flag ``count``, e.g. ``--n-jets``) and ``--seed`` (both
+    override ``--config``), ``--workers``, ``--no-progress`` and the tracking arguments."""
+    from pathlib import Path
+
+    p.add_argument("--out", required=True, type=Path, help=out)
+    add_config_arg(p, section)
+    p.add_argument(count, type=int, default=None, help=count_help)
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
+    p.add_argument("--workers", type=int, default=workers, help=workers_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_args(p)
+
+
+def add_eval_config_arg(p: argparse.ArgumentParser, keys: str = "split, bootstrap") -> None:
+    """``--eval-config``: the study's `evaluate` settings, for a stage that scores a split itself."""
+    p.add_argument("--eval-config", metavar="JSON|FILE", help=f"the `evaluate` settings: {keys}")
+
+
+def eval_config(args: argparse.Namespace) -> Any:
+    """The `evaluate` settings (:class:`physfm.evaluate.evaluate.EvaluateConfig`) from ``--eval-config``."""
+    from physfm.evaluate.evaluate import EvaluateConfig
+    from physfm.stage import build, load_text
+
+    return build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
 
 
 def wrap(text: str) -> str:
@@ -124,6 +165,51 @@ def open_stage_run(
         tags={**(tags or {}), **parse_tags(getattr(args, "tag", []))},
         parent_run_id=parent_run_id(args),
     )
+
+
+def split_metrics(record: dict[str, Any], split: str) -> dict[str, Any]:
+    """An evaluation record's metrics and their bootstrap std as every stage logs them:
+    ``<split>_<name>`` and ``<split>_<name>_std``."""
+    logged = {f"{split}_{k}": v for k, v in record["metrics"].items()}
+    logged.update({f"{split}_{k}_std": v for k, v in record["std"].items()})
+    return logged
+
+
+def log_finite(run: Any, metrics: dict[str, Any]) -> None:
+    """Log the metrics that have a finite value into ``run`` (None, NaN and infinities left out)."""
+    import math
+
+    run.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)})
+
+
+def log_generation(
+    run: Any,
+    out: Any,
+    generator: str,
+    params: dict[str, Any],
+    paths: list[Any],
+    sim_config: dict[str, Any] | None,
+    *,
+    unit: str,
+    n: int,
+    wall: float,
+    **totals: int,
+) -> None:
+    """Write a simulation's ``out/generation.json`` and log it into the stage's run: its content version
+    (tag ``data_version.out``), the record, and as metrics the ``n`` ``unit`` simulated (``jets``,
+    ``events``), each of ``totals`` (e.g. ``pulses``) with its mean per event, the wall seconds and the rate."""
+    from pathlib import Path
+
+    from physfm.data.generation import write_generation_record
+
+    info = write_generation_record(out, generator, params, paths, sim_config)
+    run.set_tags({"data_version.out": info["content_version"]})
+    metrics: dict[str, float] = {unit: n}
+    for name, total in totals.items():
+        metrics.update({name: total, f"{name}_per_event": total / n})
+    metrics.update({"wall_seconds": wall, f"{unit}_per_second": n / max(wall, 1e-9)})
+    run.log_metrics(metrics)
+    run.log_artifact(Path(out) / "generation.json")
 
 
 def parse_pairs(items: str | list[str] | None) -> list[tuple[str, str]]:

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, print_json, stage_config
+from physfm.cli.common import (
+    add_config_arg,
+    add_generate_args,
+    add_tracking_args,
+    log_generation,
+    open_stage_run,
+    print_json,
+    stage_config,
+)
 
 if TYPE_CHECKING:
     from physfm.data.convert import ConvertConfig, ConvertStats
@@ -26,15 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "matching to the hard-process partons (as JetClass), and write JetClass-schema ROOT files. "
         "Deterministic for a given seed, whatever the number of workers.",
     )
-    jets.add_argument("--out", required=True, type=Path, help="output directory for jets_NNN.root")
-    add_config_arg(jets, "data.generate (n_jets, seed, processes, files, tune, smear_energy, smear_angle)")
-    jets.add_argument(
-        "--n-jets", type=int, help="total number of jets, split evenly over processes (overrides --config)"
+    add_generate_args(
+        jets,
+        out="output directory for jets_NNN.root",
+        section="data.generate (n_jets, seed, processes, files, tune, smear_energy, smear_angle)",
+        count="--n-jets",
+        count_help="total number of jets, split evenly over processes (overrides --config)",
     )
-    jets.add_argument("--seed", type=int, help="random seed (overrides --config)")
-    jets.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    jets.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_tracking_args(jets)
     jets.set_defaults(func=run_generate_jets)
     from physfm.cli.lartpc import add_generate_parser as add_generate_lartpc
 
@@ -118,11 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_generate_jets(args: argparse.Namespace) -> int:
     from physfm.data.generate_jets import JetGenConfig, generate_jets
-    from physfm.data.generation import write_generation_record
 
-    cfg = stage_config(JetGenConfig, args.config)
-    cfg.n_jets = args.n_jets if args.n_jets is not None else cfg.n_jets
-    cfg.seed = args.seed if args.seed is not None else cfg.seed
+    cfg = stage_config(JetGenConfig, args.config, {"n_jets": args.n_jets, "seed": args.seed})
     params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
     shift = {"tune": cfg.tune, "smear_energy": cfg.smear_energy, "smear_angle": cfg.smear_angle}
     params.update({k: v for k, v in shift.items() if v != getattr(JetGenConfig(), k)})  # only a shifted domain
@@ -139,10 +142,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             **shift,
         )
         wall = time.perf_counter() - t0
-        info = write_generation_record(args.out, "pythia8+fastjet", params, paths)
-        run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics({"jets": cfg.n_jets, "wall_seconds": wall, "jets_per_second": cfg.n_jets / max(wall, 1e-9)})
-        run.log_artifact(Path(args.out) / "generation.json")
+        log_generation(run, args.out, "pythia8+fastjet", params, paths, None, unit="jets", n=cfg.n_jets, wall=wall)
     print(f"wrote {cfg.n_jets} jets to {len(paths)} file(s) in {args.out} ({wall:.1f} s)")
     return 0
 
@@ -170,21 +170,13 @@ def run_convert(args: argparse.Namespace) -> int:
         "labels": options.get("labels"),
         "on_error": cfg.on_error,
     }
+    # the library's keyword arguments (physfm.data.convert.ConvertOptions): one job's, and each group's part's
+    kw = {"shard_events": cfg.shard_events, "split_fractions": split, "reader_options": options}
+    kw.update(on_error=cfg.on_error, step=args.step, workers=args.workers, progress=not args.no_progress)
     if args.group is not None:
-        return _convert_part(args, cfg, options, params)
+        return _convert_part(args, cfg, kw, params)
     with open_stage_run(args, "convert", f"convert {args.format}", params) as run:
-        manifest, stats = convert(
-            args.format,
-            args.input,
-            args.out,
-            shard_events=cfg.shard_events,
-            split_fractions=split,
-            reader_options=options,
-            on_error=cfg.on_error,
-            step=args.step,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
+        manifest, stats = convert(args.format, args.input, args.out, **kw)
         _log_converted(run, args.out, manifest, stats)
     _print_converted(args.out, manifest, stats)
     return 0
@@ -222,25 +214,12 @@ def _print_converted(out: Path, manifest: dict[str, Any], stats: ConvertStats) -
         print(f"skipped {len(stats.skipped)} file(s)/event(s); reasons are listed in {out}/manifest.json")
 
 
-def _convert_part(args: argparse.Namespace, cfg: ConvertConfig, options: dict, params: dict) -> int:
+def _convert_part(args: argparse.Namespace, cfg: ConvertConfig, kw: dict[str, Any], params: dict) -> int:
     from physfm.data.convert_parts import convert_part
 
     params = {**params, "group": args.group, "groups": cfg.groups}
     with open_stage_run(args, "convert", f"convert {args.format} part {args.group}/{cfg.groups}", params) as run:
-        record = convert_part(
-            args.format,
-            args.input,
-            args.out,
-            group=args.group,
-            groups=cfg.groups,
-            shard_events=cfg.shard_events,
-            split_fractions=cfg.split,
-            reader_options=options,
-            on_error=cfg.on_error,
-            step=args.step,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
+        record = convert_part(args.format, args.input, args.out, group=args.group, groups=cfg.groups, **kw)
         run.log_metrics(
             {
                 "events_in": record["events_in"],

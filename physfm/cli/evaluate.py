@@ -11,9 +11,11 @@ from physfm.cli.common import (
     add_parent_args,
     add_tracking_args,
     csv_list,
+    log_finite,
     open_stage_run,
     parse_pairs,
     set_threads,
+    split_metrics,
     stage_config,
     wrap,
 )
@@ -91,8 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import math
-
     from physfm import tracking
     from physfm.evaluate.evaluate import EvaluateConfig, evaluate_model
     from physfm.finetune.patch_segmentation import evaluate_segmentation, is_segmentation_model
@@ -115,9 +115,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             predictions=args.predictions,
         )
     with tracking.resume_run(result.get("run_id")) as run:
-        logged = {f"{split}_{k}": v for k, v in result["metrics"].items()}
-        logged.update({f"{split}_{k}_std": v for k, v in result["std"].items()})
-        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        log_finite(run, split_metrics(result, split))
         run.set_tags({f"{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
     write_json(args.out, result)
     m, s = result["metrics"], result["std"]

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, open_stage_run, stage_config
+from physfm.cli.common import add_generate_args, log_generation, open_stage_run, stage_config
 
 DESCRIPTION = """\
 Simulate IceCube-86 events and write them in the Kaggle layout (train/batch_<k>.parquet,
@@ -43,13 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, type=Path, help="output directory (the Kaggle dataset root)")
-    add_config_arg(p, "data.generate (n_events, seed, events_per_batch, track_fraction, noise_rate_hz)")
-    p.add_argument("--n-events", type=int, help="number of triggered events (overrides --config)")
-    p.add_argument("--seed", type=int, help="random seed (overrides --config)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_tracking_args(p)
+    add_generate_args(
+        p,
+        out="output directory (the Kaggle dataset root)",
+        section="data.generate (n_events, seed, events_per_batch, track_fraction, noise_rate_hz)",
+        count="--n-events",
+        count_help="number of triggered events (overrides --config)",
+    )
     p.set_defaults(func=run_generate_icecube)
 
 
@@ -60,11 +60,8 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from physfm.data.generate_icecube import IceCubeGenConfig, SimConfig, generate_icecube
-    from physfm.data.generation import write_generation_record
 
-    gen = stage_config(IceCubeGenConfig, args.config)
-    gen.n_events = args.n_events if args.n_events is not None else gen.n_events
-    gen.seed = args.seed if args.seed is not None else gen.seed
+    gen = stage_config(IceCubeGenConfig, args.config, {"n_events": args.n_events, "seed": args.seed})
     if not 0.0 <= gen.track_fraction <= 1.0:
         raise ValueError(f"track_fraction must be in [0, 1], got {gen.track_fraction}")
     if gen.noise_rate_hz < 0:
@@ -91,18 +88,9 @@ def run_generate_icecube(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t0
         meta = pq.read_table(Path(args.out) / "train_meta.parquet", columns=["first_pulse_index", "last_pulse_index"])
         n_pulses = int(np.sum(meta.column(1).to_numpy() - meta.column(0).to_numpy() + 1))
-        info = write_generation_record(args.out, "physfm icecube simulator", params, paths, asdict(cfg))
-        run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics(
-            {
-                "events": gen.n_events,
-                "pulses": n_pulses,
-                "pulses_per_event": n_pulses / gen.n_events,
-                "wall_seconds": wall,
-                "events_per_second": gen.n_events / max(wall, 1e-9),
-            }
-        )
-        run.log_artifact(Path(args.out) / "generation.json")
+        sim = asdict(cfg)
+        log_generation(run, args.out, "physfm icecube simulator", params, paths, sim, unit="events", n=gen.n_events,
+                       wall=wall, pulses=n_pulses)  # fmt: skip
     print(
         f"wrote {gen.n_events} events ({n_pulses / gen.n_events:.1f} pulses/event) in "
         f"{len(paths) - 2} batch file(s) to {args.out} ({wall:.1f} s)"

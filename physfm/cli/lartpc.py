@@ -9,7 +9,18 @@ import argparse
 import time
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_tracking_args, parse_tags
+from physfm.cli.common import (
+    add_eval_config_arg,
+    add_generate_args,
+    add_parent_args,
+    add_tracking_args,
+    eval_config,
+    log_finite,
+    log_generation,
+    open_stage_run,
+    split_metrics,
+    stage_config,
+)
 
 DESCRIPTION = """\
 Simulate LArTPC events (a toy of PILArNet-M's MPV/MPR particle bombs in a 2.3 m liquid-argon cube)
@@ -32,10 +43,16 @@ def add_generate_parser(gsub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, type=Path, help="output directory for lartpc_NNN.h5")
-    add_config_arg(p, "data.generate (n_events, seed, events_per_file, cluster_columns)")
-    p.add_argument("--n-events", type=int, default=None, help="number of events (overrides --config)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 1; overrides --config)")
+    add_generate_args(
+        p,
+        out="output directory for lartpc_NNN.h5",
+        section="data.generate (n_events, seed, events_per_file, cluster_columns)",
+        count="--n-events",
+        count_help="number of events (overrides --config)",
+        seed_help="random seed (default 1; overrides --config)",
+        workers=1,
+        workers_help="parallel processes, one file each (default 1)",
+    )
     p.add_argument("--events-per-file", type=int, default=None, help="events per file (default 1000)")
     p.add_argument(
         "--cluster-columns",
@@ -44,9 +61,6 @@ def add_generate_parser(gsub: argparse._SubParsersAction) -> None:
         default=None,
         help="cluster table layout: 5 (PILArNet-M v1, default) or 6 (v2, with the PDG code)",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes, one file each (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_tracking_args(p)
     p.set_defaults(func=run_generate_lartpc)
 
 
@@ -55,22 +69,16 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from physfm import tracking
     from physfm.data.generate_lartpc import LArConfig, LArTPCGenConfig, generate_lartpc
-    from physfm.data.generation import write_generation_record
-    from physfm.stage import build, load_text
 
     flags = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
-    flags["cluster_columns"] = args.cluster_columns
-    gen = build(LArTPCGenConfig, {**load_text(args.config), **{k: v for k, v in flags.items() if v is not None}})
+    gen = stage_config(LArTPCGenConfig, args.config, {**flags, "cluster_columns": args.cluster_columns})
     if gen.n_events < 1 or gen.events_per_file < 1 or gen.cluster_columns not in (5, 6):
         raise ValueError(f"generate lartpc: n_events and events_per_file must be >= 1, cluster_columns 5 or 6: {gen}")
     args.n_events, args.seed, args.events_per_file = gen.n_events, gen.seed, gen.events_per_file
     cfg = LArConfig(cluster_columns=gen.cluster_columns)
     params = {"n_events": args.n_events, "seed": args.seed, "events_per_file": args.events_per_file}
-    with tracking.stage_run(
-        "generate", run_name=args.run_name or "generate lartpc", params=params, tags=parse_tags(args.tag)
-    ) as run:
+    with open_stage_run(args, "generate", "generate lartpc", params) as run:
         t0 = time.perf_counter()
         paths = generate_lartpc(
             args.out,
@@ -83,18 +91,9 @@ def run_generate_lartpc(args: argparse.Namespace) -> int:
         )
         wall = time.perf_counter() - t0
         n_points = sum(int(np.load(p.with_name(p.stem + "_points.npy")).sum()) for p in paths)
-        info = write_generation_record(args.out, "physfm lartpc simulator", params, paths, asdict(cfg))
-        run.set_tags({"data_version.out": info["content_version"]})
-        run.log_metrics(
-            {
-                "events": args.n_events,
-                "points": n_points,
-                "points_per_event": n_points / args.n_events,
-                "wall_seconds": wall,
-                "events_per_second": args.n_events / max(wall, 1e-9),
-            }
-        )
-        run.log_artifact(Path(args.out) / "generation.json")
+        sim = asdict(cfg)
+        log_generation(run, args.out, "physfm lartpc simulator", params, paths, sim, unit="events", n=args.n_events,
+                       wall=wall, points=n_points)  # fmt: skip
     print(
         f"wrote {args.n_events} events ({n_points / args.n_events:.0f} points/event) in {len(paths)} file(s) "
         f"to {args.out} ({wall:.1f} s)"
@@ -114,8 +113,6 @@ the report's zero-label reference, as `cut` is for jets.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``physfm segfloor``."""
-    from physfm.cli.common import add_parent_args
-
     p = sub.add_parser(
         "segfloor",
         help="zero-label floor of LArTPC per-point segmentation (geometric rules), scored on a split",
@@ -123,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="lartpc dataset directory (from convert)")
-    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
+    add_eval_config_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
     add_parent_args(p)
     add_tracking_args(p)
@@ -131,25 +128,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_segfloor(args: argparse.Namespace) -> int:
-    import math
-
-    from physfm import tracking
-    from physfm.cli.common import parent_run_id
-    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.finetune.patch_segmentation import evaluate_floor
     from physfm.io import write_json
-    from physfm.stage import build, load_text
 
-    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
-    tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none", **parse_tags(args.tag)}
+    ev = eval_config(args)
+    tags = {"mode": "floor", "labels": "0", "seed": 1, "backbone": "none"}
     run_name = args.run_name or "baseline floor"
-    with tracking.stage_run(
-        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=parent_run_id(args)
-    ) as run:
+    with open_stage_run(args, "baseline", run_name, {"data": str(args.data)}, tags) as run:
         record = evaluate_floor(args.data, ev.split, n_bootstrap=ev.bootstrap)
-        logged = {f"{ev.split}_{k}": v for k, v in record["metrics"].items()}
-        logged.update({f"{ev.split}_{k}_std": v for k, v in record["std"].items()})
-        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        log_finite(run, split_metrics(record, ev.split))
         run.set_tags({"data_version.in": record["data_version"]})
         record["run_id"], record["run_name"] = run.run_id, run_name
         write_json(args.out, record)

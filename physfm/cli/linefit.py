@@ -8,10 +8,18 @@ under the same names as ``physfm evaluate`` logs, and the evaluation record writ
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from physfm.cli.common import add_config_arg, add_parent_args, add_tracking_args, parent_run_id, parse_tags
+from physfm.cli.common import (
+    add_config_arg,
+    add_eval_config_arg,
+    add_parent_args,
+    add_tracking_args,
+    eval_config,
+    log_finite,
+    open_stage_run,
+    split_metrics,
+)
 
 DESCRIPTION = """\
 Score the LineFit baselines of the IceCube direction task on a split (default test).
@@ -40,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="linefit_refined: label spec of the budget (e.g. 300)")
     p.add_argument("--seed", type=int, default=1, help="seed: which subset draw, and the trees' seed (default 1)")
     add_config_arg(p, "baselines.linefit (max_rounds, learning_rate, max_leaf_nodes, min_samples_leaf, ...)")
-    p.add_argument("--eval-config", metavar="JSON|FILE", help="the `evaluate` settings: split, bootstrap")
+    add_eval_config_arg(p)
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the trees (default 1)")
     p.add_argument("--out", required=True, type=Path, help="output JSON (the evaluation record)")
     add_parent_args(p)
@@ -49,10 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_linefit(args: argparse.Namespace) -> int:
-    from physfm import tracking
     from physfm.baselines.linefit import RefineConfig, linefit_baseline
     from physfm.data.shards import load_manifest
-    from physfm.evaluate.evaluate import EvaluateConfig
     from physfm.io import write_json
     from physfm.stage import build, load_text
 
@@ -64,14 +70,11 @@ def run_linefit(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "backbone": "none",
         "data_version.in": manifest["data_version"],
-        **parse_tags(args.tag),
     }
     run_name = args.run_name or f"baseline n={labels} mode={args.mode} seed={args.seed}"
     cfg = build(RefineConfig, load_text(args.config), "baselines.linefit.")
-    ev = build(EvaluateConfig, load_text(args.eval_config), "evaluate.")
-    with tracking.stage_run(
-        "baseline", run_name=run_name, params={"data": str(args.data)}, tags=tags, parent_run_id=parent_run_id(args)
-    ) as run:
+    ev = eval_config(args)
+    with open_stage_run(args, "baseline", run_name, {"data": str(args.data)}, tags) as run:
         record = linefit_baseline(
             args.data,
             args.mode,
@@ -96,9 +99,7 @@ def run_linefit(args: argparse.Namespace) -> int:
         )
         if budget.get("digest"):
             run.set_tags({"subset.digest": budget["digest"], "protocol": protocol.get("name")})
-        logged = {f"{ev.split}_{k}": v for k, v in record["metrics"].items()}
-        logged.update({f"{ev.split}_{k}_std": v for k, v in record["std"].items()})
-        run.log_metrics({k: v for k, v in logged.items() if v is not None and math.isfinite(v)})
+        log_finite(run, split_metrics(record, ev.split))
         record["run_id"], record["run_name"] = run.run_id, run_name
         write_json(args.out, record)
     m = record["metrics"]

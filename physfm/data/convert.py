@@ -434,6 +434,7 @@ def missing_inputs(
 
 
 def _check_arguments(fmt: str, on_error: str, workers: int, step: int) -> None:
+    """Refuse bad arguments of a conversion before any file is opened."""
     if fmt not in READERS:
         raise ValueError(f"unknown format '{fmt}'; choose one of: {', '.join(READERS)}")
     if on_error not in ON_ERROR:
@@ -442,6 +443,66 @@ def _check_arguments(fmt: str, on_error: str, workers: int, step: int) -> None:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """The keyword arguments of :func:`convert` and :func:`physfm.data.convert_parts.convert_part`, with
+    their defaults (the library's; ``physfm convert`` passes those of :class:`ConvertConfig`)."""
+
+    shard_events: int = 10_000  # events per shard
+    split_fractions: dict[str, float] | None = None  # None: train 0.8, val 0.1, test 0.1
+    reader_options: dict[str, Any] | None = None  # options of the format's reader (physfm.data.readers)
+    on_error: str = "fail"  # fail: stop at a bad file or event; skip: leave it out, recorded in the manifest
+    step: int = 20_000  # events read per chunk (bounds memory; the output does not depend on it)
+    workers: int = 1  # processes preparing chunks (readers that read entry ranges); same output for any
+    progress: bool = True  # progress bar / line
+
+
+@dataclass
+class _Setup:
+    """A conversion's checked arguments: its options, reader, chunk size, every input file, the
+    per-chunk settings and the settings recorded in the manifest."""
+
+    options: ConvertOptions
+    reader: Reader
+    step: int
+    files: list[Path]
+    prep: _Prep
+    config: dict[str, Any]
+
+
+def _set_up(fmt: str, inputs: str | Path | list[str | Path], options: dict[str, Any]) -> _Setup:
+    """The set-up shared by :func:`convert` and :func:`physfm.data.convert_parts.convert_part`, from
+    their keyword arguments ``options`` (:class:`ConvertOptions`)."""
+    o = ConvertOptions(**options)
+    _check_arguments(fmt, o.on_error, o.workers, o.step)
+    split_fractions = o.split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
+    assign_splits(np.zeros(0, dtype=np.uint64), split_fractions)  # checks the fractions up front
+    reader: Reader = READERS[fmt](o.reader_options)
+    return _Setup(
+        options=o,
+        reader=reader,
+        step=min(o.step, reader.max_step or o.step),  # the output does not depend on the step
+        files=resolve_inputs(inputs, reader.file_glob),
+        prep=_Prep(split_fractions, o.on_error, filter_unlabeled=bool(reader.classes)),
+        config=_conversion_config(fmt, reader, o.shard_events, split_fractions, o.on_error),
+    )
+
+
+def _require_readable(readable: list[tuple[Path, int]], skipped: list[dict[str, Any]]) -> None:
+    if not readable:
+        raise DataError("every input file was skipped as unreadable: " + "; ".join(s["reason"] for s in skipped))
+
+
+def _copy_extras(extras: dict[str, Path], tmp: Path, prefix: str = "") -> dict[str, dict[str, str]]:
+    """Copy the files stored once per dataset into ``tmp`` as ``<prefix><name><suffix>``; their records."""
+    records = {}
+    for name, src in extras.items():
+        dst = tmp / f"{prefix}{name}{src.suffix}"
+        dst.write_bytes(src.read_bytes())
+        records[name] = {"path": dst.name, "sha256": sha256_file(dst)}
+    return records
 
 
 def _check_files(reader: Reader, files: list[Path], on_error: str) -> tuple[list[tuple[Path, int]], list[dict]]:
@@ -543,11 +604,7 @@ def _write_dataset(
             bar.update(item.n_in)
     bar.close()
     n_events = writer.close()
-    extra_records = {}
-    for name, src in extras().items():
-        dst = tmp / f"{name}{src.suffix}"
-        dst.write_bytes(src.read_bytes())
-        extra_records[name] = {"path": dst.name, "sha256": sha256_file(dst)}
+    extra_records = _copy_extras(extras(), tmp)
     manifest = build_manifest(
         modality=reader.modality,
         particle_features=reader.particle_features,
@@ -573,19 +630,12 @@ def _write_dataset(
 
 
 def convert(
-    fmt: str,
-    inputs: str | Path | list[str | Path],
-    out_dir: str | Path,
-    *,
-    shard_events: int = 10_000,
-    split_fractions: dict[str, float] | None = None,
-    reader_options: dict[str, Any] | None = None,
-    on_error: str = "fail",
-    step: int = 20_000,
-    workers: int = 1,
-    progress: bool = True,
+    fmt: str, inputs: str | Path | list[str | Path], out_dir: str | Path, **options: Any
 ) -> tuple[dict[str, Any], ConvertStats]:
     """Convert raw files of format ``fmt`` to a physfm dataset in ``out_dir``; return (manifest, stats).
+
+    ``options``: the fields of :class:`ConvertOptions` (``shard_events``, ``split_fractions``,
+    ``reader_options``, ``on_error``, ``step``, ``workers``, ``progress``), as keywords.
 
     ``on_error='fail'`` stops at the first bad file or event with a message naming it;
     ``'skip'`` leaves it out and records it (file, entry, reason) in the manifest's ``skipped``.
@@ -596,21 +646,14 @@ def convert(
     and ``step``. Other formats are read sequentially in a background thread. To spread the
     reading over separate jobs (nodes), see :mod:`physfm.data.convert_parts`.
     """
-    _check_arguments(fmt, on_error, workers, step)
-    split_fractions = split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
-    assign_splits(np.zeros(0, dtype=np.uint64), split_fractions)  # checks the fractions up front
-    reader: Reader = READERS[fmt](reader_options)
-    step = min(step, reader.max_step or step)  # the output does not depend on the step
-    files = resolve_inputs(inputs, reader.file_glob)
+    su = _set_up(fmt, inputs, options)
+    reader, o = su.reader, su.options
     stats = ConvertStats()
     t0 = time.perf_counter()
-    readable, stats.skipped = _check_files(reader, files, on_error)
-    if not readable:
-        raise DataError("every input file was skipped as unreadable: " + "; ".join(s["reason"] for s in stats.skipped))
-    config = _conversion_config(fmt, reader, shard_events, split_fractions, on_error)
-    prep = _Prep(split_fractions, on_error, filter_unlabeled=bool(reader.classes))
+    readable, stats.skipped = _check_files(reader, su.files, o.on_error)
+    _require_readable(readable, stats.skipped)
     with atomic_dir(out_dir) as tmp:
-        stream = _stream(reader, readable, step, prep, workers, tmp / ".exchange")
-        manifest = _write_dataset(tmp, reader, readable, stream, config, stats, reader.extras, progress)
+        stream = _stream(reader, readable, su.step, su.prep, o.workers, tmp / ".exchange")
+        manifest = _write_dataset(tmp, reader, readable, stream, su.config, stats, reader.extras, o.progress)
     stats.seconds = time.perf_counter() - t0
     return manifest, stats

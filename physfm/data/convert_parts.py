@@ -22,20 +22,19 @@ import numpy as np
 
 from physfm.data.convert import (
     ConvertStats,
-    _check_arguments,
     _check_files,
     _Chunk,
-    _conversion_config,
+    _copy_extras,
     _FileEnd,
     _prefetch,
-    _Prep,
+    _require_readable,
+    _set_up,
     _stream,
     _write_dataset,
-    resolve_inputs,
 )
 from physfm.data.readers import READERS, Reader
-from physfm.data.shards import DataError, EventBlock, assign_splits
-from physfm.io import atomic_dir, read_json, sha256_file, write_json
+from physfm.data.shards import DataError, EventBlock
+from physfm.io import atomic_dir, read_json, write_json
 
 PART = "part.json"
 CHUNKS = "chunks.h5"
@@ -86,33 +85,23 @@ def convert_part(
     *,
     group: int,
     groups: int,
-    shard_events: int = 10_000,
-    split_fractions: dict[str, float] | None = None,
-    reader_options: dict[str, Any] | None = None,
-    on_error: str = "fail",
-    step: int = 20_000,
-    workers: int = 1,
-    progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Read and prepare group ``group`` of ``groups`` of the input files into the part ``out_dir``.
 
-    Takes the same settings as :func:`physfm.data.convert.convert` (all parts of one dataset must
-    get the same ones; :func:`gather_parts` checks). Returns the part's record (``part.json``).
+    Takes the same settings ``options`` as :func:`physfm.data.convert.convert` (the fields of
+    :class:`physfm.data.convert.ConvertOptions`; all parts of one dataset must get the same ones:
+    :func:`gather_parts` checks). Returns the part's record (``part.json``).
     """
-    _check_arguments(fmt, on_error, workers, step)
-    split_fractions = split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
-    assign_splits(np.zeros(0, dtype=np.uint64), split_fractions)
-    reader: Reader = READERS[fmt](reader_options)
-    step = min(step, reader.max_step or step)
-    every_file = resolve_inputs(inputs, reader.file_glob)
+    su = _set_up(fmt, inputs, options)
+    reader, every_file, o = su.reader, su.files, su.options
     files = group_files(every_file, group, groups)
     t0 = time.perf_counter()
-    readable, file_skipped = _check_files(reader, files, on_error)
-    prep = _Prep(split_fractions, on_error, filter_unlabeled=bool(reader.classes))
+    readable, file_skipped = _check_files(reader, files, o.on_error)
     items: list[dict[str, Any]] = []
     n_in = 0
     with atomic_dir(out_dir) as tmp:
-        stream = _stream(reader, readable, step, prep, workers, tmp / ".exchange")
+        stream = _stream(reader, readable, su.step, su.prep, o.workers, tmp / ".exchange")
         with h5py.File(tmp / CHUNKS, "w", libver="earliest", track_order=False) as h5:
             for item in stream:
                 if isinstance(item, _FileEnd):
@@ -121,17 +110,13 @@ def convert_part(
                 _write_chunk(h5, len(items), item)
                 items.append({"chunk": len(items)})
                 n_in += item.n_in
-        extras = {}
-        for name, src in reader.extras().items():
-            dst = tmp / f"extra_{name}{src.suffix}"
-            dst.write_bytes(src.read_bytes())
-            extras[name] = {"path": dst.name, "sha256": sha256_file(dst)}
+        extras = _copy_extras(reader.extras(), tmp, prefix="extra_")
         record = {
             "kind": "physfm convert part",
             "part_format": PART_FORMAT,
             "group": group,
             "groups": groups,
-            "config": _conversion_config(fmt, reader, shard_events, split_fractions, on_error),
+            "config": su.config,
             "inputs": [str(p) for p in every_file],
             "readable": [[str(p), n] for p, n in readable],
             "file_skipped": file_skipped,
@@ -141,7 +126,7 @@ def convert_part(
             "seconds": time.perf_counter() - t0,
         }
         write_json(tmp / PART, record)
-    if progress:
+    if o.progress:
         print(f"part {group + 1}/{groups}: {len(readable)} file(s), {n_in} events -> {out_dir}")
     return record
 
@@ -218,8 +203,7 @@ def gather_parts(
     reader: Reader = READERS[config["format"]](config["reader_options"])
     readable = [(Path(p), int(n)) for _, r in loaded for p, n in r["readable"]]
     stats = ConvertStats(skipped=[s for _, r in loaded for s in r["file_skipped"]])
-    if not readable:
-        raise DataError("every input file was skipped as unreadable: " + "; ".join(s["reason"] for s in stats.skipped))
+    _require_readable(readable, stats.skipped)
     t0 = time.perf_counter()
     extras = _gathered_extras(loaded)
     with atomic_dir(out_dir) as tmp:

@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,9 +37,9 @@ from physfm.models.objectives import (
     Objective,
     ObjectiveOptions,
     Stats,
-    _ce,
     _stat,
-    choose_masked,
+    masked_particle_loss,
+    prepare_masked,
     register_objective,
 )
 
@@ -142,13 +141,7 @@ class MaskedParticleModelling2(Objective):
             ).to(next(backbone.parameters()).device)
 
     def prepare(self, batch: NpBatch, *, salt: int) -> NpBatch:
-        batch["masked"] = choose_masked(batch["event_key"], batch["mask"], self.options.mask_fraction, salt)
-        if self.options.pid_weight > 0:
-            flags = np.stack([batch["raw"][f] for f in PID_FEATURES], axis=-1)
-            pid = flags.argmax(-1).astype(np.int64)
-            pid[flags.max(-1) <= 0] = -1
-            batch["pid"] = pid
-        return batch
+        return prepare_masked(batch, self.options.mask_fraction, self.options.pid_weight, salt)
 
     def encode(self, model: Backbone, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Encoder states ``(B, n_cls + V, d)`` of the visible particles, their mask and positions."""
@@ -163,20 +156,10 @@ class MaskedParticleModelling2(Objective):
         h, vmask, idx = self.encode(model, batch)
         n_cls = model.config.n_cls
         hd = self.decoder(h, n_cls, idx, vmask, mask, masked)[masked]
-        target = batch["tokens"][masked]
-        loss_tok, tok_sum, correct = _ce(self.head(hd), target)
-        n = target.numel()
-        stats = {"loss_token": _stat(tok_sum, n), "acc_token": _stat(correct.float(), n)}
-        loss = loss_tok
-        if self.options.pid_weight > 0:
-            pid = batch["pid"][masked]
-            ok = pid >= 0
-            loss_pid, pid_sum, pid_ok = _ce(self.pid_head(hd[ok]), pid[ok])
-            stats["loss_pid"], stats["acc_pid"] = _stat(pid_sum, ok.sum()), _stat(pid_ok.float(), ok.sum())
-            loss = loss + self.options.pid_weight * loss_pid
+        loss, stats = masked_particle_loss(self, hd, batch)
         if self.options.flow_weight > 0:
             loss_flow, flow_sum = self.flow_loss(hd, batch["x"][masked], batch["event_key"])
-            stats["loss_flow"] = _stat(flow_sum, n)
+            stats["loss_flow"] = _stat(flow_sum, hd.shape[0])
             loss = loss + self.options.flow_weight * loss_flow
         loss_g, gstats = self.global_loss(model, h, {**batch, "mask": vmask})
         stats.update(gstats)

@@ -58,6 +58,24 @@ def choose_masked(event_key: np.ndarray, mask: np.ndarray, fraction: float, salt
     return (rank < k[:, None]) & mask
 
 
+def pid_targets(raw: dict[str, np.ndarray]) -> np.ndarray:
+    """``(B, L)`` int64: each particle's index in :data:`PID_FEATURES` (the ``is_*`` flag it has set),
+    -1 where no flag is set (padding)."""
+    flags = np.stack([raw[f] for f in PID_FEATURES], axis=-1)
+    pid = flags.argmax(-1).astype(np.int64)
+    pid[flags.max(-1) <= 0] = -1
+    return pid
+
+
+def prepare_masked(batch: NpBatch, fraction: float, pid_weight: float, salt: int) -> NpBatch:
+    """The masked-particle inputs of a numpy batch: ``masked`` (:func:`choose_masked`) and, with
+    ``pid_weight > 0``, the particle-ID targets ``pid`` (:func:`pid_targets`) of every particle."""
+    batch["masked"] = choose_masked(batch["event_key"], batch["mask"], fraction, salt)
+    if pid_weight > 0:
+        batch["pid"] = pid_targets(batch["raw"])
+    return batch
+
+
 def salt_for(seed: int, epoch: int, split: str) -> int:
     """Mask salt: a new one each training epoch; one fixed salt per seed for validation/test."""
     return zlib.crc32(f"{seed}/{split}/{epoch if split == 'train' else 0}".encode())
@@ -173,6 +191,25 @@ def _ce(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return total / n, total, correct
 
 
+def masked_particle_loss(objective: Objective, hm: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
+    """Loss and stats of the masked particles' states ``hm`` ``(M, d)``: the cross-entropy of their
+    tokenizer codes (``objective.head``) plus, with ``objective.options.pid_weight > 0``, that weight times
+    the cross-entropy of their particle IDs (``objective.pid_head``; particles with no ID left out)."""
+    masked = batch["masked"]
+    target = batch["tokens"][masked]
+    loss, tok_sum, correct = _ce(objective.head(hm), target)
+    n = target.numel()
+    stats = {"loss_token": _stat(tok_sum, n), "acc_token": _stat(correct.float(), n)}
+    pid_weight = objective.options.pid_weight
+    if pid_weight > 0:
+        pid = batch["pid"][masked]
+        ok = pid >= 0
+        loss_pid, pid_sum, pid_ok = _ce(objective.pid_head(hm[ok]), pid[ok])
+        stats["loss_pid"], stats["acc_pid"] = _stat(pid_sum, ok.sum()), _stat(pid_ok.float(), ok.sum())
+        loss = loss + pid_weight * loss_pid
+    return loss, stats
+
+
 # --------------------------------------------------------------------------- MPM
 @dataclass
 class MPMOptions(ObjectiveOptions):
@@ -201,29 +238,13 @@ class MaskedParticleModelling(Objective):
         return list(PID_FEATURES) if options.get("pid_weight", 0) > 0 else []
 
     def prepare(self, batch: NpBatch, *, salt: int) -> NpBatch:
-        batch["masked"] = choose_masked(batch["event_key"], batch["mask"], self.options.mask_fraction, salt)
-        if self.options.pid_weight > 0:
-            flags = np.stack([batch["raw"][f] for f in PID_FEATURES], axis=-1)
-            pid = flags.argmax(-1).astype(np.int64)
-            pid[flags.max(-1) <= 0] = -1
-            batch["pid"] = pid
-        return batch
+        return prepare_masked(batch, self.options.mask_fraction, self.options.pid_weight, salt)
 
     def forward(self, model: Backbone, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
         masked, mask = batch["masked"], batch["mask"]
         h = model(batch["x"], mask, tokens=batch.get("tokens_in"), masked=masked)
         hm = h[:, model.config.n_cls :][masked]
-        target = batch["tokens"][masked]
-        loss_tok, tok_sum, correct = _ce(self.head(hm), target)
-        n = target.numel()
-        stats = {"loss_token": _stat(tok_sum, n), "acc_token": _stat(correct.float(), n)}
-        loss = loss_tok
-        if self.options.pid_weight > 0:
-            pid = batch["pid"][masked]
-            ok = pid >= 0
-            loss_pid, pid_sum, pid_ok = _ce(self.pid_head(hm[ok]), pid[ok])
-            stats["loss_pid"], stats["acc_pid"] = _stat(pid_sum, ok.sum()), _stat(pid_ok.float(), ok.sum())
-            loss = loss + self.options.pid_weight * loss_pid
+        loss, stats = masked_particle_loss(self, hm, batch)
         loss_g, gstats = self.global_loss(model, h, batch)
         stats.update(gstats)
         loss = loss + self.global_weight * loss_g
@@ -317,8 +338,7 @@ class MaskedRegression(Objective):
         return {**model, "causal": False, "mask_token": True}
 
     def prepare(self, batch: NpBatch, *, salt: int) -> NpBatch:
-        batch["masked"] = choose_masked(batch["event_key"], batch["mask"], self.options.mask_fraction, salt)
-        return batch
+        return prepare_masked(batch, self.options.mask_fraction, 0.0, salt)
 
     def forward(self, model: Backbone, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
         masked, mask = batch["masked"], batch["mask"]
