@@ -26,8 +26,8 @@ the events above the cap train, and ``n`` is unchanged). Which events are
 validation is fixed by their position in the seed's order (the ``j``-th event of a class is
 validation when ``n_val(j) > n_val(j - 1)``), so the train and validation parts are nested across
 label counts too, and ``n_train + n_val = n`` exactly. Protocol ``fixed`` (protocol (c): a declared
-recipe per ``n``, no validation) puts all ``n`` events in the train part. ``refit`` is a declaration
-for the training loop: after choosing the step count on the validation part, retrain on all ``n``.
+recipe per ``n``, no validation) puts all ``n`` events in the train part. No loop refits on all ``n``
+after the choice (the issue's optional refit): the chosen model is the one trained on the train part.
 
 The artefact (:func:`make_subsets`) is a directory with, per seed and label count,
 ``seed<S>/n<N>.train.npy`` and ``seed<S>/n<N>.val.npy`` (sorted indices into the train split's stored
@@ -70,14 +70,12 @@ class BudgetProtocol:
     ``name``: ``holdout`` (validation carved out of the ``n`` labels, stratified) or ``fixed`` (no
     validation: a declared recipe per ``n``). ``val_fraction`` in (0, 0.5], ``min_val_per_class`` >= 0,
     ``max_val_per_class`` >= 1 or None (no cap).
-    ``refit``: the training loop retrains on all ``n`` labels for the chosen number of steps.
     """
 
     name: str = "holdout"
     val_fraction: float = 0.2
     min_val_per_class: int = 3
     max_val_per_class: int | None = None
-    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -106,8 +104,8 @@ class BudgetProtocol:
 
     @staticmethod
     def from_params(params: dict[str, Any]) -> BudgetProtocol:
-        keys = ("name", "val_fraction", "min_val_per_class", "max_val_per_class", "refit")
-        return BudgetProtocol(**{k: params[k] for k in keys if k in params})  # older manifests: no cap
+        keys = ("name", "val_fraction", "min_val_per_class", "max_val_per_class")
+        return BudgetProtocol(**{k: params[k] for k in keys if k in params})  # older manifests: no cap, a refit key
 
 
 @dataclass
@@ -115,7 +113,7 @@ class SubsetsConfig:
     """Settings of the ``subsets`` stage: the label counts, the study's seeds and the budget protocol.
 
     The rule passes ``finetune.labels`` + ``finetune.reference_labels``, ``finetune.seeds`` and
-    ``finetune.budget`` (``refit`` is not offered by the workflow: no loop implements it yet).
+    ``finetune.budget``.
     """
 
     labels: list[str | int | float] = field(default_factory=lambda: [100, 300, 1000])
