@@ -559,3 +559,38 @@ def _wait_for_pending(pid: int, sig: int, timeout: float = 60) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"signal {sig} never reached process {pid}")
+
+
+# --------------------------------------------------------------------------- every objective, both profiles
+#: The method benchmark cut down to seconds (config/methods.yaml under tests/data/methods_tiny.yaml), pretraining only.
+METHODS_TINY = ("config/methods.yaml", "tests/data/methods_tiny.yaml", "pretrain_only.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", [pytest.param("slurm", marks=pytest.mark.slurm), "local"])
+def test_every_objective_pretrains_through_the_profile(
+    profile: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Each jet pretraining objective of the method benchmark (mpm, next_token, regression, contrastive, dino,
+    RINO's kT views, mpm2, flow, flow on PET's kNN block) trains through the workflow with the SLURM profile
+    (every pretrain job an sbatch job in the GPU partition) and with the workstation profile."""
+    work = _copy_workflow(tmp_path)
+    (work / "tests" / "data").mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "data" / "methods_tiny.yaml", work / "tests" / "data")
+    (work / "pretrain_only.yaml").write_text(
+        yaml.safe_dump({"pretrain": {"steps": 10, "val_every": 5, "checkpoint_every": 5}})
+    )
+    names = list(yaml.safe_load((REPO / "config" / "methods.yaml").read_text())["pretrain"]["backbones"])
+    targets = [f"results/methods_tiny/pretrain/{b}" for b in names]
+    if profile == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        env = _env(MLFLOW_TRACKING_URI=request.getfixturevalue("tracking_server").ready())
+        out = _snakemake(work, *targets, "--profile", str(PROFILE), "--configfile", *METHODS_TINY, env=env)
+        pretrain = [j for j in _jobs(out.stdout + out.stderr) if j.rule == "pretrain"]
+        assert len(pretrain) == len(names) and all(j.slurm_id and j.gpus for j in pretrain), pretrain
+    else:
+        _snakemake(work, *targets, "--profile", "local", "--cores", "2", "--configfile", *METHODS_TINY,
+                   env=_env(PHYSFM_TRACKING="0"))  # fmt: skip
+    for b, target in zip(names, targets, strict=True):
+        meta = json.loads((work / target / "backbone.json").read_text())
+        assert (work / target / "backbone.safetensors").is_file() and meta["pretrain"]["steps"] == 10, b
