@@ -1,8 +1,9 @@
 """The one supervised training loop: any model, any :class:`physfm.finetune.task.Task`.
 
-Fine-tuning cells of every task (:func:`physfm.finetune.train.finetune`) and the PFN baseline
-(:func:`physfm.baselines.pfn.train_pfn`) train here. The labelled events are held in memory as
-tensors (fine for the label counts of a label-efficiency study):
+Fine-tuning cells of every task (:func:`physfm.finetune.train.finetune`), LArTPC per-point
+segmentation on a patch backbone (:func:`physfm.finetune.patch_segmentation.finetune_segmentation`)
+and the PFN baseline (:func:`physfm.baselines.pfn.train_pfn`) train here. The labelled events are
+held in memory (fine for the label counts of a label-efficiency study):
 
 * batches are drawn without replacement from a seeded permutation, reshuffled each epoch
   (``np.random.default_rng([seed, order_salt])``), so a run is a function of its seed;
