@@ -113,13 +113,27 @@ def test_segmentation_metrics_on_a_hand_made_example() -> None:
 
 @pytest.mark.parametrize("mode", ["finetune", "frozen"])
 def test_segmentation_task_trains_and_counts_events(
-    mode: str, lartpc_dataset: Path, polarmae_backbone: tuple[Path, dict], tmp_path: Path, one_torch_thread: None
+    mode: str,
+    lartpc_dataset: Path,
+    polarmae_backbone: tuple[Path, dict],
+    tmp_path: Path,
+    one_torch_thread: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import physfm.finetune.patch_segmentation as patch_segmentation
+    from physfm.finetune import loop
     from physfm.finetune.patch_segmentation import SegmentationConfig, evaluate_segmentation, finetune_segmentation
     from physfm.finetune.subsets import make_subsets
     from physfm.finetune.train import FinetuneConfig
     from physfm.pretrain.checkpoints import load_backbone
 
+    fits: list[str] = []
+
+    def spy(model, task, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fits.append(f"{type(model).__name__}/{task.name}")
+        return loop.fit(model, task, *args, **kwargs)
+
+    monkeypatch.setattr(patch_segmentation, "fit", spy)
     subsets = tmp_path / "subsets"
     make_subsets(lartpc_dataset, [10], seed=[1], out_dir=subsets)
     cfg = FinetuneConfig(mode=mode, labels="10", seed=1, max_steps=6, eval_every=3, batch_size=4, device="cpu")
@@ -128,6 +142,7 @@ def test_segmentation_task_trains_and_counts_events(
     meta = finetune_segmentation(
         lartpc_dataset, tmp_path / "model", cfg, seg=seg, backbone_dir=polarmae_backbone[0], subsets_dir=subsets
     )
+    assert fits == ["Segmenter/patch_segmentation"], "the cell trains in the one fine-tuning loop"
     assert meta["n_labels"] == 10 and meta["budget"]["n_train"] + meta["budget"]["n_val"] == 10  # events
     assert meta["n_label_points"] > 1000 and len(meta["history"]) >= 1
     record = evaluate_segmentation(tmp_path / "model", lartpc_dataset, "test", n_bootstrap=10)
@@ -140,6 +155,47 @@ def test_segmentation_task_trains_and_counts_events(
     model, _ = load_segmenter(tmp_path / "model")
     changed = any(not torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     assert changed == (mode == "finetune")  # frozen leaves the backbone bit-identical
+
+
+def test_patch_segmentation_in_the_loop_hooks(lartpc_dataset: Path, polarmae_backbone: tuple[Path, dict]) -> None:
+    """What loop.fit uses: ragged rows padded per batch, encode/decode (the frozen cache) equal to the
+    forward pass, and validation over batches of different lengths equal to one batch of all events."""
+    from physfm.data.lartpc import SEMANTIC_CLASSES
+    from physfm.finetune.patch_segmentation import (
+        PatchSegmentationTask,
+        SegmentationConfig,
+        class_weights,
+        load_events,
+        prepare_segmenter,
+    )
+
+    torch.manual_seed(0)
+    seg = SegmentationConfig(max_points=256, hidden=16)
+    model, meta = prepare_segmenter(polarmae_backbone[0], "finetune", None, len(SEMANTIC_CLASSES), seg, 1)
+    model.eval()
+    ev = load_events(lartpc_dataset, "train", meta["features"], np.arange(6), seg.max_points)
+    lengths = [len(p) for p in ev.points]
+    assert len(ev) == 6 and len(set(lengths)) > 1
+    b = ev.rows(torch.tensor([4, 1]))
+    assert b["x"].shape[1] == max(lengths[4], lengths[1]) and b["mask"].sum(1).tolist() == [lengths[4], lengths[1]]
+    assert (b["target"][~b["mask"]] == -1).all() and b["cap"].shape[1] == seg.max_points
+    inputs = {k: v for k, v in b.items() if k != "target"}
+    with torch.no_grad():
+        assert torch.equal(model.decode(model.encode(**inputs), **inputs), model(**inputs))
+
+    w = torch.as_tensor(class_weights(ev.labels, len(SEMANTIC_CLASSES), "inverse_sqrt"), dtype=torch.float32)
+    task = PatchSegmentationTask(list(SEMANTIC_CLASSES), w, gamma=2.0)
+    with torch.no_grad():
+        parts = [ev.rows(torch.arange(a, a + 2)) for a in (0, 2, 4)]  # three batches, three padded lengths
+        batches = [(model(**{k: v for k, v in p.items() if k != "target"}), p["target"], p["mask"]) for p in parts]
+    whole = ev.rows(torch.arange(6))
+    out = torch.full((*whole["mask"].shape, len(SEMANTIC_CLASSES)), float("nan"))  # padding: never read
+    for a, (o, _, _) in zip((0, 2, 4), batches, strict=True):
+        out[a : a + 2, : o.shape[1]] = o
+    streamed, at_once = task.validate_batches(batches), task.validate(out, whole["target"], whole["mask"])
+    assert streamed["val_loss"] == pytest.approx(at_once["val_loss"], rel=1e-5)
+    assert streamed["val_macro_f1"] == pytest.approx(at_once["val_macro_f1"], abs=1e-6)
+    assert set(streamed) == set(task.val_keys)
 
 
 def test_floor_record_is_a_zero_label_reference(lartpc_dataset: Path) -> None:

@@ -206,6 +206,50 @@ def test_per_particle_segmentation_fits_the_same_loop() -> None:
     assert arrays["pred"].shape == (64, 10)
 
 
+class _Built:
+    """A part that builds its batches (``len`` + ``rows``), as ragged LArTPC events do; here over tensors."""
+
+    def __init__(self, part: dict[str, torch.Tensor]) -> None:
+        self.part, self.calls = part, 0
+
+    def __len__(self) -> int:
+        return len(self.part["target"])
+
+    def rows(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        return {k: v[idx] for k, v in self.part.items()}
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_part_may_build_its_batches(frozen: bool) -> None:
+    """fit() reads a part only through rows(): a built part trains the model bit-identically to the dict
+    it wraps, frozen (the cache of ``model.encode``, trained through ``model.decode``) included."""
+    from physfm.finetune.model import TaskModel
+    from physfm.finetune.segmentation import SegmentationTask
+    from physfm.models.backbone import Backbone, BackboneConfig
+
+    rng = np.random.default_rng(3)
+    train, val = _seg_example(48, rng), _seg_example(16, rng)
+    task = SegmentationTask(["negative", "positive"], column="hand_made")
+    states = []
+    for built in (False, True):
+        torch.manual_seed(0)
+        backbone = Backbone(BackboneConfig(n_features=2, d_model=16, n_layers=1, n_heads=2, max_len=10))
+        model = TaskModel(backbone, task.head(backbone.config, {"hidden": 16, "dropout": 0.0}))
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        params = model.head.parameters() if frozen else model.parameters()
+        opt = torch.optim.AdamW(params, lr=3e-3)
+        settings = loop.LoopSettings(max_steps=12, eval_every=4, patience=100, batch_size=8, seed=1, eval_batch=5)
+        tr, va = (_Built(train), _Built(val)) if built else (train, val)
+        result = loop.fit(model, task, tr, va, opt, settings, frozen=frozen, device=torch.device("cpu"), progress=False)
+        if built:
+            assert tr.calls > 0 and va.calls > 0  # type: ignore[union-attr]
+        assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items()) == frozen
+        states.append((model.state_dict(), result.history))
+    (a, ha), (b, hb) = states
+    assert ha == hb and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_the_pfn_baseline_trains_through_the_same_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     from physfm.baselines.pfn import PFNConfig, pfn_probs, train_pfn
 

@@ -1,8 +1,9 @@
 """The one supervised training loop: any model, any :class:`physfm.finetune.task.Task`.
 
-Fine-tuning cells of every task (:func:`physfm.finetune.train.finetune`) and the PFN baseline
-(:func:`physfm.baselines.pfn.train_pfn`) train here. The labelled events are held in memory as
-tensors (fine for the label counts of a label-efficiency study):
+Fine-tuning cells of every task (:func:`physfm.finetune.train.finetune`), LArTPC per-point
+segmentation on a patch backbone (:func:`physfm.finetune.patch_segmentation.finetune_segmentation`)
+and the PFN baseline (:func:`physfm.baselines.pfn.train_pfn`) train here. The labelled events are
+held in memory (fine for the label counts of a label-efficiency study):
 
 * batches are drawn without replacement from a seeded permutation, reshuffled each epoch
   (``np.random.default_rng([seed, order_salt])``), so a run is a function of its seed;
@@ -10,10 +11,19 @@ tensors (fine for the label counts of a label-efficiency study):
   (:meth:`Task.validate`); the model with the lowest ``val_loss`` is kept, and training stops after
   ``patience`` evaluations without improvement. With no validation part (budget protocol ``fixed``)
   it trains ``max_steps`` and keeps the last model;
-* ``frozen``: the model's ``backbone`` is not trained; its states are computed once and the
-  ``head`` trains on the cache (only the class token's when the head reads nothing else);
+* ``frozen``: the model's ``backbone`` is not trained; what the head reads of it
+  (``model.encode``) is computed once and the head trains on the cache (``model.decode``);
 * forward passes run under :func:`physfm.runtime.autocast` (bf16 on CUDA, nothing on CPU, so CPU
   runs stay fp32 and bit-reproducible); outputs reach the task's loss and scores in float32.
+
+A **part** (train or validation) is a dict of tensors with one row per event (``x``, ``mask``,
+``target``, and any further model input such as ``tokens``), or any object with ``len()`` and
+``rows(idx)`` giving that dict for rows ``idx`` (ragged point clouds padded per batch:
+:class:`physfm.finetune.patch_segmentation.PointEvents`). A batch's entries other than ``target`` are
+the model's keyword inputs. The loop asks of a model only ``model(**inputs)`` and, when frozen, a
+``backbone`` (kept in eval mode), ``encode(**inputs)`` (a tensor or a tuple of tensors, one row per
+event) and ``decode(states, **inputs)``; of a task its ``loss``, ``val_keys`` and
+:meth:`~physfm.finetune.task.Task.validate_batches`.
 
 Budgets are steps, not seconds, so results do not depend on the machine.
 """
@@ -22,9 +32,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,9 +42,6 @@ from torch import Tensor, nn
 
 from physfm.finetune.task import Task
 from physfm.runtime import autocast, due, optimizer_step, progress_bar
-
-#: Tensors of one part (train or validation): ``x`` normalised features, ``mask``, ``target``, optional ``tokens``.
-Part = dict[str, Tensor]
 
 
 @dataclass
@@ -65,7 +72,22 @@ class FitResult:
         return self.steps < self.max_steps
 
 
-def tensors(inp: dict[str, np.ndarray], x_norm: np.ndarray) -> Part:
+class RowSource(Protocol):
+    """A part whose batches are built per batch (e.g. ragged events padded to the batch's longest)."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, idx: Tensor) -> dict[str, Tensor]: ...
+
+
+#: One part (train or validation): tensors with a row per event (``x``, ``mask``, ``target``, optional
+#: ``tokens``, ...), or a :class:`RowSource` (see the module doc).
+Part = Mapping[str, Tensor] | RowSource
+#: Cached frozen states: one tensor, or a tuple of tensors, with a row per event.
+States = Tensor | tuple[Tensor, ...]
+
+
+def tensors(inp: dict[str, np.ndarray], x_norm: np.ndarray) -> dict[str, Tensor]:
     """A :data:`Part` from a task's inputs and their normalised features."""
     part = {
         "x": torch.from_numpy(x_norm),
@@ -77,39 +99,58 @@ def tensors(inp: dict[str, np.ndarray], x_norm: np.ndarray) -> Part:
     return part
 
 
+def part_len(part: Part) -> int:
+    """Events in a part."""
+    return len(part) if not isinstance(part, Mapping) else len(part["target"])
+
+
+def rows(part: Part, idx: Tensor) -> dict[str, Tensor]:
+    """The batch of rows ``idx`` of a part: ``target``, ``mask`` and the model's other inputs."""
+    return {k: v[idx] for k, v in part.items()} if isinstance(part, Mapping) else part.rows(idx)
+
+
+def _states_rows(states: States, idx: Tensor) -> States:
+    return tuple(s[idx] for s in states) if isinstance(states, tuple) else states[idx]
+
+
 class _Forward:
-    """``model(x, mask[, tokens])`` on rows of a part, or ``model.head`` on cached backbone states (frozen)."""
+    """``model(**inputs)`` on a batch, or ``model.decode`` on cached ``model.encode`` states (frozen)."""
 
     def __init__(self, model: nn.Module, frozen: bool, device: torch.device, eval_batch: int) -> None:
         self.model, self.frozen, self.device, self.eval_batch = model, frozen, device, eval_batch
-        self.keep = 1 if frozen and getattr(model.head, "uses_class_token_only", False) else None
+
+    def inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items() if k != "target"}
 
     @torch.no_grad()
-    def cache(self, part: Part, on_device: bool) -> Tensor | None:
-        """The frozen backbone's states of every row of ``part`` (None unless frozen)."""
+    def cache(self, part: Part, on_device: bool) -> States | None:
+        """The frozen encoder's states of every row of ``part`` (None unless frozen)."""
         if not self.frozen:
             return None
-        self.model.backbone.eval()
-        out = []
-        for a in range(0, len(part["mask"]), self.eval_batch):
-            sl = slice(a, a + self.eval_batch)
-            tok = part["tokens"][sl].to(self.device) if "tokens" in part else None
+        self.model.eval()
+        out: list[tuple[Tensor, ...]] = []
+        n = part_len(part)
+        for a in range(0, n, self.eval_batch):
             with autocast(self.device):
-                h = self.model.backbone(part["x"][sl].to(self.device), part["mask"][sl].to(self.device), tokens=tok)
-            out.append((h[:, : self.keep] if self.keep else h).float().cpu())
-        states = torch.cat(out)
-        return states.to(self.device) if on_device else states
+                s = self.model.encode(**self.inputs(rows(part, torch.arange(a, min(a + self.eval_batch, n)))))
+            out.append(tuple(s) if isinstance(s, tuple) else (s,))
+        where = self.device if on_device else torch.device("cpu")
+        cat = tuple(
+            torch.cat([(t.float() if t.is_floating_point() else t).cpu() for t in c]).to(where)
+            for c in zip(*out, strict=True)
+        )
+        return cat if len(cat) > 1 else cat[0]
 
-    def __call__(self, part: Part, cache: Tensor | None, idx: Tensor) -> Tensor:
-        """The model's output on rows ``idx`` of ``part``, in float32 (bf16 autocast inside on CUDA)."""
-        m = part["mask"][idx].to(self.device)
+    def __call__(self, batch: dict[str, Tensor], cache: States | None, idx: Tensor) -> Tensor:
+        """The model's output on ``batch`` (rows ``idx`` of its part), in float32 (bf16 autocast inside on CUDA)."""
+        inputs = self.inputs(batch)
         with autocast(self.device):
             if cache is not None:
-                out = self.model.head(cache[idx].to(self.device), m)
-            elif "tokens" in part:
-                out = self.model(part["x"][idx].to(self.device), m, tokens=part["tokens"][idx].to(self.device))
+                states = _states_rows(cache, idx)
+                st = tuple(t.to(self.device) for t in states) if isinstance(states, tuple) else states.to(self.device)
+                out = self.model.decode(st, **inputs)
             else:
-                out = self.model(part["x"][idx].to(self.device), m)
+                out = self.model(**inputs)
         return out.float()
 
 
@@ -139,22 +180,24 @@ def fit(
     device = device or next(model.parameters()).device
     fwd = _Forward(model, frozen, device, settings.eval_batch)
     cache_tr, cache_va = fwd.cache(train, on_device=False), None if val is None else fwd.cache(val, on_device=True)
-    y_tr, m_tr = train["target"], train["mask"]
-    y_va = None if val is None else val["target"].to(device)
-    m_va = None if val is None else val["mask"].to(device)
     params = [p for g in opt.param_groups for p in g["params"]]
     clip = math.inf if settings.clip_norm is None else settings.clip_norm  # inf: the norm is measured, not clipped
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
-        assert val is not None and y_va is not None and m_va is not None
+        assert val is not None
         model.eval()
-        n_va = len(y_va)
-        eb = settings.eval_batch
-        out = torch.cat([fwd(val, cache_va, torch.arange(a, min(a + eb, n_va))) for a in range(0, n_va, eb)])
-        return task.validate(out, y_va, m_va)
+        n_va, eb = part_len(val), settings.eval_batch
 
-    n = len(y_tr)
+        def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            for a in range(0, n_va, eb):
+                idx = torch.arange(a, min(a + eb, n_va))
+                b = rows(val, idx)
+                yield fwd(b, cache_va, idx), b["target"].to(device), b["mask"].to(device)
+
+        return task.validate_batches(batches())
+
+    n = part_len(train)
     if n == 0:
         raise ValueError("the training part is empty: no labelled events to train on")
     bs = min(settings.batch_size, n)
@@ -173,7 +216,8 @@ def fit(
         model.train()
         if frozen:
             model.backbone.eval()
-        loss = task.loss(fwd(train, cache_tr, idx), y_tr[idx].to(device), m_tr[idx].to(device))
+        b = rows(train, idx)
+        loss = task.loss(fwd(b, cache_tr, idx), b["target"].to(device), b["mask"].to(device))
         if extra_loss is not None:
             loss = loss + extra_loss(idx)
         step += 1

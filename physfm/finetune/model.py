@@ -138,6 +138,16 @@ class TaskModel(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
         return self.head(self.backbone(x, mask, tokens=tokens), mask)
 
+    def encode(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """The backbone states the head reads (only the class token's when that is all it reads): what
+        frozen training caches (:func:`physfm.finetune.loop.fit`)."""
+        h = self.backbone(x, mask, tokens=tokens)
+        return h[:, :1] if getattr(self.head, "uses_class_token_only", False) else h
+
+    def decode(self, h: Tensor, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """The head's output from :meth:`encode`'s states."""
+        return self.head(h, mask)
+
 
 def layer_depth(name: str, n_layers: int) -> int:
     """Depth of a backbone parameter: 0 for input embeddings/tokens, i+1 for block i, top for ln_f."""

@@ -1,10 +1,11 @@
 """Per-point semantic segmentation (LArTPC) on a **patch** backbone (PoLAr-MAE): a class for every point.
 
-The task interface of :mod:`physfm.finetune.task` feeds a backbone the padded particles as tokens and
-gives the head only ``(states, mask)``; a patch backbone needs the point cloud cut into patches
-before it and the point positions after it (to carry patch states back to points), and a frozen
-cache of patch states, so this cell has its own small loop (same settings, protocol and records as
-:func:`physfm.finetune.loop.fit`; folding it into the task interface needs a model hook there).
+A patch backbone needs the point cloud cut into patches before it and the point positions after
+it (to carry patch states back to points), so the model of a cell is a :class:`Segmenter` (patch
+embedding + backbone + point head) rather than the task interface's ``TaskModel``; it trains in the
+one fine-tuning loop, :func:`physfm.finetune.loop.fit`, like every task: the events are a ragged part
+(:class:`PointEvents`, padded per batch), the task is :class:`PatchSegmentationTask` (loss and
+validation), and the model's ``encode`` / ``decode`` give the loop its frozen cache of patch states.
 The per-particle ``segmentation`` task (:mod:`physfm.finetune.segmentation`) is the same task on a
 backbone whose tokens are the points.
 
@@ -42,8 +43,8 @@ and the confusion matrix, with bootstrap errors over events.
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.lartpc import MODALITY, SEMANTIC_CLASSES
@@ -59,6 +59,8 @@ from physfm.data.loader import open_split
 from physfm.data.pointcloud import POINT_INPUTS, cap_points, check_point_inputs
 from physfm.data.shards import DataError
 from physfm.evaluate.segmentation import bootstrap_metrics, confusion_matrix, flat_metrics, metrics_from_confusion
+from physfm.finetune.loop import LoopSettings, fit, train_record
+from physfm.finetune.segmentation import SegmentationTask
 from physfm.models.backbone import Backbone, BackboneConfig
 from physfm.models.patching import PatchConfig, PatchEmbedding
 from physfm.models.segmentation import SegmentationHead, segmentation_loss
@@ -117,11 +119,16 @@ def is_segmentation_model(path: str | Path) -> bool:
 # --------------------------------------------------------------------------- events in memory
 @dataclass
 class PointEvents:
-    """Ragged events: ``points[i]`` ``(n_i, F)`` float32 in the backbone's features, ``labels[i]`` ``(n_i,)``."""
+    """Ragged events: ``points[i]`` ``(n_i, F)`` float32 in the backbone's features, ``labels[i]`` ``(n_i,)``.
+
+    A part of :func:`physfm.finetune.loop.fit` (``len``, ``rows``): each batch is padded to its longest
+    event, and its cloud capped at ``max_points`` points (:func:`physfm.data.pointcloud.cap_points`).
+    """
 
     points: list[np.ndarray]
     labels: list[np.ndarray]
     event_key: np.ndarray
+    max_points: int | None = None  # the cap of rows(); None: rows() refused (e.g. the zero-label floor's events)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -140,9 +147,24 @@ class PointEvents:
         cap, cap_mask, _ = cap_points(pts, mask, keys, max_points, CAP_SALT)
         return {"points": pts, "mask": mask, "labels": lab, "cap": cap, "cap_mask": cap_mask}
 
+    def rows(self, idx: Tensor | np.ndarray) -> dict[str, Tensor]:
+        """The loop's batch of events ``idx``: ``x`` (points), ``mask``, ``target`` (labels), ``cap``, ``cap_mask``."""
+        if self.max_points is None:
+            raise ValueError("these events were loaded without max_points: pass it to load_events")
+        b = self.batch(np.asarray(idx), self.max_points)
+        names = {"points": "x", "labels": "target"}
+        return {names.get(k, k): torch.from_numpy(v) for k, v in b.items()}
 
-def load_events(data: Dataset | str | Path, split: str, features: list[str], indices: np.ndarray | None) -> PointEvents:
-    """Every point of the chosen events of ``split`` (all of them when ``indices`` is None), none dropped."""
+
+def load_events(
+    data: Dataset | str | Path,
+    split: str,
+    features: list[str],
+    indices: np.ndarray | None,
+    max_points: int | None = None,
+) -> PointEvents:
+    """Every point of the chosen events of ``split`` (all of them when ``indices`` is None), none dropped;
+    ``max_points``: the cap of their batches (:meth:`PointEvents.rows`)."""
     s = open_split(data, split)
     block = s.read(indices)
     x = s.features(block, [*features, LABEL])
@@ -152,7 +174,7 @@ def load_events(data: Dataset | str | Path, split: str, features: list[str], ind
     o = block.offsets
     pts = [x[o[i] : o[i + 1], :-1].astype(np.float32) for i in range(len(block))]
     labels = [lab[o[i] : o[i + 1]] for i in range(len(block))]
-    return PointEvents(pts, labels, block.event_key.astype(np.uint64))
+    return PointEvents(pts, labels, block.event_key.astype(np.uint64), max_points)
 
 
 # --------------------------------------------------------------------------- the model
@@ -180,8 +202,19 @@ class Segmenter(nn.Module):
         point_x = torch.cat([points[..., :3] / scale, points[..., 3:]], -1)
         return self.head(h, centres, valid, points[..., :3], point_x)
 
-    def forward(self, points: Tensor, cap: Tensor, cap_mask: Tensor) -> Tensor:
-        return self.point_logits(*self.patch_states(cap, cap_mask), points)
+    def forward(self, x: Tensor, mask: Tensor, cap: Tensor, cap_mask: Tensor) -> Tensor:
+        """``(B, N, C)`` logits of the points ``x`` (``mask``: real ones) from the capped cloud ``cap``."""
+        return self.point_logits(*self.patch_states(cap, cap_mask), x)
+
+    def encode(self, x: Tensor, mask: Tensor, cap: Tensor, cap_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What frozen training caches (:func:`physfm.finetune.loop.fit`): :meth:`patch_states`."""
+        return self.patch_states(cap, cap_mask)
+
+    def decode(
+        self, states: tuple[Tensor, Tensor, Tensor], x: Tensor, mask: Tensor, cap: Tensor, cap_mask: Tensor
+    ) -> Tensor:
+        """The logits of the points ``x`` from :meth:`encode`'s states."""
+        return self.point_logits(*states, x)
 
 
 def class_weights(labels: list[np.ndarray], n_classes: int, how: str) -> np.ndarray:
@@ -194,6 +227,48 @@ def class_weights(labels: list[np.ndarray], n_classes: int, how: str) -> np.ndar
     w = np.zeros(n_classes)
     w[present] = (counts[present].sum() / counts[present]) ** (0.5 if how == "inverse_sqrt" else 1.0)
     return w / w[present].mean() if present.any() else np.ones(n_classes)
+
+
+class PatchSegmentationTask(SegmentationTask):
+    """The per-point ``segmentation`` task on a patch backbone, as :func:`physfm.finetune.loop.fit` trains it.
+
+    The classes, metrics and report data of :class:`~physfm.finetune.segmentation.SegmentationTask`; the
+    loss class-weighted (``weights``, from the train part's point counts: :func:`class_weights`) and focal
+    with ``gamma > 0``; validation reduces the loop's batches itself (each is padded to its own longest
+    event): ``val_loss`` the weighted loss of all validation points, ``val_macro_f1`` from their confusion
+    matrix. Its model is a :class:`Segmenter` (patch embedding + backbone + point head), built by
+    :func:`finetune_segmentation`, not the task interface's ``TaskModel``, so it is not in
+    :data:`physfm.finetune.task.TASK_MODULES`; saved models are read by :func:`load_segmenter`.
+    """
+
+    name = "patch_segmentation"
+    kind = KIND
+    files = (WEIGHTS, META)
+    val_keys = ("val_loss", "val_macro_f1")
+
+    def __init__(self, classes: list[str], weights: Tensor, gamma: float = 0.0) -> None:
+        super().__init__(classes, LABEL, gamma)
+        self.weights = weights
+
+    def loss(self, out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        return segmentation_loss(out, target, mask, self.weights, self.gamma)
+
+    def validate_batches(self, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> dict[str, float]:
+        c = len(self.classes)
+        total, wsum, cm = 0.0, 0.0, np.zeros((c, c), dtype=np.int64)
+        for out, target, mask in batches:
+            y = target[mask]
+            w = float(self.weights[y].sum())
+            total += float(self.loss(out, target, mask)) * w
+            wsum += w
+            cm += confusion_matrix(y.cpu().numpy(), out[mask].argmax(-1).cpu().numpy(), c)
+        return {
+            "val_loss": total / max(wsum, 1e-12),
+            "val_macro_f1": metrics_from_confusion(cm, self.classes)["macro_f1"],
+        }
+
+    def validate(self, out: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
+        return self.validate_batches([(out, target, mask)])
 
 
 def prepare_segmenter(
@@ -263,10 +338,6 @@ def param_groups(model: Segmenter, mode: str, lr: float, scale: float, layer_dec
     return groups
 
 
-def _t(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-
-
 # --------------------------------------------------------------------------- one cell
 def finetune_segmentation(
     data_dir: Dataset | str | Path,
@@ -284,7 +355,7 @@ def finetune_segmentation(
     """Train one segmentation model (``cfg``: a :class:`~physfm.finetune.train.FinetuneConfig`) and
     write it to ``out_dir``; return its meta with the training record."""
     from physfm.finetune.subsets import load_split, make_subsets, spec_name, subset_info
-    from physfm.runtime import cosine_schedule, device_of
+    from physfm.runtime import adamw, cosine_schedule, device_of
 
     seg = seg or SegmentationConfig()
     t_start = time.perf_counter()
@@ -303,123 +374,41 @@ def finetune_segmentation(
 
     model, bmeta = prepare_segmenter(backbone_dir, cfg.mode, arch, len(classes), seg, cfg.seed)
     features = list(bmeta["features"])
-    train = load_events(ds, "train", features, train_idx)
-    val = load_events(ds, "train", features, val_idx) if has_val else None
+    train = load_events(ds, "train", features, train_idx, seg.max_points)
+    val = load_events(ds, "train", features, val_idx, seg.max_points) if has_val else None
     weights = torch.as_tensor(class_weights(train.labels, len(classes), seg.class_weights), dtype=torch.float32)
-    weights = weights.to(device)
-    gamma = seg.gamma if seg.loss == "focal" else 0.0
+    task = PatchSegmentationTask(classes, weights.to(device), seg.gamma if seg.loss == "focal" else 0.0)
     model.to(device)
     groups = param_groups(model, cfg.mode, cfg.lr, cfg.backbone_lr_scale, cfg.layer_decay, cfg.weight_decay)
     if cfg.mode == "frozen":
         for p in [*model.backbone.parameters(), *model.patch_embed.parameters()]:
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98))
+    opt = adamw(groups, cfg.lr, betas=(0.9, 0.98))  # each group carries its own (layer-wise) lr
     sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, 0.1)  # as every fine-tuning cell
-
-    def batches(ev: PointEvents, order: np.ndarray, bs: int) -> list[np.ndarray]:
-        return [order[a : a + bs] for a in range(0, len(order), bs)]
-
-    # frozen: the patch states of every event, once (the capped cloud is fixed per event)
-    cache: dict[int, dict[str, list[Tensor]]] = {}
-
-    @torch.no_grad()
-    def states_of(ev: PointEvents) -> dict[str, Tensor]:
-        model.eval()
-        parts: dict[str, list[Tensor]] = {"h": [], "c": [], "v": []}
-        for idx in batches(ev, np.arange(len(ev)), seg.eval_batch_size):
-            b = _t(ev.batch(idx, seg.max_points), device)
-            h, c, v = model.patch_states(b["cap"], b["cap_mask"])
-            parts["h"].append(h)
-            parts["c"].append(c)
-            parts["v"].append(v)
-        return {k: torch.cat(v) for k, v in parts.items()}
-
-    if cfg.mode == "frozen":
-        cache[0] = states_of(train)  # type: ignore[assignment]
-        if val is not None:
-            cache[1] = states_of(val)  # type: ignore[assignment]
-
-    def logits_for(ev: PointEvents, idx: np.ndarray, which: int) -> tuple[Tensor, dict[str, Tensor]]:
-        b = _t(ev.batch(idx, seg.max_points), device)
-        if which in cache:
-            st = cache[which]
-            ii = torch.from_numpy(idx).to(device)
-            lg = model.point_logits(st["h"][ii], st["c"][ii], st["v"][ii], b["points"])  # type: ignore[index]
-        else:
-            lg = model(b["points"], b["cap"], b["cap_mask"])
-        return lg, b
-
-    @torch.no_grad()
-    def validate() -> tuple[float, float]:
-        model.eval()
-        assert val is not None
-        total, wsum, cm = 0.0, 0.0, np.zeros((len(classes), len(classes)), dtype=np.int64)
-        for idx in batches(val, np.arange(len(val)), seg.eval_batch_size):
-            lg, b = logits_for(val, idx, 1)
-            m = b["mask"]
-            y = b["labels"][m]
-            w = weights[y].sum()
-            total += float(segmentation_loss(lg, b["labels"], m, weights, gamma)) * float(w)
-            wsum += float(w)
-            cm += confusion_matrix(y.cpu().numpy(), lg[m].argmax(-1).cpu().numpy(), len(classes))
-        return total / max(wsum, 1e-12), metrics_from_confusion(cm, classes)["macro_f1"]
-
-    n = len(train)
-    bs = min(cfg.batch_size, n)
-    rng = np.random.default_rng([cfg.seed, 0x5E67])
-    order, pos = rng.permutation(n), 0
-    best = {"val_loss": float("inf"), "step": 0, "val_macro_f1": float("nan")}
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict[str, float]] = []
-    bad, step, loss_sum, loss_n = 0, 0, 0.0, 0
-    desc = f"segmentation {cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}"
-    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not progress)
-    while step < cfg.max_steps:
-        if pos + bs > n:
-            order, pos = rng.permutation(n), 0
-        idx = order[pos : pos + bs]
-        pos += bs
-        model.train()
-        if cfg.mode == "frozen":
-            model.backbone.eval()
-            model.patch_embed.eval()
-        lg, b = logits_for(train, idx, 0)
-        loss = segmentation_loss(lg, b["labels"], b["mask"], weights, gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        opt.step()
-        sched.step()
-        step += 1
-        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-        bar.update(1)
-        if has_val and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            val_loss, val_f1 = validate()
-            rec = {"step": step, "train_loss": loss_sum / loss_n, "val_loss": val_loss, "val_macro_f1": val_f1}
-            rec["lr"] = opt.param_groups[0]["lr"]
-            history.append(rec)
-            loss_sum, loss_n = 0.0, 0
-            if run is not None:
-                run.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=step)
-            if val_loss < best["val_loss"] - 1e-6:
-                best = {"val_loss": val_loss, "step": step, "val_macro_f1": val_f1}
-                best_state = copy.deepcopy(model.state_dict())
-                bad = 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-    bar.close()
-    if has_val:
-        model.load_state_dict(best_state)
-    else:
-        best = {"val_loss": float("nan"), "step": step, "val_macro_f1": float("nan")}
+    order_salt, eval_batch = 0x5E67, seg.eval_batch_size  # batch order; frozen cache and validation batches
+    settings = LoopSettings(
+        cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed, order_salt, 1.0, eval_batch
+    )
+    result = fit(
+        model,
+        task,
+        train,
+        val,
+        opt,
+        settings,
+        sched=sched,
+        frozen=cfg.mode == "frozen",
+        device=device,
+        run=run,
+        progress=progress,
+        desc=f"segmentation {cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}",
+    )
     meta = {
-        "kind": KIND,
-        "task": "patch_segmentation",
+        "kind": task.kind,
+        "task": task.name,
         "mode": cfg.mode,
         "labels": str(cfg.labels),
-        "n_labels": int(n + len(val_idx)),  # events: train part + in-budget validation part
+        "n_labels": int(len(train) + len(val_idx)),  # events: train part + in-budget validation part
         "n_label_points": int(sum(len(x) for x in train.labels) + (sum(len(x) for x in val.labels) if val else 0)),
         "seed": cfg.seed,
         "budget": budget,
@@ -436,16 +425,12 @@ def finetune_segmentation(
         "backbone_dir": None if backbone_dir is None else str(backbone_dir),
         "subset": {"digest": budget["digest"], "per_class": {"all": budget["n"]}},
         "train": {
-            "best_step": best["step"],
-            "best_val_loss": best["val_loss"],
-            "best_val_macro_f1": best["val_macro_f1"],
-            "steps": step,
-            "stopped_early": step < cfg.max_steps,
+            **train_record(result),
             "n_val": int(len(val_idx)),
             "wall_seconds": time.perf_counter() - t_start,
             "device": str(device),
         },
-        "history": history,
+        "history": result.history,
         "run_id": getattr(run, "run_id", None),
         **(extra_meta or {}),
     }
@@ -487,8 +472,8 @@ def predict_events(
     out: list[np.ndarray] = []
     for a in range(0, len(ev), seg.eval_batch_size):
         idx = np.arange(a, min(a + seg.eval_batch_size, len(ev)))
-        b = _t(ev.batch(idx, seg.max_points), device)
-        pred = model(b["points"], b["cap"], b["cap_mask"]).argmax(-1).cpu().numpy()
+        b = {k: v.to(device) for k, v in ev.rows(idx).items() if k != "target"}
+        pred = model(**b).argmax(-1).cpu().numpy()
         out += [pred[j, : len(ev.points[i])] for j, i in enumerate(idx)]
     return out
 
@@ -519,7 +504,7 @@ def evaluate_segmentation(
     if ds.data_version != meta["data_version"]:
         print(f"note: model fine-tuned on data_version {meta['data_version']}, scored on {ds.data_version}")
     seg = SegmentationConfig.from_dict(meta["segmentation"])
-    ev = load_events(ds, split, list(meta["backbone"]["features"]), None)
+    ev = load_events(ds, split, list(meta["backbone"]["features"]), None, seg.max_points)
     preds = predict_events(model, ev, seg, device_of(device))
     cell = {k: meta.get(k) for k in ("mode", "labels", "n_labels", "seed", "run_id", "data_version")}
     cell.update(meta.get("cell", {}))

@@ -13,7 +13,8 @@ saving/loading (:func:`physfm.finetune.model.save_model` / ``load_model``) and e
   output (per event ``(B, ...)``, or per particle ``(B, L, ...)`` for per-particle tasks);
 * its **loss** (:meth:`Task.loss`, masked for per-particle tasks);
 * its **in-budget validation score**: :meth:`Task.validate` returns ``val_loss`` (lower is better:
-  early stopping and the checkpoint choice use it) and the other ``val_keys`` logged beside it;
+  early stopping and the checkpoint choice use it) and the other ``val_keys`` logged beside it
+  (:meth:`Task.validate_batches`: the same from the loop's inference batches);
 * its **test metrics and predictions file**: :meth:`Task.evaluate`;
 * its **report section data**: ``metric_labels`` (axis labels of its metrics), ``lower_is_better``
   (metrics compared negated by the label-efficiency factor) and ``headline`` (its default metric).
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from physfm.data.dataset import Dataset
@@ -143,6 +145,13 @@ class Task(ABC):
     @abstractmethod
     def validate(self, out: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
         """``val_loss`` (the early-stopping score, lower is better) and the other ``val_keys``."""
+
+    def validate_batches(self, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> dict[str, float]:
+        """:meth:`validate` of a whole validation part given as ``(out, target, mask)`` batches (the loop's
+        inference batches): by default the batches concatenated; a task whose outputs differ in shape
+        from batch to batch (point clouds padded per batch) reduces them itself."""
+        outs, targets, masks = zip(*batches, strict=True)
+        return self.validate(torch.cat(outs), torch.cat(targets), torch.cat(masks))
 
     @abstractmethod
     def evaluate(self, out: np.ndarray, inp: Inputs, ds: Dataset, how: Scoring) -> tuple[dict[str, Any], Inputs]:
