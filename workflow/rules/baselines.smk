@@ -25,7 +25,9 @@ rule observables:
         directory(f"{R}/observables"),
     params:
         track=track("observables"),
-    threads: 2
+    # one thread: it then runs beside pretraining (one core), and the BDT and cut baselines after it fill that
+    # core; with two it waited for two free cores, which the fine-tuning grid never left (issue 18's timing)
+    threads: 1
     log:
         f"{R}/logs/baselines/observables.log",
     conda:
