@@ -59,6 +59,8 @@ GRID_KEYS = (
     "search",
     "ablation",
     "seeds_at",
+    "task",
+    "on_corpus",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
 CELL_KEYS = ("mode", "labels", "seed", "device")
