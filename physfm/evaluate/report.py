@@ -245,6 +245,37 @@ def plot_roc(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_residuals(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Regression tasks: the residual quantile function (prediction - truth vs cumulative fraction; the records'
+    ``residuals.quantiles``) per mode, one panel per label count, one line per seed."""
+    with_res = [r for r in results if (r.get("residuals") or {}).get("quantiles")]
+    if not with_res:
+        return None
+    ns = sorted({int(r["n_labels"]) for r in with_res})
+    fig, axes = plt.subplots(1, len(ns), figsize=(4 * len(ns), 3.2), squeeze=False)
+    for j, n in enumerate(ns):
+        ax, seen = axes[0][j], set()
+        for r in with_res:
+            if int(r["n_labels"]) != n:
+                continue
+            q = np.asarray(r["residuals"]["quantiles"], dtype=float)
+            color, _ = MODE_STYLE.get(r["mode"], ("k", "."))
+            ax.plot(
+                np.linspace(0, 1, len(q)), q, color=color, alpha=0.7, label=None if r["mode"] in seen else r["mode"]
+            )
+            seen.add(r["mode"])
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_xlabel("cumulative fraction of test events")
+        ax.set_ylabel(f"residual ({with_res[0].get('target', 'prediction − truth')})")
+        ax.set_title(f"{n} labels", fontsize=10)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle("residual quantiles, prediction − truth (one line per seed)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_finetune_curves(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Validation loss vs step for the first seed of every cell (early stopping keeps the minimum)."""
     with_history = [r for r in results if r.get("history")]
@@ -1127,7 +1158,7 @@ def downstream_section(
         rows = summarize_cells(rs, metrics)
         stem = f"downstream_{name}" + (f"_on_{on}" if on else "")
         eff = plot_efficiency(rows, metrics[:6], figs / f"{stem}_efficiency.png")
-        roc = plot_roc(rs, figs / f"{stem}_roc.png")
+        roc = plot_roc(rs, figs / f"{stem}_roc.png") or plot_residuals(rs, figs / f"{stem}_residuals.png")
         add(_img(eff, f"{name}: data efficiency on {where}"))
         add(_cells_table(rows, metrics))
         best = best_method_rows(rs, metrics, metric)
@@ -1139,12 +1170,9 @@ def downstream_section(
             _factor_table(best) if best else '<p class="missing">needs pretrained runs and runs without pretraining</p>'
         )
         if roc is not None:
-            add(_img(roc, f"{name}: ROC curves on {where}"))
+            add(_img(roc, f"{name}: ROC curves (classification) or residuals (regression) on {where}"))
         else:
-            add(
-                '<p class="note">No ROC: not a classification with a signal:background pair (the table gives its '
-                "metrics).</p>"
-            )
+            add('<p class="note">No ROC or residual figure for this task: the table gives its metrics.</p>')
         out["tested_on"][on or name] = {"metrics": metrics, "cells": rows, "best_method": best}
         out["figures"].update({f"{on or 'own'}-efficiency": eff, **({f"{on or 'own'}-roc": roc} if roc else {})})
     return out
