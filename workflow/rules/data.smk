@@ -98,6 +98,8 @@ else:
 use rule generate as downstream_generate with:
     output:
         directory(f"{DSR}/{{ds}}/raw"),
+    wildcard_constraints:
+        ds="[A-Za-z0-9_]+",
     params:
         what=lambda wc: simulator(DOWNSTREAM[wc.ds]["data"])[0],
         config=lambda wc: generator_settings(DOWNSTREAM[wc.ds]["data"]),
@@ -111,6 +113,8 @@ use rule convert_part as downstream_convert with:
         lambda wc: raw_input(DOWNSTREAM[wc.ds]["data"], f"{DSR}/{wc.ds}/raw"),
     output:
         directory(f"{DSR}/{{ds}}/data"),
+    wildcard_constraints:
+        ds="[A-Za-z0-9_]+",
     params:
         input=lambda wc, input: raw_path(DOWNSTREAM[wc.ds]["data"], input),
         format=lambda wc: DOWNSTREAM[wc.ds]["data"]["format"],
