@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_workflow import _copy_workflow, _scheduled, _snakemake
@@ -207,3 +208,37 @@ def test_editing_one_downstream_entry_reruns_its_jobs_only(tiny_transfer: Path) 
     outputs = {o for _, o in _jobs(tiny_transfer, edited)}
     assert not [o for o in outputs if "/downstream/other/" in o], "the other set's jobs must not rerun"
     assert any("/downstream/shift/finetune/" in o for o in outputs)
+
+
+def test_report_has_a_section_per_downstream_set_and_a_part_per_test_set(tmp_path: Path) -> None:
+    from test_report import _fake_results
+
+    from physfm.artifacts import open_artifact
+    from physfm.evaluate.report import build_report
+
+    own = _fake_results()
+    on_data = [{**r, "tested_on": "data", "test_data_version": "corpus"} for r in own if r["mode"] != "frozen"]
+    out = tmp_path / "report" / "report.html"
+    data = build_report(out, [], downstream={"shift": own + on_data, "other": own[:6]}, n_bootstrap=20)
+    page = out.read_text()
+    assert 'id="downstream-shift"' in page and 'id="downstream-other"' in page
+    assert "Tested on the test split of data (trained on shift)" in page
+    shift = data["downstream"]["shift"]["tested_on"]
+    assert set(shift) == {"shift", "data"}
+    assert {c["mode"] for c in shift["data"]["cells"]} == {"scratch", "finetune"}
+    cell = next(c for c in shift["data"]["cells"] if c["mode"] == "finetune" and c["n_labels"] == 300)
+    assert cell["auc"] == pytest.approx(
+        np.mean([r["metrics"]["auc"] for r in on_data if r["mode"] == "finetune" and r["n_labels"] == 300])
+    )
+    assert {e["against"] for e in shift["shift"]["best_method"]} == {"best", "scratch"}
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").glob("downstream_*.png"))
+    assert figures == [
+        "downstream_other_efficiency.png",
+        "downstream_other_roc.png",
+        "downstream_shift_efficiency.png",
+        "downstream_shift_on_data_efficiency.png",
+        "downstream_shift_on_data_roc.png",
+        "downstream_shift_roc.png",
+    ]
+    assert data["cells"] == [] and "no grid on the corpus" not in page  # the corpus's placeholder is a figure
+    open_artifact(tmp_path / "report", "report")  # every figure listed in the manifest: it verifies
