@@ -37,9 +37,29 @@ def test_rule_per_class() -> None:
     assert np.all(np.diff(p.n_val(np.arange(500))) >= 0) and np.all(np.diff(p.n_val(np.arange(500))) <= 1)
     assert BudgetProtocol("fixed").n_val(c).tolist() == [0] * len(c)
     assert BudgetProtocol(val_fraction=0.5, min_val_per_class=0).n_val(np.array([10, 11])).tolist() == [5, 5]
-    for bad in ({"name": "kfold"}, {"val_fraction": 0.0}, {"val_fraction": 0.7}, {"min_val_per_class": -1}):
+    bad_settings = (
+        {"name": "kfold"},
+        {"val_fraction": 0.0},
+        {"val_fraction": 0.7},
+        {"min_val_per_class": -1},
+        {"max_val_per_class": 2},  # below min_val_per_class
+    )
+    for bad in bad_settings:
         with pytest.raises(ValueError):
             BudgetProtocol(**bad)
+
+
+def test_validation_cap_per_class_keeps_the_rule_below_it_and_nesting() -> None:
+    capped = BudgetProtocol(max_val_per_class=4)
+    c = np.array([0, 6, 15, 20, 25, 100, 5000])
+    assert capped.n_val(c).tolist() == [0, 3, 3, 4, 4, 4, 4]  # the plain rule, then never above the cap
+    steps = np.diff(capped.n_val(np.arange(500)))
+    assert np.all((steps == 0) | (steps == 1))  # still nested: the j-th event is validation or train for good
+    labels = np.repeat(np.arange(3), 200)
+    ordered = labels[balanced_order(labels, 3, seed=2)]
+    mask = validation_mask(ordered, capped)
+    assert [int(mask[ordered == k].sum()) for k in range(3)] == [4, 4, 4]  # the rest train; n unchanged
+    assert BudgetProtocol.from_params({"name": "holdout", "val_fraction": 0.2, "min_val_per_class": 3, "refit": False})
 
 
 def test_validation_mask_every_prefix_follows_the_rule() -> None:

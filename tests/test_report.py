@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from physfm.data.shards import DataError
-from physfm.evaluate.efficiency import efficiency_factor, efficiency_table, format_factor, scratch_labels_needed
+from physfm.evaluate.efficiency import best_method_factors, format_factor, scratch_labels_needed
 from physfm.evaluate.metrics import classification_metrics, evaluate_scores, rejection_at, roc_auc
 from physfm.evaluate.report import SECTIONS, build_report
 from physfm.evaluate.search import build_index, knn_accuracy, open_index, write_embeddings
@@ -83,23 +83,23 @@ def test_efficiency_factor_interpolates_in_log_labels_and_marks_bounds() -> None
     n, auc = [100, 1000, 10000], [0.80, 0.85, 0.90]
     needed, kind = scratch_labels_needed(n, auc, 0.825)
     assert kind == "value" and needed == pytest.approx(np.sqrt(100 * 1000))
-    assert efficiency_factor(n, auc, 100, 0.85) == (pytest.approx(10.0), "value")
-    assert efficiency_factor(n, auc, 100, 0.95) == (pytest.approx(100.0), "lower")
-    assert efficiency_factor(n, auc, 1000, 0.70) == (pytest.approx(0.1), "upper")
+    assert scratch_labels_needed(n, auc, 0.85) == (pytest.approx(1000.0), "value")
+    assert scratch_labels_needed(n, auc, 0.95) == (pytest.approx(10000.0), "lower")
+    assert scratch_labels_needed(n, auc, 0.70) == (pytest.approx(100.0), "upper")
     # a non-monotone scratch curve is read through its running maximum
     assert scratch_labels_needed([100, 1000, 10000], [0.8, 0.79, 0.9], 0.85)[0] == pytest.approx(np.sqrt(1000 * 10000))
 
 
-def test_efficiency_table_uncertainty_covers_the_seed_spread() -> None:
+def test_factor_against_scratch_has_an_interval_over_seeds() -> None:
     runs = []
     rng = np.random.default_rng(1)
     for n, base in [(100, 0.80), (1000, 0.85), (10000, 0.90)]:
-        for _seed in range(3):
-            runs.append({"mode": "scratch", "n": n, "value": base + 0.004 * rng.normal(), "std": 0.003})
-    for _seed in range(3):
-        runs.append({"mode": "finetune", "n": 100, "value": 0.85 + 0.004 * rng.normal(), "std": 0.003})
-        runs.append({"mode": "finetune", "n": 10000, "value": 0.95, "std": 0.001})
-    rows = {(r["mode"], r["n"]): r for r in efficiency_table(runs, n_bootstrap=300)}
+        for seed in range(5):
+            runs.append({"mode": "scratch", "n": n, "seed": seed, "value": base + 0.004 * rng.normal()})
+    for seed in range(5):
+        runs.append({"mode": "finetune", "n": 100, "seed": seed, "value": 0.85 + 0.004 * rng.normal()})
+        runs.append({"mode": "finetune", "n": 10000, "seed": seed, "value": 0.95})
+    rows = {(r["mode"], r["n"]): r for r in best_method_factors(runs, ["scratch"])}
     r100 = rows[("finetune", 100.0)]
     assert r100["kind"] == "value" and 5 < r100["factor"] < 20 and r100["low"] < r100["factor"] < r100["high"]
     assert rows[("finetune", 10000.0)]["kind"] == "lower" and format_factor(rows[("finetune", 10000.0)]) == "≥ 1×"

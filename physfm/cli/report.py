@@ -94,6 +94,8 @@ def run_report(args: argparse.Namespace) -> int:
         pretrain=_named(args.pretrain),
         knn=knn,
         n_bootstrap=cfg.bootstrap,
+        interval=cfg.interval,
+        curve=cfg.curve,
         mlflow_runs=tracking.runs_view_url(),
         pool_backbones=cfg.pool_backbones,
         ablation_backbones=args.ablation_backbone,

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from physfm import __version__  # noqa: E402
 from physfm.artifacts import VERSION_KEYS, write_artifact  # noqa: E402
-from physfm.evaluate.efficiency import best_method_factors, efficiency_table, format_factor  # noqa: E402
+from physfm.evaluate.efficiency import best_method_factors, format_factor  # noqa: E402
 from physfm.finetune.task import report_metrics  # noqa: E402
 from physfm.io import atomic_path, read_json, write_json  # noqa: E402
 
@@ -78,7 +78,11 @@ class ReportConfig:
 
     metric: str = "auc"  # headline metric of the report and the label-efficiency factor
     title: str = "physfm label-efficiency study"
-    bootstrap: int = 1000  # resamples for the label-efficiency factor
+    # the label-efficiency factor (physfm.evaluate.efficiency.best_method_factors): its interval over seeds,
+    # "t" (jackknife-t) or "bootstrap" (bootstrap resamples), and the reference-curve model
+    interval: str = "t"
+    bootstrap: int = 1000  # resamples when interval is "bootstrap"
+    curve: str = "loglinear"  # loglinear (piecewise in log n) or saturating (a - b n^-c per reference)
     # pretraining runs pooled into one backbone name, e.g. {mpm: [mpm, mpm_s1]}: each label seed's value is
     # the mean over the pretraining runs (config/full.yaml repeats pretraining with two seeds)
     pool_backbones: dict[str, list[str]] = field(default_factory=dict)
@@ -501,11 +505,19 @@ def pool_runs(results: Sequence[dict[str, Any]], pool: dict[str, list[str]] | No
 
 
 def best_method_rows(
-    results: Sequence[dict[str, Any]], metrics: Sequence[str], metric: str, pool: dict[str, list[str]] | None = None
+    results: Sequence[dict[str, Any]],
+    metrics: Sequence[str],
+    metric: str,
+    pool: dict[str, list[str]] | None = None,
+    *,
+    interval: str = "t",
+    curve: str = "loglinear",
+    n_bootstrap: int = 1000,
 ) -> list[dict[str, Any]]:
     """The factor of each pretrained mode (and ablation) against the best method without pretraining, against
     same-architecture scratch and against scratch_global (when run), for the headline ``metric`` and every
-    background rejection shown (:func:`physfm.evaluate.efficiency.best_method_factors`). Rows carry ``against``."""
+    background rejection shown (:func:`physfm.evaluate.efficiency.best_method_factors` with ``interval``,
+    ``curve`` and ``n_bootstrap``). Rows carry ``against``."""
     results = pool_runs(results, pool)
     several = len({r.get("backbone") or "-" for r in results if r["mode"] in PRETRAINED_MODES}) > 1
     out: list[dict[str, Any]] = []
@@ -527,7 +539,15 @@ def best_method_rows(
                 rated.append("scratch_global")  # how much the global targets alone help scratch
             if not refs or not rated:
                 continue
-            rows = best_method_factors(runs, refs, methods=rated, higher_is_better=name not in LOWER_IS_BETTER)
+            rows = best_method_factors(
+                runs,
+                refs,
+                methods=rated,
+                higher_is_better=name not in LOWER_IS_BETTER,
+                model=curve,
+                interval=interval,
+                n_bootstrap=n_bootstrap,
+            )
             out += [{"metric_name": name, "against": against, **row} for row in rows]
     return out
 
@@ -548,6 +568,19 @@ def search_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, c in enumerate(rec["candidates"]):
             row["val_loss"].setdefault(str(i), []).append(c["val_loss"])
     return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], k[2]))]
+
+
+def scratch_factor_rows(best_rows: Sequence[dict[str, Any]], metric: str, backbone: str = "-") -> list[dict[str, Any]]:
+    """The label-efficiency factor against same-architecture scratch of the pretrained modes, for the headline
+    ``metric``: the ``best_method`` rows ``against == "scratch"`` (one computation and one interval for the
+    headline, the factor section and its plot), with the backbone split off the mode (``backbone`` when the
+    study has a single pretrained backbone)."""
+    out = []
+    for e in best_rows:
+        mode, _, name = e["mode"].partition(" ")
+        if e["against"] == "scratch" and e["metric_name"] == metric and mode in PRETRAINED_MODES:
+            out.append({**e, "mode": mode, "backbone": name or backbone})
+    return out
 
 
 def ablation_rows(best_rows: Sequence[dict[str, Any]], ablation_backbones: Sequence[str]) -> list[dict[str, Any]]:
@@ -616,6 +649,8 @@ def build_report(
     pretrain: dict[str, Path] | None = None,
     knn: Sequence[dict[str, Any]] | None = None,
     n_bootstrap: int = 1000,
+    interval: str = "t",
+    curve: str = "loglinear",
     mlflow_runs: str | None = None,
     pool_backbones: dict[str, list[str]] | None = None,
     ablation_backbones: Sequence[str] = (),
@@ -629,6 +664,7 @@ def build_report(
     ``pool_backbones``: repeated pretraining runs combined under one name (:func:`pool_runs`);
     ``ablation_backbones``: backbones that are ablations (their factors go to the ablations section).
     ``samples``: ``physfm sample`` output directories of generative backbones, by name (generated vs real jets).
+    ``interval``, ``curve``, ``n_bootstrap``: how every label-efficiency factor is computed (:func:`best_method_rows`).
     ``downstream``: each downstream set's evaluation records by name (its grid and baselines, and those scored on
     other sets, with ``tested_on``), one section each (:func:`downstream_section`), its metric from
     ``downstream_metrics`` (default ``metric``); ``results`` may then be empty (no grid on the corpus).
@@ -648,28 +684,11 @@ def build_report(
         raise ValueError(f"report metric '{metric}' is not in the results; available: {', '.join(metrics)}")
     rows = summarize_cells(results, metrics)
 
-    eff_rows: list[dict[str, Any]] = []
-    usable = [r for r in results if np.isfinite(r["metrics"].get(metric, np.nan))]
-    for backbone in sorted({r["backbone"] for r in rows if r["mode"] in PRETRAINED_MODES}):
-        own = [r for r in usable if (r.get("backbone") or "-") == backbone]
-        # scratch models borrow only an architecture: a shared scratch curve serves every backbone
-        reference = [r for r in own if r["mode"] == "scratch"] or [r for r in usable if r["mode"] == "scratch"]
-        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        runs = [
-            {
-                "mode": r["mode"],
-                "n": r["n_labels"],
-                "value": sign * r["metrics"][metric],
-                "std": r["std"].get(metric, 0.0),
-            }
-            for r in [*(r for r in own if r["mode"] in PRETRAINED_MODES), *reference]
-        ]
-        for e in efficiency_table(runs, n_bootstrap=n_bootstrap):
-            for k in ("metric", "reference_metric"):
-                e[k] = None if e.get(k) is None else sign * e[k]
-            eff_rows.append({"backbone": backbone, **e})
-
-    best_rows = best_method_rows(results, metrics, metric, pool_backbones)
+    best_rows = best_method_rows(
+        results, metrics, metric, pool_backbones, interval=interval, curve=curve, n_bootstrap=n_bootstrap
+    )
+    pretrained = sorted({r.get("backbone") or "-" for r in results if r["mode"] in PRETRAINED_MODES})
+    eff_rows = scratch_factor_rows(best_rows, metric, pretrained[0] if len(pretrained) == 1 else "-")
     abl_rows = ablation_rows(best_rows, ablation_backbones)
     srch_rows = search_rows(results)
 
@@ -747,18 +766,17 @@ def build_report(
             f"{_fmt(c[metric])} vs scratch {_fmt(ref[metric])}, Δ = {d:+.4f} ± {err:.2g} ({how}): "
             f"fine-tuned {_verdict(d, metric)} scratch"
         )
-    for e in eff_rows:
-        if e["mode"] == "finetune":
-            lines.append(f"label-efficiency factor against same-architecture scratch at {int(e['n'])} labels: "
-                         f"{format_factor(e)}")  # fmt: skip
-    for e in best_rows:
-        if e["against"] == "best" and e["mode"].startswith("finetune"):
-            span = "" if not np.isfinite(e["low"]) else f" (68 %: {e['low']:.2g}–{e['high']:.2g}×)"
+    level = f"{100 * best_rows[0]['level']:.0f} %" if best_rows else ""
+    for e in best_rows:  # the factors: one computation (best_method_rows), quoted here and in the sections
+        if e["mode"].startswith("finetune") and e["against"] in ("best", "scratch"):
             what = "" if e["metric_name"] == metric else f" [{metric_label(e['metric_name'])}]"
-            lines.append(
-                f"factor against the best method without pretraining ({e['best_reference']}) at {int(e['n'])} "
-                f"labels{what}: {format_factor(e)}{span}"
+            against = (
+                f"the best method without pretraining ({e['best_reference']})"
+                if e["against"] == "best"
+                else "same-architecture scratch"
             )
+            span = f" ({level} interval over {e['n_seeds']} seeds)" if np.isfinite(e["low"]) else ""
+            lines.append(f"factor against {against} at {int(e['n'])} labels{what}: {format_factor(e)}{span}")
     if lines:
         add(
             '<div class="hl"><b>Headline</b> ('
@@ -882,8 +900,10 @@ def build_report(
     add(
         '<p class="note">Labels the scratch model needs to reach the fine-tuned (or frozen) model\'s mean '
         f"{html.escape(metric_label(metric))}, divided by the labels used; interpolated in log(labels) on the scratch "
-        "curve. ≥: the model beats scratch at every label count tried (lower bound); ≤: scratch with the fewest labels "
-        "is already better. Range: 16–84th percentile over resampled seeds and test-set bootstrap.</p>"
+        "curve (the <code>against = scratch</code> rows of the next section: the same computation and interval). ≥: "
+        "the model beats scratch at every label count tried (lower bound); ≤: scratch with the fewest labels is "
+        "already better. Range: 68 % interval over seeds (jackknife-t unless evaluate.report.interval says "
+        "otherwise).</p>"
     )
     if eff_rows:
         add(
@@ -949,7 +969,9 @@ def build_report(
         add('<p class="missing">no downstream set in this study (config downstream)</p>')
     for name, records in (downstream or {}).items():
         ds_metric = (downstream_metrics or {}).get(name) or metric
-        ds_data[name] = downstream_section(add, name, records, ds_metric, figs)
+        ds_data[name] = downstream_section(
+            add, name, records, ds_metric, figs, interval=interval, curve=curve, n_bootstrap=n_bootstrap
+        )
         fig_paths.update({f"downstream-{name}-{k}": v for k, v in ds_data[name].pop("figures").items()})
 
     # ---- embeddings
@@ -1114,12 +1136,13 @@ def _cells_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
 
 
 def downstream_section(
-    add: Any, name: str, records: Sequence[dict[str, Any]], metric: str, figs: Path
+    add: Any, name: str, records: Sequence[dict[str, Any]], metric: str, figs: Path, **factor: Any
 ) -> dict[str, Any]:
     """One downstream set's section: per test set (its own, then each set of its ``evaluate_on``, records with
     ``tested_on``), the data-efficiency plot, the results table, the factor against the best method without
     pretraining and against scratch (:func:`best_method_rows`, :func:`_factor_table`) and the ROC curves
-    (classification; other tasks: the metrics of the table). Appended to the page; returns its numbers and
+    (classification; other tasks: the metrics of the table). ``factor``: how the factors are computed (``interval``,
+    ``curve``, ``n_bootstrap`` of :func:`best_method_rows`). Appended to the page; returns its numbers and
     ``figures``."""
     add(f'<h3 id="downstream-{html.escape(name)}">{html.escape(name)}</h3>')
     own = [r for r in records if not r.get("tested_on")]
@@ -1161,7 +1184,7 @@ def downstream_section(
         roc = plot_roc(rs, figs / f"{stem}_roc.png") or plot_residuals(rs, figs / f"{stem}_residuals.png")
         add(_img(eff, f"{name}: data efficiency on {where}"))
         add(_cells_table(rows, metrics))
-        best = best_method_rows(rs, metrics, metric)
+        best = best_method_rows(rs, metrics, metric, **factor)
         add(
             '<p class="note">Label-efficiency factor: labels the best method without pretraining (or scratch) '
             "needs to match the pretrained model, divided by the labels used, as in the best-method section.</p>"

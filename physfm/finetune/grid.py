@@ -5,6 +5,8 @@ Used by ``workflow/rules/finetune.smk`` (Snakemake's linter wants no functions b
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,17 @@ def label_specs(labels: Sequence[str | int | float]) -> dict[str, str]:
             raise ValueError(f"finetune.labels lists the same subset twice: {out[token]!r} and {spec!r}")
         out[token] = str(spec)
     return out
+
+
+def search_args(search: dict[str, list[Any]] | list[dict[str, Any]] | None, searched: bool) -> str:
+    """A fine-tuning job's ``--search`` argument: the whole in-budget grid where the search runs, else only
+    its first candidate (a declared fixed recipe, the same for every mode); ``""`` without a grid."""
+    if not search:
+        return ""
+    from physfm.finetune.search import candidates  # lazily: the workflow imports this module to build its DAG
+
+    grid = search if searched else [candidates(search)[0]]
+    return f"--search {shlex.quote(json.dumps(grid, sort_keys=True))}"
 
 
 def grid_cells(
@@ -220,6 +233,9 @@ def downstream_sets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             reference_tokens=[t for t in specs if t not in main],
         )
         spec["label_specs"] = specs
+        # where the in-budget search runs: finetune.search_labels that are among its counts (all when null)
+        searched = ft.get("search_labels")
+        spec["search_tokens"] = set(specs) if searched is None else {label_token(x) for x in searched} & set(specs)
         spec["cells"] = thin_seeds(cells, spec["seeds"], spec["seeds_at"])
         out[name] = spec
     return out

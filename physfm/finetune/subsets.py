@@ -17,10 +17,12 @@ So every seed draws its own subset:
 from the seed, into a *train part* and an in-budget *validation part*; no fine-tuning run or baseline
 reads the labelled val split of the dataset. The rule, per class with ``c`` events in the subset::
 
-    n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2))
+    n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2), max_val_per_class)
 
 (``round`` half up): the declared fraction, at least ``min_val_per_class`` events when ``c`` allows,
-never more than half, so a class with a single event keeps it for training. Which events are
+never more than half, so a class with a single event keeps it for training, and never more than
+``max_val_per_class`` (when set: early stopping on thousands of events costs more than it resolves;
+the events above the cap train, and ``n`` is unchanged). Which events are
 validation is fixed by their position in the seed's order (the ``j``-th event of a class is
 validation when ``n_val(j) > n_val(j - 1)``), so the train and validation parts are nested across
 label counts too, and ``n_train + n_val = n`` exactly. Protocol ``fixed`` (protocol (c): a declared
@@ -55,7 +57,10 @@ from physfm.io import atomic_dir
 
 PARTS = ("train", "val")
 PROTOCOLS = ("holdout", "fixed")
-RULE = "n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2)) per class with c events"
+RULE = (
+    "n_val(c) = min(max(round(val_fraction * c), min_val_per_class), floor(c / 2), max_val_per_class) per class "
+    "with c events"
+)
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,15 @@ class BudgetProtocol:
     """How the ``n`` labels of a subset are spent (see the module docstring for the rule).
 
     ``name``: ``holdout`` (validation carved out of the ``n`` labels, stratified) or ``fixed`` (no
-    validation: a declared recipe per ``n``). ``val_fraction`` in (0, 0.5], ``min_val_per_class`` >= 0.
+    validation: a declared recipe per ``n``). ``val_fraction`` in (0, 0.5], ``min_val_per_class`` >= 0,
+    ``max_val_per_class`` >= 1 or None (no cap).
     ``refit``: the training loop retrains on all ``n`` labels for the chosen number of steps.
     """
 
     name: str = "holdout"
     val_fraction: float = 0.2
     min_val_per_class: int = 3
+    max_val_per_class: int | None = None
     refit: bool = False
 
     def __post_init__(self) -> None:
@@ -79,6 +86,10 @@ class BudgetProtocol:
             raise ValueError(f"val_fraction must lie in (0, 0.5], got {self.val_fraction}")
         if self.min_val_per_class < 0:
             raise ValueError(f"min_val_per_class must be >= 0, got {self.min_val_per_class}")
+        if self.max_val_per_class is not None and self.max_val_per_class < max(1, self.min_val_per_class):
+            raise ValueError(
+                f"max_val_per_class must be >= max(1, min_val_per_class) or null, got {self.max_val_per_class}"
+            )
 
     def n_val(self, count: np.ndarray | int) -> np.ndarray:
         """Validation events of a class with ``count`` events in the subset (vectorised)."""
@@ -86,7 +97,8 @@ class BudgetProtocol:
         if self.name == "fixed":
             return np.zeros_like(c)
         want = np.maximum(np.floor(self.val_fraction * c + 0.5).astype(np.int64), self.min_val_per_class)
-        return np.minimum(want, c // 2)
+        n_val = np.minimum(want, c // 2)
+        return n_val if self.max_val_per_class is None else np.minimum(n_val, self.max_val_per_class)
 
     def params(self) -> dict[str, Any]:
         """Name, parameters and the rule in words: what the manifest, MLflow and the report record."""
@@ -94,7 +106,8 @@ class BudgetProtocol:
 
     @staticmethod
     def from_params(params: dict[str, Any]) -> BudgetProtocol:
-        return BudgetProtocol(**{k: params[k] for k in ("name", "val_fraction", "min_val_per_class", "refit")})
+        keys = ("name", "val_fraction", "min_val_per_class", "max_val_per_class", "refit")
+        return BudgetProtocol(**{k: params[k] for k in keys if k in params})  # older manifests: no cap
 
 
 @dataclass

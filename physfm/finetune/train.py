@@ -61,6 +61,7 @@ GRID_KEYS = (
     "seeds_at",
     "task",
     "on_corpus",
+    "search_labels",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.
 CELL_KEYS = ("mode", "labels", "seed", "device")

@@ -33,8 +33,11 @@ FT_CELLS = grid.grid_cells(
 )
 FT_CELLS += [c for c in grid.ablation_cells(ABLATION, FT_BACKBONES, ABLATION_TOKENS, FT["seeds"]) if c not in FT_CELLS]
 FT_CELLS = grid.thin_seeds(FT_CELLS, FT["seeds"], FT["seeds_at"])
-# the in-budget hyperparameter grid every fine-tuning mode gets (physfm/finetune/search.py)
-SEARCH = f"--search {shlex.quote(json.dumps(FT['search'], sort_keys=True))}" if FT["search"] else ""
+# the in-budget hyperparameter grid every fine-tuning mode gets (physfm/finetune/search.py), at the label
+# counts of finetune.search_labels (all when null); elsewhere its first candidate, for every mode
+SEARCH_TOKENS = set(LABEL_SPECS) if FT["search_labels"] is None else {grid.label_token(s) for s in FT["search_labels"]}
+if unknown_search := sorted(SEARCH_TOKENS - set(LABEL_SPECS)):
+    raise ValueError(f"finetune.search_labels {unknown_search}: use label counts of finetune.labels or reference_labels")
 CELL = "{backbone}/{labels}/{mode}/seed{seed}"
 # finetune.on_corpus false: the corpus is pretraining data only (the downstream sets hold the labels)
 CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS] if FT["on_corpus"] else []
@@ -125,7 +128,7 @@ rule finetune:
             },
             sort_keys=True,
         ),
-        search=SEARCH,
+        search=lambda wc: grid.search_args(FT["search"], wc.labels in SEARCH_TOKENS),
         backbone=lambda wc, input: input.backbone,
         task=FT["task"],
         track=lambda wc: track("finetune", wc),
@@ -244,6 +247,7 @@ use rule finetune as downstream_finetune with:
             },
             sort_keys=True,
         ),
+        search=lambda wc: grid.search_args(FT["search"], wc.labels in DOWNSTREAM[wc.ds]["search_tokens"]),
         task=lambda wc: DOWNSTREAM[wc.ds]["task"],
         track=lambda wc: track("downstream_finetune", wc),
     log:
