@@ -101,8 +101,8 @@ def test_a_downstream_entry_takes_the_task_and_backbone_sources_to_its_jobs(tmp_
         }
     }
     config = _with_downstream(work, "reuse.yaml", sets)
-    out = _snakemake(work, "-n", "-p", "--cores", "2", "all", "--configfile", str(config)).stdout
-    commands = [line for line in out.splitlines() if line.strip().startswith("physfm finetune")]
+    run = _snakemake(work, "-n", "-p", "--cores", "2", "all", "--configfile", str(config))
+    commands = re.findall(r"^Shell command: (physfm finetune .*)$", run.stdout + run.stderr, re.M)
     reuse = [c for c in commands if "downstream/reuse" in c]
     assert len(reuse) == 2
     assert any("--backbone results/other/pretrain/mpm --backbone-name theirs" in c for c in reuse)
