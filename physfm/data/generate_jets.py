@@ -457,7 +457,8 @@ def _visible_particles(record: EventRecord) -> tuple[np.ndarray, np.ndarray]:
 def smear_particles(record: EventRecord, rng: np.random.Generator, energy: float, angle: float) -> None:
     """A simple detector: smear every visible final-state particle of ``record`` in place, its
     energy by a relative Gaussian resolution ``energy`` and its eta and phi by Gaussian ``angle``
-    (rad), keeping its mass (an energy smeared below the mass is set to the mass)."""
+    (rad), keeping its mass. An energy smeared below the mass is set to the mass plus a thousandth of the
+    particle's momentum: a particle is never left at rest (its log pT would be -inf)."""
     index, _ = _visible_particles(record)
     px, py, pz, e = (getattr(record, k)[index].astype(np.float64) for k in ("px", "py", "pz", "energy"))
     pt, eta, phi = four_vector_kinematics(px, py, pz)
@@ -466,7 +467,8 @@ def smear_particles(record: EventRecord, rng: np.random.Generator, energy: float
     m2 = np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0)
     noise = rng.standard_normal((3, len(index)))
     if energy > 0:
-        e = np.maximum(e * (1.0 + energy * noise[0]), np.sqrt(m2))
+        p_min = 1e-3 * np.sqrt(px**2 + py**2 + pz**2)
+        e = np.maximum(e * (1.0 + energy * noise[0]), np.sqrt(m2 + p_min**2))
     if angle > 0:
         eta, phi = eta + angle * noise[1], phi + angle * noise[2]
     pt = np.sqrt(np.maximum(e**2 - m2, 0.0)) / np.cosh(eta)
