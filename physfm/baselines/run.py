@@ -85,9 +85,14 @@ def run_baseline(
     run: Any = None,
     progress: bool = False,
     extra: dict[str, Any] | None = None,
+    test_data: Dataset | str | Path | None = None,
+    test_observables: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (unless ``cut``) on the subset ``labels`` of ``subsets_dir`` and score ``split``; write
-    ``out_dir/test.json`` (and ``predictions.npz``, and for the PFN its weights in ``model/``)."""
+    ``out_dir/test.json`` (and ``predictions.npz``, and for the PFN its weights in ``model/``).
+
+    ``test_data`` (and its ``test_observables``): score that set's ``split`` instead, with the same classes
+    (a model trained on one set, tested on another: "trained on simulation, tested on data")."""
     from physfm.data.loader import load_arrays, open_split
 
     if method not in METHODS:
@@ -150,9 +155,20 @@ def run_baseline(
         train["fit_indices"] = idx[train.pop("fit_positions")].tolist()
         train["val_indices"] = idx[train.pop("val_positions")].tolist()
 
+    scored, scored_obs = ds, obs_dir
+    if test_data is not None:
+        scored = open_dataset(test_data, verify=True)
+        scored_obs = None if test_observables is None else Path(test_observables)
+        if list(scored.manifest["classes"]) != classes:
+            raise DataError(
+                f"{scored.path} has classes {scored.manifest['classes']}, the model {classes}: a baseline is scored "
+                "on a set with the classes it was trained on, in the same order"
+            )
+        if split not in scored.manifest["n_events"]:
+            raise ValueError(f"{scored.path} has no '{split}' split")
     if method == "pfn":
         assert isinstance(cfg, PFNConfig)
-        test = load_arrays(ds, split, features=cfg.features, max_len=cfg.max_len)
+        test = load_arrays(scored, split, features=cfg.features, max_len=cfg.max_len)
         keep = test["label"] >= 0
         probs = pfn_probs(model, norm_meta, test["x"][keep], test["mask"][keep])
         y_test, k_test = test["label"][keep], test["event_key"][keep]
@@ -165,7 +181,7 @@ def run_baseline(
             meta_name="pfn.json",
         )
     else:
-        values, y_all, k_all = _heldout_observables(ds, split, obs_dir)
+        values, y_all, k_all = _heldout_observables(scored, split, scored_obs)
         keep = y_all >= 0
         y_test, k_test = y_all[keep], k_all[keep]
         if method == "bdt":
@@ -186,6 +202,7 @@ def run_baseline(
         "seed": int(seed),
         "run_id": getattr(run, "run_id", None),
         "data_version": manifest["data_version"],
+        "test_data_version": scored.data_version,
         "backbone": "none",
         **(extra or {}),
         "split": split,

@@ -83,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_eval_config_arg(b, "split, bootstrap, pairs, effs")
     b.add_argument("--observables", type=Path, help="cached observables (physfm observables); default: computed here")
     b.add_argument("--out", required=True, type=Path, help="output directory: test.json, predictions.npz")
+    b.add_argument(
+        "--test-data",
+        type=Path,
+        help="score this set's split instead of --data's (same classes): trained on one set, tested on another",
+    )
+    b.add_argument("--test-observables", type=Path, help="the observables of --test-data (physfm observables)")
+    b.add_argument("--tested-on", default=None, metavar="NAME", help="name of --test-data, recorded as tested_on")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch / the tree (default: library's)")
     b.add_argument("--device", default="auto", help="pfn: auto (CUDA if available), cpu, cuda, cuda:1, ...")
     b.add_argument("--no-progress", action="store_true")
@@ -124,7 +131,9 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} trains on a label subset: pass --subsets DIR and --labels SPEC")
     spec = "0" if args.method == "cut" else str(args.labels)
     name = "n=0" if args.method == "cut" else spec_name(spec)
-    run_name = args.run_name or f"baseline {name} mode={args.method} seed={args.seed}"
+    run_name = args.run_name or f"baseline {name} mode={args.method} seed={args.seed}" + (
+        f" on {args.tested_on}" if args.tested_on else ""
+    )
     ds = open_dataset(args.data, verify=True)
     tags = {
         "mode": args.method,
@@ -154,7 +163,9 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
             device=args.device,
             run=run,
             progress=not args.no_progress,
-            extra={"run_name": run_name},
+            extra={"run_name": run_name, **({"tested_on": args.tested_on} if args.tested_on else {})},
+            test_data=args.test_data,
+            test_observables=args.test_observables,
         )
         run.set_tags(
             {
@@ -163,6 +174,7 @@ def run_baseline_cmd(args: argparse.Namespace) -> int:
                 "backbone.data_version": "none",
                 "tokenizer_version": "none",
                 f"{ev.split}.lower_bounds": ",".join(result["lower_bounds"]) or "none",
+                "test_data_version": result["test_data_version"],
             }
         )
         run.log_params(

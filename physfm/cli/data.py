@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_generate_args(
         jets,
         out="output directory for jets_NNN.root",
-        section="data.generate (n_jets, seed, processes, files, tune, smear_energy, smear_angle)",
+        section="data.generate (n_jets, seed, processes, weights, files, tune, smear_energy, smear_angle)",
         count="--n-jets",
         count_help="total number of jets, split evenly over processes (overrides --config)",
     )
@@ -129,6 +129,8 @@ def run_generate_jets(args: argparse.Namespace) -> int:
     params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
     shift = {"tune": cfg.tune, "smear_energy": cfg.smear_energy, "smear_angle": cfg.smear_angle}
     params.update({k: v for k, v in shift.items() if v != getattr(JetGenConfig(), k)})  # only a shifted domain
+    if cfg.weights:  # process shares (an even split otherwise)
+        params["weights"] = [float(w) for w in cfg.weights]
     with open_stage_run(args, "generate", "generate jets", params) as run:
         t0 = time.perf_counter()
         paths = generate_jets(
@@ -139,6 +141,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             n_files=cfg.files,
             workers=args.workers,
             progress=not args.no_progress,
+            weights=cfg.weights or None,
             **shift,
         )
         wall = time.perf_counter() - t0

@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, type=Path, help="output JSON")
     add_config_arg(e, "evaluate (split, bootstrap, pairs, effs)")
     e.add_argument("--predictions", type=Path, help="also write probabilities/labels/keys to this .npz")
+    e.add_argument(
+        "--tested-on",
+        default=None,
+        metavar="NAME",
+        help="--data is another set than the model's (a downstream entry's evaluate_on): its name, recorded as "
+        "tested_on and prefixing the metrics logged to the model's MLflow run (NAME.test_auc, ...)",
+    )
     e.add_argument("--threads", type=int, default=None)
     e.set_defaults(func=run_evaluate, tracked=True)  # logs into the fine-tuning run
 
@@ -114,9 +121,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             n_bootstrap=cfg.bootstrap,
             predictions=args.predictions,
         )
+    prefix = f"{args.tested_on}." if args.tested_on else ""
+    if args.tested_on:
+        result["tested_on"] = args.tested_on
     with tracking.resume_run(result.get("run_id")) as run:
-        log_finite(run, split_metrics(result, split))
-        run.set_tags({f"{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
+        log_finite(run, split_metrics(result, f"{prefix}{split}"))
+        run.set_tags({f"{prefix}{split}.lower_bounds": ",".join(result["lower_bounds"]) or "none"})
+        if args.tested_on:
+            run.set_tags({f"{prefix}data_version": result.get("test_data_version") or "?"})
     write_json(args.out, result)
     m, s = result["metrics"], result["std"]
     headline, _ = report_metrics()  # every task's headline metrics

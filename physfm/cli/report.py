@@ -28,7 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data summary, tokenizer and pretraining outputs and k-NN results), write the figures as PNG and every "
         "number to report.json, log them to the study's MLflow parent run and close it.",
     )
-    p.add_argument("--results", required=True, nargs="+", type=Path, help="evaluation JSONs (physfm evaluate)")
+    p.add_argument(
+        "--results", nargs="*", default=[], type=Path, help="evaluation JSONs (physfm evaluate) of the corpus's grid"
+    )
+    p.add_argument(
+        "--downstream",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="NAME FILE",
+        help="a downstream set's name and its evaluation JSONs (its grid, baselines and their scores on other sets, "
+        "`tested_on`): one report section per set (repeat)",
+    )
+    p.add_argument(
+        "--downstream-metric", action="append", default=[], metavar="NAME=METRIC", help="a downstream set's metric"
+    )
     p.add_argument("--out", required=True, type=Path, help="output HTML file")
     p.add_argument("--figures", type=Path, help="directory for the PNG figures (default: beside the HTML)")
     add_config_arg(p, "evaluate.report plus evaluate.metric (metric, title, bootstrap)")
@@ -57,6 +71,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     cfg = stage_config(ReportConfig, args.config)
     results = [read_json(p) for p in args.results]
+    downstream = {group[0]: [read_json(Path(p)) for p in group[1:]] for group in args.downstream}
+    ds_metrics = dict(kv.split("=", 1) for kv in args.downstream_metric)
     knn = [read_json(p) for p in args.knn]
     study = dict(kv.split("=", 1) for kv in args.study_info if "=" in kv)
     protocol: dict = {}
@@ -84,6 +100,8 @@ def run_report(args: argparse.Namespace) -> int:
         pool_backbones=cfg.pool_backbones,
         ablation_backbones=args.ablation_backbone,
         samples=_named(args.sample),
+        downstream=downstream,
+        downstream_metrics=ds_metrics,
     )
     parent = parent_run_id(args)
     with tracking.resume_run(parent) as run:
@@ -91,8 +109,12 @@ def run_report(args: argparse.Namespace) -> int:
         for e in data["efficiency"]:
             key = f"label_efficiency_{e['mode']}_n{int(e['n'])}" + ("" if e["backbone"] == "-" else f"_{e['backbone']}")
             metrics[key] = e["factor"]
-        for e in data["best_method"]:
-            name = f"factor_vs_{e['against']}_{e['metric_name']}_{e['mode'].replace(' ', '_')}_n{int(e['n'])}"
+        factor_rows = [("", e) for e in data["best_method"]]
+        for ds_name, section in data["downstream"].items():  # downstream.<set>.<test set>.factor_vs_...
+            for on, group in section["tested_on"].items():
+                factor_rows += [(f"downstream.{ds_name}.{on}.", e) for e in group["best_method"]]
+        for prefix, e in factor_rows:
+            name = f"{prefix}factor_vs_{e['against']}_{e['metric_name']}_{e['mode'].replace(' ', '_')}_n{int(e['n'])}"
             metrics[name] = e["factor"]
             metrics[name + "_low"], metrics[name + "_high"] = e["low"], e["high"]
         for k in data["knn"]:

@@ -116,9 +116,10 @@ assert set(PROCESS_SETTINGS) == set(PROCESS_LABELS), "every labelled process nee
 class JetGenConfig:
     """Settings of ``physfm generate jets`` (config section ``data.generate``; IceCube keys aside)."""
 
-    n_jets: int = 6000  # total, split evenly over the processes
+    n_jets: int = 6000  # total, split evenly over the processes (or by weights)
     seed: int = 1
     processes: list[str] = field(default_factory=lambda: list(DEFAULT_PROCESSES))
+    weights: list[float] = field(default_factory=list)  # relative share of each process ([]: even), e.g. [9, 1]
     files: int = 2  # output ROOT files
     tune: int = DEFAULT_TUNE  # Pythia Tune:pp (14 Monash 2013, Pythia's default; 21 ATLAS A14)
     smear_energy: float = 0.0  # detector smearing: relative Gaussian resolution of each particle's energy
@@ -152,10 +153,33 @@ def split_evenly(total: int, n_parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n_parts)]
 
 
-def plan_units(n_jets: int, seed: int, processes: Sequence[str], n_files: int, **simulation: Any) -> list[WorkUnit]:
-    """Lay out the work units, ordered by file, then process, then chunk; ``simulation``: the
-    :class:`WorkUnit` settings ``tune``, ``smear_energy``, ``smear_angle`` (defaults: none changed)."""
-    per_process = dict(zip(processes, split_evenly(n_jets, len(processes)), strict=True))
+def split_weighted(total: int, weights: Sequence[float]) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` (largest remainders, ties to the earlier part); equal
+    weights give :func:`split_evenly`."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or not len(w) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError(f"weights must be positive numbers, got {list(weights)!r}")
+    exact = total * w / w.sum()
+    out = np.floor(exact).astype(np.int64)
+    order = sorted(range(len(w)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[: total - int(out.sum())]:
+        out[i] += 1
+    return [int(n) for n in out]
+
+
+def plan_units(
+    n_jets: int,
+    seed: int,
+    processes: Sequence[str],
+    n_files: int,
+    weights: Sequence[float] | None = None,
+    **simulation: Any,
+) -> list[WorkUnit]:
+    """Lay out the work units, ordered by file, then process, then chunk; ``weights``: each process's share
+    (None or empty: an even split); ``simulation``: the :class:`WorkUnit` settings ``tune``,
+    ``smear_energy``, ``smear_angle`` (defaults: none changed)."""
+    counts = split_weighted(n_jets, weights) if weights else split_evenly(n_jets, len(processes))
+    per_process = dict(zip(processes, counts, strict=True))
     units: list[WorkUnit] = []
     for file_index in range(n_files):
         for process in processes:
@@ -433,7 +457,8 @@ def _visible_particles(record: EventRecord) -> tuple[np.ndarray, np.ndarray]:
 def smear_particles(record: EventRecord, rng: np.random.Generator, energy: float, angle: float) -> None:
     """A simple detector: smear every visible final-state particle of ``record`` in place, its
     energy by a relative Gaussian resolution ``energy`` and its eta and phi by Gaussian ``angle``
-    (rad), keeping its mass (an energy smeared below the mass is set to the mass)."""
+    (rad), keeping its mass. An energy smeared below the mass is set to the mass plus a thousandth of the
+    particle's momentum: a particle is never left at rest (its log pT would be -inf)."""
     index, _ = _visible_particles(record)
     px, py, pz, e = (getattr(record, k)[index].astype(np.float64) for k in ("px", "py", "pz", "energy"))
     pt, eta, phi = four_vector_kinematics(px, py, pz)
@@ -442,7 +467,8 @@ def smear_particles(record: EventRecord, rng: np.random.Generator, energy: float
     m2 = np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0)
     noise = rng.standard_normal((3, len(index)))
     if energy > 0:
-        e = np.maximum(e * (1.0 + energy * noise[0]), np.sqrt(m2))
+        p_min = 1e-3 * np.sqrt(px**2 + py**2 + pz**2)
+        e = np.maximum(e * (1.0 + energy * noise[0]), np.sqrt(m2 + p_min**2))
     if angle > 0:
         eta, phi = eta + angle * noise[1], phi + angle * noise[2]
     pt = np.sqrt(np.maximum(e**2 - m2, 0.0)) / np.cosh(eta)
@@ -679,8 +705,10 @@ def generate_jets(
     tune: int = DEFAULT_TUNE,
     smear_energy: float = 0.0,
     smear_angle: float = 0.0,
+    weights: Sequence[float] | None = None,
 ) -> list[Path]:
-    """Generate n_jets jets (split as evenly as possible over processes; each file holds a mix of
+    """Generate n_jets jets (split as evenly as possible over processes, or in proportion to ``weights``,
+    one per process, e.g. ``(9, 1)`` for a QCD-dominated sample of ``("qcd", "tbqq")``; each file holds a mix of
     all processes, in a deterministic order), write n_files ROOT files out_dir/jets_{i:03d}.root in
     the JetClass schema, return their paths.
 
@@ -693,6 +721,8 @@ def generate_jets(
     seed = _check_int("seed", seed, 0)
     n_files = _check_int("n_files", n_files, 1)
     processes = _check_processes(processes)
+    if weights and len(weights) != len(processes):
+        raise ValueError(f"weights {list(weights)} must give one share per process {list(processes)}")
     if n_files > n_jets:
         raise ValueError(f"n_files ({n_files}) must not exceed n_jets ({n_jets}): no file may be empty")
     workers = _check_int("workers", workers, 1) if workers is not None else usable_cpus()
@@ -704,7 +734,14 @@ def generate_jets(
             raise ValueError(f"{name} must be a resolution in [0, 1), got {value!r}")
     tune = _check_int("tune", tune, 0)
     units = plan_units(
-        n_jets, seed, processes, n_files, tune=tune, smear_energy=float(smear_energy), smear_angle=float(smear_angle)
+        n_jets,
+        seed,
+        processes,
+        n_files,
+        weights,
+        tune=tune,
+        smear_energy=float(smear_energy),
+        smear_angle=float(smear_angle),
     )
     workers = min(workers, len(units))
     paths: list[Path] = []

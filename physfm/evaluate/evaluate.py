@@ -129,6 +129,8 @@ def evaluate_model(
         "backbone_objective": meta["backbone"].get("objective"),
         "tokenizer_version": meta["backbone"].get("tokenizer_version"),
         "backbone_version": meta["backbone"].get("backbone_version"),
+        "backbone_data_version": meta["backbone"].get("data_version"),  # the backbone's pretraining corpus
+        "test_data_version": ds.data_version,  # the set scored (another set's, for a cross-set evaluation)
         "backbone_source": meta["backbone"].get("source"),  # directory or models:/ URI (backbone_source)
         "input_fill": meta["backbone"].get("input_fill"),  # inputs the data lacks and how they were filled
         "train": meta["train"],

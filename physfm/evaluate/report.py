@@ -66,6 +66,7 @@ SECTIONS = (
     "label-efficiency",
     "best-method",
     "ablations",
+    "downstream",
     "embeddings",
     "methods",
 )
@@ -244,6 +245,37 @@ def plot_roc(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     for j in range(len(ns), nrows * ncols):
         axes[j // ncols][j % ncols].axis("off")
     fig.suptitle("ROC curves (one line per seed)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_residuals(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Regression tasks: the residual quantile function (prediction - truth vs cumulative fraction; the records'
+    ``residuals.quantiles``) per mode, one panel per label count, one line per seed."""
+    with_res = [r for r in results if (r.get("residuals") or {}).get("quantiles")]
+    if not with_res:
+        return None
+    ns = sorted({int(r["n_labels"]) for r in with_res})
+    fig, axes = plt.subplots(1, len(ns), figsize=(4 * len(ns), 3.2), squeeze=False)
+    for j, n in enumerate(ns):
+        ax, seen = axes[0][j], set()
+        for r in with_res:
+            if int(r["n_labels"]) != n:
+                continue
+            q = np.asarray(r["residuals"]["quantiles"], dtype=float)
+            color, _ = MODE_STYLE.get(r["mode"], ("k", "."))
+            ax.plot(
+                np.linspace(0, 1, len(q)), q, color=color, alpha=0.7, label=None if r["mode"] in seen else r["mode"]
+            )
+            seen.add(r["mode"])
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_xlabel("cumulative fraction of test events")
+        ax.set_ylabel(f"residual ({with_res[0].get('target', 'prediction − truth')})")
+        ax.set_title(f"{n} labels", fontsize=10)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle("residual quantiles, prediction − truth (one line per seed)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -623,6 +655,8 @@ def build_report(
     pool_backbones: dict[str, list[str]] | None = None,
     ablation_backbones: Sequence[str] = (),
     samples: dict[str, Path] | None = None,
+    downstream: dict[str, Sequence[dict[str, Any]]] | None = None,
+    downstream_metrics: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Render the report; write figures to ``figures_dir`` and every number to ``report.json`` beside the HTML.
 
@@ -631,6 +665,9 @@ def build_report(
     ``ablation_backbones``: backbones that are ablations (their factors go to the ablations section).
     ``samples``: ``physfm sample`` output directories of generative backbones, by name (generated vs real jets).
     ``interval``, ``curve``, ``n_bootstrap``: how every label-efficiency factor is computed (:func:`best_method_rows`).
+    ``downstream``: each downstream set's evaluation records by name (its grid and baselines, and those scored on
+    other sets, with ``tested_on``), one section each (:func:`downstream_section`), its metric from
+    ``downstream_metrics`` (default ``metric``); ``results`` may then be empty (no grid on the corpus).
 
     ``results``: evaluation records (``physfm evaluate`` JSONs, with ``backbone`` added by the grid).
     ``knn``: records ``{"name", "k", "accuracy", ...}`` from ``physfm embed --knn``.
@@ -640,10 +677,10 @@ def build_report(
     figs = Path(figures_dir) if figures_dir else out_html.parent / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     results = list(results)
-    if not results:
+    if not results and not downstream:
         raise ValueError("no evaluation results to report: run `physfm evaluate` on the fine-tuned models first")
     metrics = headline_metrics(results, metric)
-    if metric not in metrics:
+    if results and metric not in metrics:
         raise ValueError(f"report metric '{metric}' is not in the results; available: {', '.join(metrics)}")
     rows = summarize_cells(results, metrics)
 
@@ -656,13 +693,17 @@ def build_report(
     srch_rows = search_rows(results)
 
     fig_paths = {
-        "efficiency": plot_efficiency(rows, metrics[: min(len(metrics), 6)], figs / "label_efficiency.png"),
+        "efficiency": plot_efficiency(rows, metrics[:6], figs / "label_efficiency.png") if rows else None,
         "roc": plot_roc(results, figs / "roc.png"),
         "finetune-curves": plot_finetune_curves(results, figs / "finetune_curves.png"),
         "label-efficiency": plot_factor(eff_rows, metric, figs / "efficiency_factor.png"),
         "pretraining": plot_pretraining(pretraining_curves(pretrain or {}), figs / "pretraining.png"),
     }
     placeholders = {  # every figure file exists (workflow outputs), even when its inputs do not
+        "efficiency": (
+            "label_efficiency.png",
+            "no grid on the corpus (finetune.on_corpus false): see the downstream sets",
+        ),
         "roc": ("roc.png", "no signal/background pair in these classes"),
         "finetune-curves": ("finetune_curves.png", "no training history in the results"),
         "label-efficiency": ("efficiency_factor.png", "needs scratch and fine-tuned runs"),
@@ -808,23 +849,7 @@ def build_report(
 
     # ---- results table
     add('<h2 id="results">Results</h2>')
-    header = ["backbone", "mode", "labels", "seeds", *[metric_label(m) for m in metrics]]
-    add(
-        _table(
-            header,
-            [
-                [
-                    r["backbone"],
-                    r["mode"],
-                    r["n_labels"],
-                    len(r["seeds"]),
-                    *[_fmt(r[m], r[f"{m}_std"]) for m in metrics],
-                ]
-                for r in rows
-            ],
-            left=2,
-        )
-    )
+    add(_cells_table(rows, metrics))
     add(
         '<p class="note">mean ± std over seeds. Per run (± = test-set bootstrap std; ≥ = no background passed, '
         "a lower bound):</p>"
@@ -937,6 +962,18 @@ def build_report(
     else:
         add('<p class="missing">no ablation in this study (finetune.ablation)</p>')
 
+    # ---- downstream sets: one section each, from the same tables and figures as the corpus's
+    ds_data = {}
+    add('<h2 id="downstream">Downstream sets</h2>')
+    if not downstream:
+        add('<p class="missing">no downstream set in this study (config downstream)</p>')
+    for name, records in (downstream or {}).items():
+        ds_metric = (downstream_metrics or {}).get(name) or metric
+        ds_data[name] = downstream_section(
+            add, name, records, ds_metric, figs, interval=interval, curve=curve, n_bootstrap=n_bootstrap
+        )
+        fig_paths.update({f"downstream-{name}-{k}": v for k, v in ds_data[name].pop("figures").items()})
+
     # ---- embeddings
     add('<h2 id="embeddings">Embeddings: k-NN accuracy</h2>')
     if knn:
@@ -987,21 +1024,31 @@ def build_report(
         "figures": {k: str(v) for k, v in fig_paths.items() if v is not None},
         "headline": lines,
         "input_fill": input_fill_lines(results),
+        "downstream": ds_data,
     }
     out_json = out_html.with_name(out_html.stem + ".json")
     write_json(out_json, data)
-    _write_manifest(out_html, out_json, figs, results)
+    every = [*results, *(r for rs in (downstream or {}).values() for r in rs)]
+    _write_manifest(
+        out_html,
+        out_json,
+        figs,
+        every,
+        [Path(v).name for k, v in fig_paths.items() if k.startswith("downstream-") and v],
+    )
     return data
 
 
-def _write_manifest(out_html: Path, out_json: Path, figs: Path, results: Sequence[dict[str, Any]]) -> None:
+def _write_manifest(
+    out_html: Path, out_json: Path, figs: Path, results: Sequence[dict[str, Any]], extra_figures: Sequence[str] = ()
+) -> None:
     """The report's artefact manifest in its directory: the page, the numbers and the figures when
     they lie in that directory; inputs are the results' versions. The page (it shows the time) and
     the numbers (they name the MLflow runs) are records, so the version hashes inputs and figures."""
     home = out_html.parent.resolve()
     files = [out_html.name, out_json.name]
     if figs.resolve().is_relative_to(home):
-        files += [(figs.resolve() / name).relative_to(home).as_posix() for name in FIGURES]
+        files += [(figs.resolve() / name).relative_to(home).as_posix() for name in (*FIGURES, *extra_figures)]
     inputs = {k: ",".join(sorted({str(r[k]) for r in results if r.get(k)})) for k in VERSION_KEYS}
     write_artifact(out_html.parent, "report", files, inputs, records=[out_html.name, out_json.name])
 
@@ -1076,3 +1123,79 @@ def _generated_section(add: Any, samples: dict[str, Path]) -> list[dict[str, Any
     for r in rows:
         add(_img(Path(r["plot"]) if r["plot"] else None, f"generated vs real jets: {r['backbone']}"))
     return rows
+
+
+def _cells_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    """HTML table of :func:`summarize_cells` rows: mean ± std over seeds of each metric."""
+    header = ["backbone", "mode", "labels", "seeds", *[metric_label(m) for m in metrics]]
+    body = [
+        [r["backbone"], r["mode"], r["n_labels"], len(r["seeds"]), *[_fmt(r[m], r[f"{m}_std"]) for m in metrics]]
+        for r in rows
+    ]
+    return _table(header, body, left=2)
+
+
+def downstream_section(
+    add: Any, name: str, records: Sequence[dict[str, Any]], metric: str, figs: Path, **factor: Any
+) -> dict[str, Any]:
+    """One downstream set's section: per test set (its own, then each set of its ``evaluate_on``, records with
+    ``tested_on``), the data-efficiency plot, the results table, the factor against the best method without
+    pretraining and against scratch (:func:`best_method_rows`, :func:`_factor_table`) and the ROC curves
+    (classification; other tasks: the metrics of the table). ``factor``: how the factors are computed (``interval``,
+    ``curve``, ``n_bootstrap`` of :func:`best_method_rows`). Appended to the page; returns its numbers and
+    ``figures``."""
+    add(f'<h3 id="downstream-{html.escape(name)}">{html.escape(name)}</h3>')
+    own = [r for r in records if not r.get("tested_on")]
+    tasks = sorted({str(r["task"]) for r in own if r.get("task")})
+    trained = sorted({str(r.get("data_version")) for r in own})
+    backbones = sorted(
+        {f"{r['backbone']} (backbone_version {r.get('backbone_version')}, pretrained on data_version "
+         f"{r.get('backbone_data_version')}, source {r.get('backbone_source') or 'this study'})"
+         for r in own if r.get("backbone") not in (None, "none", "-") and r.get("mode") != "scratch"}
+    )  # fmt: skip
+    add(
+        _table(
+            ["", ""],
+            [
+                ("task", ", ".join(tasks) or "–"),
+                ("data_version (trained on)", ", ".join(trained) or "–"),
+                ("backbones", "; ".join(backbones) or "–"),
+                ("headline metric", metric_label(metric)),
+            ],
+        )
+    )
+    if fills := input_fill_lines(own):
+        add("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in fills) + "</ul>")
+    groups: dict[str, list[dict[str, Any]]] = {"": own}
+    for r in records:
+        if r.get("tested_on"):
+            groups.setdefault(str(r["tested_on"]), []).append(r)
+    out: dict[str, Any] = {"metric": metric, "figures": {}, "tested_on": {}}
+    for on, rs in groups.items():
+        where = "its own test split" if not on else f"the test split of {on} (trained on {name})"
+        add(f"<h4>Tested on {html.escape(where)}</h4>")
+        metrics = headline_metrics(rs, metric)
+        if metric not in metrics:
+            add(f'<p class="missing">no {html.escape(metric_label(metric))} in these results</p>')
+            continue
+        rows = summarize_cells(rs, metrics)
+        stem = f"downstream_{name}" + (f"_on_{on}" if on else "")
+        eff = plot_efficiency(rows, metrics[:6], figs / f"{stem}_efficiency.png")
+        roc = plot_roc(rs, figs / f"{stem}_roc.png") or plot_residuals(rs, figs / f"{stem}_residuals.png")
+        add(_img(eff, f"{name}: data efficiency on {where}"))
+        add(_cells_table(rows, metrics))
+        best = best_method_rows(rs, metrics, metric, **factor)
+        add(
+            '<p class="note">Label-efficiency factor: labels the best method without pretraining (or scratch) '
+            "needs to match the pretrained model, divided by the labels used, as in the best-method section.</p>"
+        )
+        add(
+            _factor_table(best) if best else '<p class="missing">needs pretrained runs and runs without pretraining</p>'
+        )
+        if roc is not None:
+            add(_img(roc, f"{name}: ROC curves (classification) or residuals (regression) on {where}"))
+        else:
+            add('<p class="note">No ROC or residual figure for this task: the table gives its metrics.</p>')
+        out["tested_on"][on or name] = {"metrics": metrics, "cells": rows, "best_method": best}
+        out["figures"].update({f"{on or 'own'}-efficiency": eff, **({f"{on or 'own'}-roc": roc} if roc else {})})
+    return out

@@ -76,9 +76,12 @@ def grid_cells(
     return cells + [c for c in extra if c not in cells]
 
 
-def cell_run_name(backbone: str, spec: str, mode: str, seed: int | str, show_backbone: bool) -> str:
-    """Readable MLflow run name: ``finetune n=300 mode=frozen seed=1`` (backbone named when several)."""
-    prefix = f"finetune {backbone} " if show_backbone else "finetune "
+def cell_run_name(
+    backbone: str, spec: str, mode: str, seed: int | str, show_backbone: bool, downstream: str | None = None
+) -> str:
+    """Readable MLflow run name: ``finetune n=300 mode=frozen seed=1`` (backbone named when several; a
+    downstream set's cells: ``finetune <set> ...``)."""
+    prefix = "finetune " + (f"{downstream} " if downstream else "") + (f"{backbone} " if show_backbone else "")
     return f"{prefix}{spec_name(spec)} mode={mode} seed={seed}"
 
 
@@ -153,3 +156,100 @@ def pretraining_note(pretrain: dict[str, Any], backbones: Sequence[str], pool: d
         f"pretraining runs: {runs}; pooled: {pools} (each label seed's value is the mean over the pretraining runs, "
         "the interval resamples label seeds; each run's own factor is listed too)"
     )
+
+
+# ---------------------------------------------------------------------- downstream sets
+#: Keys of a ``downstream`` entry that default to the ``finetune`` section's (``null`` in the config).
+INHERITED = ("backbones", "labels", "reference_labels", "modes", "seeds", "seeds_at", "baselines", "budget", "task")
+#: The name ``evaluate_on`` gives the study's own corpus (``results/<study>/data``).
+CORPUS = "data"
+
+
+def downstream_data(data: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A downstream set's ``data`` section: its own keys over the study's ``data`` section (``source``,
+    ``format``, and each key of ``generate`` and ``convert``; its ``input`` is its own, never the corpus's;
+    it converts in one job and has no summary)."""
+    own = entry.get("data") or {}
+    out = {
+        "source": own.get("source", data["source"]),
+        "format": own.get("format", data["format"]),
+        "input": own.get("input"),
+        "generate": {**data["generate"], **(own.get("generate") or {})},
+        "convert": {**{k: v for k, v in data["convert"].items() if k != "groups"}, **(own.get("convert") or {})},
+    }
+    if out["convert"].get("groups", 1) != 1:
+        raise ValueError("a downstream set converts in one job: leave out its convert.groups")
+    out["convert"]["groups"] = 1
+    if out["source"] == "files" and not out["input"]:
+        raise ValueError("a downstream set with data.source 'files' needs its own data.input")
+    return out
+
+
+def downstream_backbones(items: Sequence[Any], pretrain: dict[str, Any]) -> dict[str, str | None]:
+    """``{name: source}`` of a downstream entry's backbones: a name of ``pretrain.backbones`` (source None:
+    this study's), or ``{name, source}`` with a backbone directory of another study or a ``models:/`` URI."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        name, source = (item, None) if isinstance(item, str) else (item["name"], item["source"])
+        if source is None and name not in (pretrain.get("backbones") or {}):
+            raise ValueError(
+                f"downstream backbone {name!r} is not in pretrain.backbones {sorted(pretrain.get('backbones') or {})}: "
+                "name one of them, or give {name, source} with a directory or models:/<name>/<version>"
+            )
+        if name in out:
+            raise ValueError(f"downstream backbones list {name!r} twice")
+        out[name] = source
+    return out
+
+
+def downstream_sets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every ``downstream`` entry resolved: ``data`` (:func:`downstream_data`), ``backbones``
+    (:func:`downstream_backbones`), the grid keys (:data:`INHERITED`, the ``finetune`` section's where null),
+    ``pairs`` and ``metric`` (the ``evaluate`` section's where null), ``evaluate_on``, ``label_specs`` and
+    ``cells``: ``(backbone, labels token, mode, seed)`` of its fine-tuning jobs (the grid of
+    :func:`grid_cells`, thinned by its ``seeds_at``)."""
+    ft, ev = config["finetune"], config["evaluate"]
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in (config.get("downstream") or {}).items():
+        spec = {k: ft[k] if entry.get(k) is None else entry[k] for k in INHERITED}
+        spec["budget"] = {**ft["budget"], **(entry.get("budget") or {})}
+        spec["data"] = downstream_data(config["data"], entry)
+        spec["backbones"] = downstream_backbones(spec["backbones"], config.get("pretrain") or {})
+        spec["pairs"] = ev["pairs"] if entry.get("pairs") is None else entry["pairs"]
+        spec["metric"] = entry.get("metric") or ev["metric"]
+        spec["evaluate_on"] = list(entry.get("evaluate_on") or [])
+        if bad := [o for o in spec["evaluate_on"] if o != CORPUS and o not in config["downstream"] or o == name]:
+            raise ValueError(
+                f"downstream {name}: evaluate_on {bad}: name '{CORPUS}' (the study's corpus) or another downstream set"
+            )
+        specs = label_specs([*spec["labels"], *spec["reference_labels"]])
+        main = [label_token(s) for s in spec["labels"]]
+        cells = grid_cells(
+            list(spec["backbones"]),
+            main,
+            spec["modes"],
+            spec["seeds"],
+            ft["scratch_per_backbone"],
+            reference_tokens=[t for t in specs if t not in main],
+        )
+        spec["label_specs"] = specs
+        # where the in-budget search runs: finetune.search_labels that are among its counts (all when null)
+        searched = ft.get("search_labels")
+        spec["search_tokens"] = set(specs) if searched is None else {label_token(x) for x in searched} & set(specs)
+        spec["cells"] = thin_seeds(cells, spec["seeds"], spec["seeds_at"])
+        out[name] = spec
+    return out
+
+
+def baseline_cells(
+    methods: Sequence[str],
+    tokens: Sequence[str],
+    seeds: Sequence[int],
+    seeds_at: dict[str, int] | None,
+    zero_label: Sequence[str],
+) -> list[tuple[str, str, int]]:
+    """``(method, labels token, seed)`` of the baselines of a labelled set: the zero-label ones once (``n0``,
+    seed 1), the others at each label count (``tokens``) and its seeds (:func:`seeds_for`)."""
+    cells = [(m, "n0", 1) for m in methods if m in zero_label]
+    cells += [(m, t, s) for m in methods if m not in zero_label for t in tokens for s in seeds_for(t, seeds, seeds_at)]
+    return cells

@@ -59,6 +59,8 @@ GRID_KEYS = (
     "search",
     "ablation",
     "seeds_at",
+    "task",
+    "on_corpus",
     "search_labels",
 )
 #: Fields of :class:`FinetuneConfig` that identify the grid cell (the rule's wildcards), not settings.

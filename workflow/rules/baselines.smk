@@ -8,14 +8,23 @@
 BASELINES = FT["baselines"]
 ZERO_LABEL = ("cut", "linefit", "floor")
 BASE_DIR = f"{R}/baselines"
-BASELINE_RESULTS = [f"{BASE_DIR}/{m}/n0/seed1/test.json" for m in BASELINES if m in ZERO_LABEL] + [
+BASELINE_RESULTS = [
     f"{BASE_DIR}/{m}/{t}/seed{s}/test.json"
-    for m in BASELINES
-    if m not in ZERO_LABEL
-    for t in LABEL_SPECS
-    for s in grid.seeds_for(t, FT["seeds"], FT["seeds_at"])
+    for m, t, s in grid.baseline_cells(BASELINES, list(LABEL_SPECS), FT["seeds"], FT["seeds_at"], ZERO_LABEL)
 ]
-EVAL_CONFIG = json.dumps({k: EV[k] for k in EvaluateConfig.__dataclass_fields__}, sort_keys=True)
+BASELINE_RESULTS = BASELINE_RESULTS if FT["on_corpus"] else []
+EVAL_CONFIG = json.dumps(EVAL_SETTINGS, sort_keys=True)
+# downstream sets: their baselines, and the jet baselines (bdt, pfn, cut) scored on the sets of evaluate_on too
+SCORED_ELSEWHERE = ("bdt", "pfn", "cut")
+DS_BASE = f"{DSR}/{{ds}}/baselines"
+DS_BASELINE_RESULTS = {
+    name: [
+        f"{DSR}/{name}/baselines/{m}/{t}/seed{s}/{on}test.json"
+        for m, t, s in grid.baseline_cells(spec["baselines"], list(spec["label_specs"]), spec["seeds"], spec["seeds_at"], ZERO_LABEL)
+        for on in ["", *(f"on_{o}/" for o in spec["evaluate_on"] if m in SCORED_ELSEWHERE)]
+    ]
+    for name, spec in DOWNSTREAM.items()
+}
 
 
 rule observables:
@@ -54,6 +63,7 @@ rule baseline:
         labelled=lambda wc, input: (
             "" if wc.method == "cut" else f"--subsets {input.subsets} --labels '{LABEL_SPECS[wc.labels]}'"
         ),
+        test="",
         track=lambda wc: track("baseline", wc),
     threads: 1
     resources:
@@ -66,7 +76,7 @@ rule baseline:
     shell:
         "physfm baseline --method {wildcards.method} --data {input.data} {params.labelled} --seed {wildcards.seed} "
         "--config {params.config:q} --eval-config {params.eval_config:q} --observables {input.observables} "
-        "--out {params.out} --threads {threads} --no-progress --parent-run-file {input.parent} {params.track} "
+        "{params.test} --out {params.out} --threads {threads} --no-progress --parent-run-file {input.parent} {params.track} "
         "> {log} 2>&1"
 
 
@@ -118,3 +128,80 @@ rule segfloor:
     shell:
         "physfm segfloor --data {input.data} --eval-config {params.eval_config:q} --out {output} "
         "--parent-run-file {input.parent} {params.track} > {log} 2>&1"
+
+
+# ---- downstream sets: the rules above on each set's data and subsets
+use rule observables as downstream_observables with:
+    input:
+        f"{DSR}/{{ds}}/data",
+    output:
+        directory(f"{DSR}/{{ds}}/observables"),
+    params:
+        track=lambda wc: track("downstream_observables", wc),
+    log:
+        f"{R}/logs/downstream/{{ds}}/observables.log",
+
+
+use rule baseline as downstream_baseline with:
+    input:
+        data=f"{DSR}/{{ds}}/data",
+        subsets=f"{DS_FT}/subsets",
+        observables=f"{DSR}/{{ds}}/observables",
+        parent=f"{FT_DIR}/study_run.json",
+    output:
+        f"{DS_BASE}/{{method}}/{{labels}}/seed{{seed}}/test.json",
+    params:
+        eval_config=lambda wc: json.dumps({**EVAL_SETTINGS, "pairs": DOWNSTREAM[wc.ds]["pairs"]}, sort_keys=True),
+        labelled=lambda wc, input: (
+            "" if wc.method == "cut" else f"--subsets {input.subsets} --labels '{DOWNSTREAM[wc.ds]['label_specs'][wc.labels]}'"
+        ),
+        track=lambda wc: track("downstream_baseline", wc),
+    log:
+        f"{R}/logs/downstream/{{ds}}/baselines/{{method}}_{{labels}}_seed{{seed}}.log",
+
+
+# the same training, scored on another set's test split (and its observables)
+use rule downstream_baseline as downstream_baseline_on with:
+    input:
+        data=f"{DSR}/{{ds}}/data",
+        subsets=f"{DS_FT}/subsets",
+        observables=f"{DSR}/{{ds}}/observables",
+        parent=f"{FT_DIR}/study_run.json",
+        test_data=lambda wc: dataset_dir(wc.other),
+        test_observables=lambda wc: observables_dir(wc.other),
+    output:
+        f"{DS_BASE}/{{method}}/{{labels}}/seed{{seed}}/on_{{other}}/test.json",
+    params:
+        test=lambda wc, input: (
+            f"--test-data {input.test_data} --test-observables {input.test_observables} --tested-on {wc.other}"
+        ),
+    log:
+        f"{R}/logs/downstream/{{ds}}/baselines/{{method}}_{{labels}}_seed{{seed}}_on_{{other}}.log",
+
+
+use rule linefit as downstream_linefit with:
+    input:
+        data=f"{DSR}/{{ds}}/data",
+        subsets=f"{DS_FT}/subsets",
+        parent=f"{FT_DIR}/study_run.json",
+    output:
+        f"{DS_BASE}/{{method}}/{{labels}}/seed{{seed}}/test.json",
+    params:
+        labelled=lambda wc, input: (
+            "" if wc.method == "linefit" else f"--subsets {input.subsets} --labels '{DOWNSTREAM[wc.ds]['label_specs'][wc.labels]}'"
+        ),
+        track=lambda wc: track("downstream_linefit", wc),
+    log:
+        f"{R}/logs/downstream/{{ds}}/baselines/{{method}}_{{labels}}_seed{{seed}}.log",
+
+
+use rule segfloor as downstream_segfloor with:
+    input:
+        data=f"{DSR}/{{ds}}/data",
+        parent=f"{FT_DIR}/study_run.json",
+    output:
+        f"{DS_BASE}/{{method}}/{{labels}}/seed{{seed}}/test.json",
+    params:
+        track=lambda wc: track("downstream_segfloor", wc),
+    log:
+        f"{R}/logs/downstream/{{ds}}/baselines/{{method}}_{{labels}}_seed{{seed}}.log",

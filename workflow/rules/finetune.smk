@@ -39,9 +39,24 @@ SEARCH_TOKENS = set(LABEL_SPECS) if FT["search_labels"] is None else {grid.label
 if unknown_search := sorted(SEARCH_TOKENS - set(LABEL_SPECS)):
     raise ValueError(f"finetune.search_labels {unknown_search}: use label counts of finetune.labels or reference_labels")
 CELL = "{backbone}/{labels}/{mode}/seed{seed}"
-CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS]
+# finetune.on_corpus false: the corpus is pretraining data only (the downstream sets hold the labels)
+CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS] if FT["on_corpus"] else []
 KNN_RESULTS = [f"{R}/embed/{b}/{i}/knn.json" for b in FT_BACKBONES for i in ("pretrained", "random")]
-KNN_RESULTS = KNN_RESULTS if EV["knn"]["enabled"] else []
+KNN_RESULTS = KNN_RESULTS if EV["knn"]["enabled"] and FT["on_corpus"] else []
+if not FT["on_corpus"] and not DOWNSTREAM:
+    raise ValueError("finetune.on_corpus is false and there is no downstream set: nothing would be fine-tuned")
+# the evaluate settings of every evaluation job (a downstream set: its own signal:background pairs)
+EVAL_SETTINGS = {k: EV[k] for k in EvaluateConfig.__dataclass_fields__}
+# Downstream sets: per set, its grid cells (and each cell scored on the sets of its evaluate_on)
+DS_FT = f"{DSR}/{{ds}}/finetune"
+DS_CELL_RESULTS = {
+    name: [
+        f"{DSR}/{name}/finetune/{b}/{t}/{m}/seed{s}/{on}test.json"
+        for b, t, m, s in spec["cells"]
+        for on in ["", *(f"on_{o}/" for o in spec["evaluate_on"])]
+    ]
+    for name, spec in DOWNSTREAM.items()
+}
 STUDY_TOKENIZERS = grid.backbone_tokenizers(config.get("pretrain", {}), FT_BACKBONES)
 # A pretrained backbone is the directory the pretrain rule writes.
 BACKBONE_DIR = f"{R}/pretrain/{{backbone}}"
@@ -55,6 +70,8 @@ wildcard_constraints:
     mode="scratch|finetune|frozen|scratch_global|linear",
     seed=r"\d+",
     init="pretrained|random",
+    ds="[A-Za-z0-9_]+",
+    other="[A-Za-z0-9_]+",
 
 
 rule label_subsets:
@@ -112,6 +129,8 @@ rule finetune:
             sort_keys=True,
         ),
         search=lambda wc: grid.search_args(FT["search"], wc.labels in SEARCH_TOKENS),
+        backbone=lambda wc, input: input.backbone,
+        task=FT["task"],
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
     resources:
@@ -123,7 +142,8 @@ rule finetune:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "physfm finetune --data {input.data} --backbone {input.backbone} --backbone-name {wildcards.backbone} "
+        "physfm finetune --data {input.data} --backbone {params.backbone} --backbone-name {wildcards.backbone} "
+        "--task {params.task} "
         "--subsets {input.subsets} --labels '{params.spec}' --mode {wildcards.mode} --seed {wildcards.seed} "
         "--out {output} --config {params.config:q} {params.search} --threads {threads} --no-progress "
         "--parent-run-file {input.parent} --run-name '{params.run_name}' {params.track} > {log} 2>&1"
@@ -136,7 +156,8 @@ rule evaluate:
     output:
         f"{FT_DIR}/{CELL}/test.json",
     params:
-        config=json.dumps({k: EV[k] for k in EvaluateConfig.__dataclass_fields__}, sort_keys=True),
+        config=json.dumps(EVAL_SETTINGS, sort_keys=True),
+        tested_on="",
     threads: 1
     log:
         f"{R}/logs/evaluate/{{backbone}}_{{labels}}_{{mode}}_seed{{seed}}.log",
@@ -144,7 +165,7 @@ rule evaluate:
         "../../envs/torch.yaml"
     shell:
         "physfm evaluate --model {input.model} --data {input.data} --out {output} --config {params.config:q} "
-        "--threads {threads} > {log} 2>&1"
+        "{params.tested_on} --threads {threads} > {log} 2>&1"
 
 
 rule embed:
@@ -178,3 +199,81 @@ rule embed:
         "--subsets {input.subsets} --labels '{params.labels}' --seeds '{params.seeds}' "
         "--name '{params.name}' --threads {threads} --parent-run-file {input.parent} "
         "--run-name 'embed {params.name}' {params.track} > {log} 2>&1"
+
+
+# ---- downstream sets (config `downstream`): the rules above, with each set's data, subsets and grid
+use rule label_subsets as downstream_label_subsets with:
+    input:
+        f"{DSR}/{{ds}}/data",
+    output:
+        directory(f"{DS_FT}/subsets"),
+    params:
+        config=lambda wc: json.dumps(
+            {
+                "labels": list(DOWNSTREAM[wc.ds]["label_specs"].values()),
+                "seeds": DOWNSTREAM[wc.ds]["seeds"],
+                "budget": DOWNSTREAM[wc.ds]["budget"],
+            },
+            sort_keys=True,
+        ),
+    log:
+        f"{R}/logs/downstream/{{ds}}/subsets.log",
+
+
+use rule finetune as downstream_finetune with:
+    input:
+        data=f"{DSR}/{{ds}}/data",
+        subsets=f"{DS_FT}/subsets",
+        # this study's backbone or another study's directory (a models:/ URI is no file: fetched by the job)
+        backbone=lambda wc: downstream_backbone(wc.ds, wc.backbone),
+        parent=f"{FT_DIR}/study_run.json",
+    output:
+        directory(f"{DS_FT}/{CELL}/model"),
+    params:
+        backbone=lambda wc, input: input.backbone or DOWNSTREAM[wc.ds]["backbones"][wc.backbone],
+        spec=lambda wc: DOWNSTREAM[wc.ds]["label_specs"][wc.labels],
+        run_name=lambda wc: grid.cell_run_name(
+            wc.backbone,
+            DOWNSTREAM[wc.ds]["label_specs"][wc.labels],
+            wc.mode,
+            wc.seed,
+            len(DOWNSTREAM[wc.ds]["backbones"]) > 1,
+            wc.ds,
+        ),
+        config=lambda wc: json.dumps(
+            {
+                **grid.cell_settings(FT, wc.mode, config["pretrain"]),
+                **({"segmentation": config["segmentation"]} if DOWNSTREAM[wc.ds]["data"]["format"] == "pilarnet" else {}),
+            },
+            sort_keys=True,
+        ),
+        search=lambda wc: grid.search_args(FT["search"], wc.labels in DOWNSTREAM[wc.ds]["search_tokens"]),
+        task=lambda wc: DOWNSTREAM[wc.ds]["task"],
+        track=lambda wc: track("downstream_finetune", wc),
+    log:
+        f"{R}/logs/downstream/{{ds}}/finetune/{{backbone}}_{{labels}}_{{mode}}_seed{{seed}}.log",
+
+
+use rule evaluate as downstream_evaluate with:
+    input:
+        model=f"{DS_FT}/{CELL}/model",
+        data=f"{DSR}/{{ds}}/data",
+    output:
+        f"{DS_FT}/{CELL}/test.json",
+    params:
+        config=lambda wc: json.dumps({**EVAL_SETTINGS, "pairs": DOWNSTREAM[wc.ds]["pairs"]}, sort_keys=True),
+    log:
+        f"{R}/logs/downstream/{{ds}}/evaluate/{{backbone}}_{{labels}}_{{mode}}_seed{{seed}}.log",
+
+
+# a downstream set's models scored on another set's test split ("trained on simulation, tested on data")
+use rule downstream_evaluate as downstream_evaluate_on with:
+    input:
+        model=f"{DS_FT}/{CELL}/model",
+        data=lambda wc: dataset_dir(wc.other),
+    output:
+        f"{DS_FT}/{CELL}/on_{{other}}/test.json",
+    params:
+        tested_on=lambda wc: f"--tested-on {wc.other}",
+    log:
+        f"{R}/logs/downstream/{{ds}}/evaluate/{{backbone}}_{{labels}}_{{mode}}_seed{{seed}}_on_{{other}}.log",

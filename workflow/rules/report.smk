@@ -1,14 +1,19 @@
 # Stage 5: the study's report: every fine-tuning cell and baseline, k-NN probes, data summary,
-# tokenizer health and pretraining curves in results/<study>/report/ (and the study's MLflow parent run).
+# tokenizer health and pretraining curves in results/<study>/report/ (and the study's MLflow parent run);
+# one section per downstream set (its own grid and baselines, and their scores on the sets of evaluate_on).
+DS_RESULTS = {name: [*DS_CELL_RESULTS[name], *DS_BASELINE_RESULTS[name]] for name in DOWNSTREAM}
+# the label-budget protocol the report states: the corpus's subsets, or the first downstream set's
+REPORT_SUBSETS = f"{FT_DIR}/subsets" if FT["on_corpus"] else f"{DSR}/{next(iter(DOWNSTREAM))}/finetune/subsets"
 
 
 rule report:
     input:
         results=CELL_RESULTS,
         baselines=BASELINE_RESULTS,
+        downstream=[p for files in DS_RESULTS.values() for p in files],
         knn=KNN_RESULTS,
         summary=f"{R}/summary/summary.json",
-        subsets=f"{FT_DIR}/subsets",
+        subsets=REPORT_SUBSETS,
         parent=f"{FT_DIR}/study_run.json",
         backbones=expand(BACKBONE_DIR, backbone=[*FT_BACKBONES, *ABLATION["backbones"]]),
         tokenizers=[f"{R}/tokenizers/{t}" for t in STUDY_TOKENIZERS],
@@ -43,6 +48,10 @@ rule report:
         config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
         study=STUDY,
         ablation=" ".join(f"--ablation-backbone {b}" for b in ABLATION["backbones"]),
+        downstream=" ".join(
+            f"--downstream {name} {' '.join(files)} --downstream-metric {name}={DOWNSTREAM[name]['metric']}"
+            for name, files in DS_RESULTS.items()
+        ),
         pretraining=shlex.quote(
             "pretraining="
             + grid.pretraining_note(config["pretrain"], [*FT_BACKBONES, *ABLATION["backbones"]], EV["report"]["pool_backbones"])
@@ -52,7 +61,8 @@ rule report:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "physfm report --results {input.results} {input.baselines} {params.knn} --out {output.html} --figures {params.figures} "
+        "physfm report --results {input.results} {input.baselines} {params.knn} {params.downstream} "
+        "--out {output.html} --figures {params.figures} "
         "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} {params.samples} "
         "--subsets {input.subsets} --parent-run-file {input.parent} "
         "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} > {log} 2>&1"
