@@ -39,7 +39,7 @@ configure_tracking(results=RESULTS, experiment=config["tracking"]["experiment"] 
 
 
 def track(rule_name, wildcards=None):
-    """Tags each stage's MLflow run with its rule and wildcards (a downstream set's jobs: also downstream=<name>)."""
+    """Tags each stage's MLflow run with its rule name and wildcards; a downstream set's jobs also get downstream=<name>."""
     tags = [f"--tag rule={rule_name}", f"--tag study={STUDY}"]
     for key, value in dict(wildcards or {}).items():
         tags.append(f"--tag wildcard.{key}={value}")
