@@ -249,6 +249,16 @@ def plot_roc(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _label_panel(ax: plt.Axes, j: int, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title and grid of one panel of a per-label-count row; the legend on the first."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if j == 0:
+        ax.legend(fontsize=8)
+
+
 def plot_residuals(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Regression tasks: the residual quantile function (prediction - truth vs cumulative fraction; the records'
     ``residuals.quantiles``) per mode, one panel per label count, one line per seed."""
@@ -269,12 +279,8 @@ def plot_residuals(results: Sequence[dict[str, Any]], path: Path) -> Path | None
             )
             seen.add(r["mode"])
         ax.axhline(0.0, color="k", lw=0.5)
-        ax.set_xlabel("cumulative fraction of test events")
-        ax.set_ylabel(f"residual ({with_res[0].get('target', 'prediction − truth')})")
-        ax.set_title(f"{n} labels", fontsize=10)
-        ax.grid(alpha=0.3)
-        if j == 0:
-            ax.legend(fontsize=8)
+        ylabel = f"residual ({with_res[0].get('target', 'prediction − truth')})"
+        _label_panel(ax, j, "cumulative fraction of test events", ylabel, f"{n} labels")
     fig.suptitle("residual quantiles, prediction − truth (one line per seed)")
     fig.tight_layout()
     return _save(fig, path)
@@ -298,12 +304,7 @@ def plot_finetune_curves(results: Sequence[dict[str, Any]], path: Path) -> Path 
             ax.plot([p["step"] for p in h], [p["val_loss"] for p in h], color=color, label=f"{r['mode']} val")
             ax.plot([p["step"] for p in h], [p["train_loss"] for p in h], color=color, ls=":", alpha=0.7)
             ax.axvline(r["train"]["best_step"], color=color, lw=0.6, ls="--")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy")
-        ax.set_title(f"{n} labels, seed {first_seed}", fontsize=10)
-        ax.grid(alpha=0.3)
-        if j == 0:
-            ax.legend(fontsize=8)
+        _label_panel(ax, j, "step", "cross-entropy", f"{n} labels, seed {first_seed}")
     fig.suptitle("fine-tuning: validation (solid) and training (dotted) loss; dashed = best checkpoint")
     fig.tight_layout()
     return _save(fig, path)
