@@ -95,3 +95,39 @@ def test_injected_and_evaluation_signal_events_are_disjoint(dijet_data: Path, tm
     # the signal event ids of the two splits (by the source's truth: the injected ones in train, labels in test)
     test_sig = set(test.events[test.label == 1, names.index("event_id")].astype(int).tolist())
     assert test_sig == set(cw["eval_signal_ids"]) and not test_sig & set(cw["injected_ids"])
+
+
+def test_the_anomaly_study_schedules_its_jobs(tmp_path: Path) -> None:
+    from test_workflow import _copy_workflow, _snakemake
+
+    work = _copy_workflow(tmp_path)
+    out = _snakemake(work, "-n", "--cores", "2", "all", "--configfile", "config/anomaly.yaml").stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.startswith("anomaly_")}
+    # 3 S/B x 2 seeds sets; x 2 modes classifiers and evaluations; one sample, conversion and report
+    assert counts == {
+        "anomaly_generate": 1,
+        "anomaly_convert": 1,
+        "anomaly_prepare": 6,
+        "anomaly_subsets": 6,
+        "anomaly_finetune": 12,
+        "anomaly_evaluate": 12,
+        "anomaly_report": 1,
+    }
+    assert "\nfinetune " not in out and "rule report:" not in out  # nothing fine-tuned on the corpus
+
+
+@pytest.mark.slow
+def test_tiny_anomaly_study_end_to_end(tmp_path: Path) -> None:
+    import json
+
+    from test_workflow import _copy_workflow, _snakemake
+
+    work = _copy_workflow(tmp_path)
+    (work / "tests" / "data").mkdir(parents=True)
+    (work / "tests" / "data" / "anomaly_tiny.yaml").write_text(Path("tests/data/anomaly_tiny.yaml").read_text())
+    _snakemake(work, "--cores", "2", "all", "--configfile", "tests/data/anomaly_tiny.yaml")
+    report = work / "results" / "anomaly_tiny" / "anomaly" / "report"
+    rows = json.loads((report / "anomaly.json").read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"scratch", "finetune"}
+    assert all(np.isfinite(r["sic_at_1pct"]) for r in rows)
+    assert "SIC" in (report / "report.html").read_text()

@@ -1,4 +1,5 @@
-"""``physfm cwola-prepare``, ``cwola-evaluate``, ``cwola-report``: weakly supervised anomaly detection (docs/anomaly.md)."""
+"""``physfm cwola-prepare``, ``cwola-evaluate``, ``cwola-report``: weakly supervised anomaly detection
+(docs/anomaly.md)."""
 
 from __future__ import annotations
 

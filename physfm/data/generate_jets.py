@@ -58,7 +58,15 @@ try:  # the PyPI wheel ``pythia8mc`` installs the module under this name
 except ImportError:  # pragma: no cover - a Pythia built from source names it ``pythia8``
     import pythia8
 
-__all__ = ["generate_jets", "DEFAULT_PROCESSES", "DIJET_BRANCHES", "DIJET_PROCESSES", "JET_PT_RANGE", "JET_ABS_ETA_MAX", "JET_R"]
+__all__ = [
+    "generate_jets",
+    "DEFAULT_PROCESSES",
+    "DIJET_BRANCHES",
+    "DIJET_PROCESSES",
+    "JET_PT_RANGE",
+    "JET_ABS_ETA_MAX",
+    "JET_R",
+]
 
 DEFAULT_PROCESSES: tuple[str, ...] = ("qcd", "tbqq", "wqq", "zqq")
 
@@ -246,7 +254,9 @@ def plan_units(
             for chunk_index, n_chunk in enumerate(split_evenly(n_file, n_chunks) if n_chunks else []):
                 unit_seed = derive_seed(seed, process, file_index, chunk_index)
                 extra = {"first_event": first_event[process]} if per == 2 else {}
-                units.append(WorkUnit(process, file_index, chunk_index, n_chunk * per, unit_seed, **simulation, **extra))
+                units.append(
+                    WorkUnit(process, file_index, chunk_index, n_chunk * per, unit_seed, **simulation, **extra)
+                )
                 first_event[process] += n_chunk
     return units
 
@@ -256,9 +266,7 @@ def plan_units(
 # ----------------------------------------------------------------------------------------------
 
 
-def make_pythia(
-    process: str, pythia_seed: int, tune: int = DEFAULT_TUNE, extra: Sequence[str] = ()
-) -> pythia8.Pythia:
+def make_pythia(process: str, pythia_seed: int, tune: int = DEFAULT_TUNE, extra: Sequence[str] = ()) -> pythia8.Pythia:
     """Return an initialised, quiet Pythia for ``process`` seeded with ``pythia_seed``, with ``Tune:pp = tune``
     and the ``extra`` settings last (a dijet process's, :func:`dijet_settings`)."""
     pythia = pythia8.Pythia("", False)
@@ -834,7 +842,9 @@ def generate_jets(
     n_files = _check_int("n_files", n_files, 1)
     processes = _check_processes(processes)
     if 0 < sum(p in DIJET_PROCESSES for p in processes) < len(processes):
-        raise ValueError(f"processes {list(processes)}: the dijet processes {DIJET_PROCESSES} cannot be mixed with single-jet ones")
+        raise ValueError(
+            f"processes {list(processes)}: the dijet processes {DIJET_PROCESSES} cannot be mixed with single-jet ones"
+        )
     if any(p in DIJET_PROCESSES for p in processes) and n_jets % 2:
         raise ValueError(f"n_jets counts jets, two per dijet event: give an even number, got {n_jets}")
     if weights and len(weights) != len(processes):

@@ -1230,7 +1230,9 @@ def anomaly_report(results: Sequence[dict[str, Any]], out_html: Path, title: str
             color, marker = MODE_STYLE.get(mode, ("tab:red", "o"))
             label = "pretrained (fine-tuned)" if mode == "finetune" else mode
             x, y = [r["s_over_b"] for r in rs], [r[key] for r in rs]
-            ax.errorbar(x, y, yerr=[np.nan_to_num(r[f"{key}_std"]) for r in rs], color=color, marker=marker, label=label)
+            ax.errorbar(
+                x, y, yerr=[np.nan_to_num(r[f"{key}_std"]) for r in rs], color=color, marker=marker, label=label
+            )
         ax.axhline(1.0, color="black", lw=0.8, ls=":")  # a random classifier
         ax.set_xscale("log")
         _label_panel(ax, j, "S/B in the signal region", "SIC = TPR / sqrt(FPR)", name)
@@ -1257,7 +1259,7 @@ def anomaly_report(results: Sequence[dict[str, Any]], out_html: Path, title: str
         "Mean ± std over seeds; SIC 1 is a random classifier.</p>"
         + _img(figure, "SIC against S/B")
         + _table(header, table)
-        + f"<p>physfm {__version__}, {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</p></body></html>"
+        + f"<p>physfm {__version__}, {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC</p></body></html>"
     )
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page)
