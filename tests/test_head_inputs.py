@@ -105,8 +105,14 @@ def test_frozen_caches_backbone_states_only_and_equals_an_uncached_pass(
 
     # a frozen and a finetune run, other label counts: same side statistics (no label, no subset in them)
     metas = [
-        finetune(jets["data"], tmp_path / f"{mode}{n}", _cfg(mode, n), backbone_dir=jets["backbone"],
-                 subsets_dir=jets["subsets"], progress=False)  # fmt: skip
+        finetune(
+            jets["data"],
+            tmp_path / f"{mode}{n}",
+            _cfg(mode, n),
+            backbone_dir=jets["backbone"],
+            subsets_dir=jets["subsets"],
+            progress=False,
+        )  # fmt: skip
         for mode, n in (("frozen", "40"), ("finetune", "60"))
     ]
     assert metas[0]["head"]["side"] == metas[1]["head"]["side"]
