@@ -28,6 +28,7 @@ FAMILIES = (
     "physfm.cli.baseline",
     "physfm.cli.tracking_cmd",
     "physfm.cli.lartpc",
+    "physfm.cli.anomaly",
 )
 
 EPILOG = """\

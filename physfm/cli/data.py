@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate_jets(args: argparse.Namespace) -> int:
-    from physfm.data.generate_jets import JetGenConfig, generate_jets
+    from physfm.data.generate_jets import DIJET_PROCESSES, JetGenConfig, generate_jets
 
     cfg = stage_config(JetGenConfig, args.config, {"n_jets": args.n_jets, "seed": args.seed})
     params = {"n_jets": cfg.n_jets, "seed": cfg.seed, "processes": list(cfg.processes), "files": cfg.files}
@@ -131,6 +131,9 @@ def run_generate_jets(args: argparse.Namespace) -> int:
     params.update({k: v for k, v in shift.items() if v != getattr(JetGenConfig(), k)})  # only a shifted domain
     if cfg.weights:  # process shares (an even split otherwise)
         params["weights"] = [float(w) for w in cfg.weights]
+    dijet = {"resonance": list(cfg.resonance), "dijet_mhat_min": cfg.dijet_mhat_min}
+    if set(cfg.processes) & set(DIJET_PROCESSES):
+        params.update(dijet)
     with open_stage_run(args, "generate", "generate jets", params) as run:
         t0 = time.perf_counter()
         paths = generate_jets(
@@ -143,6 +146,7 @@ def run_generate_jets(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             weights=cfg.weights or None,
             **shift,
+            **dijet,
         )
         wall = time.perf_counter() - t0
         log_generation(run, args.out, "pythia8+fastjet", params, paths, None, unit="jets", n=cfg.n_jets, wall=wall)
@@ -165,6 +169,8 @@ def run_convert(args: argparse.Namespace) -> int:
     options: dict = {"labels": list(cfg.labels)} if args.format == "jetclass" else {}
     if cfg.tree:
         options["tree"] = cfg.tree
+    if cfg.event_branches:  # recorded only when set: a dataset without them keeps its data_version
+        options["event_branches"] = list(cfg.event_branches)
     params = {
         "format": args.format,
         "input": args.input,

@@ -82,6 +82,7 @@ class ConvertConfig:
     on_error: str = "fail"  # fail: stop at a bad file/event; skip: leave it out, listed in the manifest
     tree: str | None = None  # JetClass ROOT tree name (None: "tree")
     groups: int = 1  # jobs the input files are read in (scatter), then one gather; same output for any
+    event_branches: list[str] = field(default_factory=list)  # JetClass: extra per-jet branches kept (dijet samples)
 
 
 @dataclass

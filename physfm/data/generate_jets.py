@@ -10,6 +10,16 @@ selects Pythia's ``Tune:pp`` (14, Monash 2013, is Pythia's default; 21 is ATLAS 
 NNPDF2.3LO), and ``smear_energy`` / ``smear_angle`` a simple detector smearing of every visible
 particle before clustering (:func:`smear_particles`). The defaults leave the events as they were.
 
+Dijet events for weakly supervised anomaly detection (CWoLa, docs/anomaly.md): the processes ``dijet`` (QCD
+2 -> 2 with ``PhaseSpace:mHatMin = dijet_mhat_min``) and ``resonance`` (a heavy resonance A -> B C with B, C -> q q',
+at the masses ``resonance = [m_A, m_B, m_C]``; Pythia's W' -> W Z with the three masses set by hand and the W' -> W Z
+coupling switched on) keep, per event, the two leading anti-kt R = 0.8 jets when both have pT > ``DIJET_PT_MIN``
+and |eta| < 2 (no truth matching). Each jet is one record in the JetClass schema (its constituents exactly as for
+a single jet, so a backbone pretrained on jets reads it unchanged), with three more per-jet branches
+(:data:`DIJET_BRANCHES`): ``event_id`` (the event's number within its process), ``jet_index`` (0 = the leading
+jet, 1 = the subleading) and ``event_mjj`` (the dijet invariant mass). ``n_jets`` counts jets (two per event).
+The two processes cannot be mixed with the single-jet ones in one sample.
+
 The work is split into deterministic *work units* (one process, one output file, at most
 ``UNIT_JETS`` jets, with a Pythia seed derived from the user's seed), which run in a process
 pool and are assembled in unit order, so the result does not depend on the number of workers.
@@ -48,7 +58,15 @@ try:  # the PyPI wheel ``pythia8mc`` installs the module under this name
 except ImportError:  # pragma: no cover - a Pythia built from source names it ``pythia8``
     import pythia8
 
-__all__ = ["generate_jets", "DEFAULT_PROCESSES", "JET_PT_RANGE", "JET_ABS_ETA_MAX", "JET_R"]
+__all__ = [
+    "generate_jets",
+    "DEFAULT_PROCESSES",
+    "DIJET_BRANCHES",
+    "DIJET_PROCESSES",
+    "JET_PT_RANGE",
+    "JET_ABS_ETA_MAX",
+    "JET_R",
+]
 
 DEFAULT_PROCESSES: tuple[str, ...] = ("qcd", "tbqq", "wqq", "zqq")
 
@@ -56,6 +74,16 @@ JET_R = 0.8  #: anti-kt radius, also the matching radius (soft drop: physfm.data
 JET_PT_RANGE = (500.0, 1000.0)  #: GeV, exclusive bounds
 JET_ABS_ETA_MAX = 2.0
 
+DIJET_PT_MIN = 300.0  #: GeV: both leading jets of a dijet event are above this (and within |eta| < JET_ABS_ETA_MAX)
+DIJET_PROCESSES = ("dijet", "resonance")  #: processes writing two jets per event (DIJET_BRANCHES)
+DEFAULT_RESONANCE = (1500.0, 200.0, 80.0)  #: GeV: m_A, m_B, m_C of A -> B C (LHC Olympics R&D: 3500, 500, 100)
+DEFAULT_DIJET_MHAT_MIN = 1000.0  #: GeV: QCD dijet PhaseSpace:mHatMin (below the sidebands of config/anomaly.yaml)
+#: Per-jet branches of a dijet sample, after the JetClass ones (kept by ``physfm convert`` with ``event_branches``).
+DIJET_BRANCHES: dict[str, str] = {
+    "event_id": "count (the event's number within its process; both jets of an event share it)",
+    "jet_index": "0 = leading, 1 = subleading jet of the event",
+    "event_mjj": "GeV (invariant mass of the two leading jets)",
+}
 UNIT_JETS = 400  #: largest number of jets made by one work unit (one Pythia instance)
 MAX_BATCH_EVENTS = 50  #: events asked of Pythia per call
 MAX_EVENTS_PER_JET = 200  #: give up on a unit whose selection efficiency is below 1/this
@@ -94,6 +122,17 @@ PROCESS_SETTINGS: dict[str, tuple[str, ...]] = {
         "PhaseSpace:pTHatMin = 450.",
         *_HADRONIC_W,
     ),
+    "dijet": ("HardQCD:all = on", "PhaseSpace:pTHatMin = 200."),  # + PhaseSpace:mHatMin (dijet_settings)
+    "resonance": (  # A = W' (34), B = W (24), C = Z (23), masses set by resonance_settings
+        "NewGaugeBoson:ffbar2Wprime = on",
+        "Wprime:coup2WZ = 1.",  # Pythia's default 0 closes W' -> W Z
+        "34:onMode = off",
+        "34:onIfAll = 23 24",
+        "24:onMode = off",
+        "24:onIfAny = 1 2 3 4",  # no b: a heavy B would open W -> t b
+        "23:onMode = off",
+        "23:onIfAny = 1 2 3 4 5",
+    ),
     "zqq": (
         "WeakBosonAndParton:qqbar2gmZg = on",
         "WeakBosonAndParton:qg2gmZq = on",
@@ -124,6 +163,28 @@ class JetGenConfig:
     tune: int = DEFAULT_TUNE  # Pythia Tune:pp (14 Monash 2013, Pythia's default; 21 ATLAS A14)
     smear_energy: float = 0.0  # detector smearing: relative Gaussian resolution of each particle's energy
     smear_angle: float = 0.0  # detector smearing: Gaussian resolution of each particle's eta and phi (rad)
+    resonance: list[float] = field(default_factory=lambda: list(DEFAULT_RESONANCE))  # dijet: m_A, m_B, m_C (GeV)
+    dijet_mhat_min: float = DEFAULT_DIJET_MHAT_MIN  # dijet: QCD PhaseSpace:mHatMin (GeV)
+
+
+#: JetGenConfig fields that only the dijet processes read (left out of a single-jet sample's settings).
+DIJET_KEYS = ("resonance", "dijet_mhat_min")
+
+
+def dijet_settings(process: str, resonance: Sequence[float], mhat_min: float) -> tuple[str, ...]:
+    """The Pythia settings of a dijet process beyond :data:`PROCESS_SETTINGS`: the QCD mHat cut, or the masses of
+    A -> B C (each decay product's mass window +-50 %, the resonance's own width as Pythia computes it)."""
+    if process == "dijet":
+        return (f"PhaseSpace:mHatMin = {float(mhat_min)}",)
+    if process != "resonance":
+        return ()
+    m_a, m_b, m_c = (float(m) for m in resonance)
+    if not 0 < m_b + m_c < m_a:
+        raise ValueError(f"resonance masses [m_A, m_B, m_C] need m_B + m_C < m_A, all positive, got {list(resonance)}")
+    out = [f"34:m0 = {m_a}", f"34:mMin = {0.5 * m_a}", f"34:mMax = {1.5 * m_a}"]
+    for pid, m in ((24, m_b), (23, m_c)):
+        out += [f"{pid}:m0 = {m}", f"{pid}:mMin = {0.5 * m}", f"{pid}:mMax = {1.5 * m}"]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -138,6 +199,9 @@ class WorkUnit:
     tune: int = DEFAULT_TUNE
     smear_energy: float = 0.0
     smear_angle: float = 0.0
+    resonance: tuple[float, ...] = DEFAULT_RESONANCE
+    dijet_mhat_min: float = DEFAULT_DIJET_MHAT_MIN
+    first_event: int = 0  # dijet processes: event_id of the unit's first event (ids count up within a process)
 
 
 def derive_seed(*parts: object) -> int:
@@ -181,13 +245,19 @@ def plan_units(
     counts = split_weighted(n_jets, weights) if weights else split_evenly(n_jets, len(processes))
     per_process = dict(zip(processes, counts, strict=True))
     units: list[WorkUnit] = []
+    first_event = dict.fromkeys(processes, 0)
     for file_index in range(n_files):
         for process in processes:
-            n_file = split_evenly(per_process[process], n_files)[file_index]
-            n_chunks = math.ceil(n_file / UNIT_JETS)
+            per = 2 if process in DIJET_PROCESSES else 1  # jets per event: a dijet unit makes whole events
+            n_file = split_evenly(per_process[process] // per, n_files)[file_index]
+            n_chunks = math.ceil(n_file * per / UNIT_JETS)
             for chunk_index, n_chunk in enumerate(split_evenly(n_file, n_chunks) if n_chunks else []):
                 unit_seed = derive_seed(seed, process, file_index, chunk_index)
-                units.append(WorkUnit(process, file_index, chunk_index, n_chunk, unit_seed, **simulation))
+                extra = {"first_event": first_event[process]} if per == 2 else {}
+                units.append(
+                    WorkUnit(process, file_index, chunk_index, n_chunk * per, unit_seed, **simulation, **extra)
+                )
+                first_event[process] += n_chunk
     return units
 
 
@@ -196,11 +266,13 @@ def plan_units(
 # ----------------------------------------------------------------------------------------------
 
 
-def make_pythia(process: str, pythia_seed: int, tune: int = DEFAULT_TUNE) -> pythia8.Pythia:
-    """Return an initialised, quiet Pythia for ``process`` seeded with ``pythia_seed``, with ``Tune:pp = tune``."""
+def make_pythia(process: str, pythia_seed: int, tune: int = DEFAULT_TUNE, extra: Sequence[str] = ()) -> pythia8.Pythia:
+    """Return an initialised, quiet Pythia for ``process`` seeded with ``pythia_seed``, with ``Tune:pp = tune``
+    and the ``extra`` settings last (a dijet process's, :func:`dijet_settings`)."""
     pythia = pythia8.Pythia("", False)
     tune_setting = () if tune == DEFAULT_TUNE else (f"Tune:pp = {tune}",)  # set first: a tune resets parameters
-    for setting in (*_COMMON_SETTINGS, *tune_setting, f"Random:seed = {pythia_seed}", *PROCESS_SETTINGS[process]):
+    settings = (*_COMMON_SETTINGS, *tune_setting, f"Random:seed = {pythia_seed}", *PROCESS_SETTINGS[process], *extra)
+    for setting in settings:
         if not pythia.readString(setting):
             raise RuntimeError(f"Pythia rejected the setting {setting!r}")
     if not pythia.init():
@@ -433,7 +505,7 @@ class JetBlock:
             process,
             np.concatenate([b.counts for b in blocks]),
             {k: np.concatenate([b.particles[k] for b in blocks]) for k in PARTICLE_BRANCHES},
-            {k: np.concatenate([b.jets[k] for b in blocks]) for k in JET_BRANCHES},
+            {k: np.concatenate([b.jets[k] for b in blocks]) for k in blocks[0].jets},
         )
 
 
@@ -515,6 +587,39 @@ def _select_jets(record: EventRecord, process: str) -> _Selection:
     return selection
 
 
+def _select_dijets(record: EventRecord) -> _Selection:
+    """The two leading jets (leading first) of each event where both pass the dijet cuts."""
+    index, offsets = _visible_particles(record)
+    particles = ak.unflatten(
+        ak.zip({"px": record.px[index], "py": record.py[index], "pz": record.pz[index], "E": record.energy[index]}),
+        np.diff(offsets),
+    )
+    sequence = fastjet.ClusterSequence(particles, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
+    jets = sequence.inclusive_jets(0.5 * DIJET_PT_MIN)
+    members = sequence.constituent_index(0.5 * DIJET_PT_MIN)
+    selection = _Selection([], [])
+    for event in range(record.n_events):
+        px, py, pz = (ak.to_numpy(jets[event][c]) for c in ("px", "py", "pz"))
+        if len(px) < 2:
+            continue
+        pt, eta, _ = four_vector_kinematics(px, py, pz)
+        lead = np.argsort(-pt, kind="stable")[:2]
+        if np.any(pt[lead] <= DIJET_PT_MIN) or np.any(np.abs(eta[lead]) >= JET_ABS_ETA_MAX):
+            continue
+        for j in lead:
+            constituents = ak.to_numpy(members[event][int(j)]).astype(np.int64)
+            selection.particle_index.append(index[offsets[event] + constituents])
+            selection.counts.append(len(constituents))
+    return selection
+
+
+def dijet_mass(jets: dict[str, np.ndarray]) -> np.ndarray:
+    """Invariant mass of consecutive jet pairs (leading, subleading) from their pT, eta, phi and energy."""
+    pt, eta, phi, e = (jets[k].astype(np.float64) for k in ("jet_pt", "jet_eta", "jet_phi", "jet_energy"))
+    p4 = np.stack([e, pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], axis=1).reshape(-1, 2, 4).sum(axis=1)
+    return np.sqrt(np.maximum(p4[:, 0] ** 2 - (p4[:, 1:] ** 2).sum(axis=1), 0.0))
+
+
 def _jet_features(record: EventRecord, selection: _Selection, charges: ChargeTable, process: str) -> JetBlock:
     """Per-particle and per-jet JetClass features of the selected jets."""
     counts = np.asarray(selection.counts, dtype=np.int64)
@@ -566,9 +671,12 @@ def _jet_features(record: EventRecord, selection: _Selection, charges: ChargeTab
 
 
 def generate_unit(unit: WorkUnit) -> JetBlock:
-    """Run one work unit: generate events until ``unit.n_jets`` jets are selected."""
+    """Run one work unit: generate events until ``unit.n_jets`` jets are selected (a dijet process: two per event,
+    with the :data:`DIJET_BRANCHES`)."""
     silence_fastjet_banner()
-    pythia = make_pythia(unit.process, unit.pythia_seed, unit.tune)
+    extra = dijet_settings(unit.process, unit.resonance, unit.dijet_mhat_min)
+    pythia = make_pythia(unit.process, unit.pythia_seed, unit.tune, extra)
+    dijet = unit.process in DIJET_PROCESSES
     charges = ChargeTable(pythia.particleData)
     smear = unit.smear_energy > 0 or unit.smear_angle > 0
     rng = np.random.default_rng([unit.pythia_seed, 0x5EA5]) if smear else None  # the unit's own detector noise
@@ -585,7 +693,15 @@ def generate_unit(unit: WorkUnit) -> JetBlock:
         if rng is not None:
             smear_particles(record, rng, unit.smear_energy, unit.smear_angle)
         n_events += record.n_events
-        block = _jet_features(record, _select_jets(record, unit.process), charges, unit.process)
+        if dijet:
+            block = _jet_features(record, _select_dijets(record), charges, unit.process)
+            n_pairs = block.n_jets // 2
+            ids = unit.first_event + n_selected // 2 + np.arange(n_pairs)
+            block.jets["event_id"] = np.repeat(ids, 2).astype(np.float32)  # exact below 2**24 events
+            block.jets["jet_index"] = np.tile([0.0, 1.0], n_pairs).astype(np.float32)
+            block.jets["event_mjj"] = np.repeat(dijet_mass(block.jets), 2).astype(np.float32)
+        else:
+            block = _jet_features(record, _select_jets(record, unit.process), charges, unit.process)
         blocks.append(block)
         n_selected += block.n_jets
     return JetBlock.concatenate(unit.process, blocks).head(unit.n_jets)
@@ -618,9 +734,10 @@ def _results_in_order(units: Sequence[WorkUnit], workers: int) -> Iterator[JetBl
 def assemble_file(blocks: Sequence[JetBlock], shuffle_seed: int) -> dict[str, Any]:
     """Join the blocks of one file, mix the processes in a seeded order, add one-hot labels."""
     counts = np.concatenate([b.counts for b in blocks])
-    jets = {k: np.concatenate([b.jets[k] for b in blocks]) for k in JET_BRANCHES}
+    jets = {k: np.concatenate([b.jets[k] for b in blocks]) for k in blocks[0].jets}
     particles = {k: np.concatenate([b.particles[k] for b in blocks]) for k in PARTICLE_BRANCHES}
-    labels = {name: np.zeros(len(counts), dtype=np.bool_) for name in ALL_LABELS}
+    extra = [PROCESS_LABELS[b.process] for b in blocks if PROCESS_LABELS[b.process] not in ALL_LABELS]
+    labels = {name: np.zeros(len(counts), dtype=np.bool_) for name in (*ALL_LABELS, *dict.fromkeys(extra))}
     start = 0
     for block in blocks:
         labels[PROCESS_LABELS[block.process]][start : start + block.n_jets] = True
@@ -706,6 +823,8 @@ def generate_jets(
     smear_energy: float = 0.0,
     smear_angle: float = 0.0,
     weights: Sequence[float] | None = None,
+    resonance: Sequence[float] = DEFAULT_RESONANCE,
+    dijet_mhat_min: float = DEFAULT_DIJET_MHAT_MIN,
 ) -> list[Path]:
     """Generate n_jets jets (split as evenly as possible over processes, or in proportion to ``weights``,
     one per process, e.g. ``(9, 1)`` for a QCD-dominated sample of ``("qcd", "tbqq")``; each file holds a mix of
@@ -713,7 +832,8 @@ def generate_jets(
     the JetClass schema, return their paths.
 
     ``tune``, ``smear_energy``, ``smear_angle``: simulation settings for a shifted domain (see the
-    module docstring). The content is a deterministic function of (n_jets, seed, processes,
+    module docstring); ``resonance`` ([m_A, m_B, m_C], GeV) and ``dijet_mhat_min``: the dijet processes' (the module
+    docstring). The content is a deterministic function of (n_jets, seed, processes,
     n_files) and these; ``workers``
     (default: all usable cores) and ``progress`` (a tqdm bar of jets done) only change how it is made.
     """
@@ -721,6 +841,12 @@ def generate_jets(
     seed = _check_int("seed", seed, 0)
     n_files = _check_int("n_files", n_files, 1)
     processes = _check_processes(processes)
+    if 0 < sum(p in DIJET_PROCESSES for p in processes) < len(processes):
+        raise ValueError(
+            f"processes {list(processes)}: the dijet processes {DIJET_PROCESSES} cannot be mixed with single-jet ones"
+        )
+    if any(p in DIJET_PROCESSES for p in processes) and n_jets % 2:
+        raise ValueError(f"n_jets counts jets, two per dijet event: give an even number, got {n_jets}")
     if weights and len(weights) != len(processes):
         raise ValueError(f"weights {list(weights)} must give one share per process {list(processes)}")
     if n_files > n_jets:
@@ -742,6 +868,8 @@ def generate_jets(
         tune=tune,
         smear_energy=float(smear_energy),
         smear_angle=float(smear_angle),
+        resonance=tuple(float(m) for m in resonance),
+        dijet_mhat_min=float(dijet_mhat_min),
     )
     workers = min(workers, len(units))
     paths: list[Path] = []

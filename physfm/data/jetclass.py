@@ -58,6 +58,8 @@ PROCESS_LABELS: dict[str, str] = {
     "tbqq": "label_Tbqq",
     "wqq": "label_Wqq",
     "zqq": "label_Zqq",
+    "dijet": "label_QCD",  # QCD dijet events, two jets each (physfm.data.generate_jets.DIJET_BRANCHES)
+    "resonance": "label_Resonance",  # A -> B C dijet signal (not a JetClass class)
 }
 
 #: Per-particle inputs that real data sets often lack (the public top-tagging and quark/gluon sets

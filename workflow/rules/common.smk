@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from physfm.data.generate_icecube import IceCubeGenConfig
-from physfm.data.generate_jets import JetGenConfig
+from physfm.data.generate_jets import DIJET_KEYS, DIJET_PROCESSES, JetGenConfig
 from physfm.data.generate_lartpc import LArTPCGenConfig
 from physfm.finetune import grid
 from physfm.paths import check_config_path
@@ -85,14 +85,17 @@ def generator_settings(data):
     jets), less an empty process-weight list (an even split, as before weights existed)."""
     fields = simulator(data)[1].__dataclass_fields__
     gen = data["generate"]
-    return json.dumps({k: gen[k] for k in fields if k != "weights" or gen.get(k)}, sort_keys=True)
+    dijet = bool(set(gen.get("processes", [])) & set(DIJET_PROCESSES))  # the dijet keys only for a dijet sample
+    keep = [k for k in fields if (k != "weights" or gen.get(k)) and (k not in DIJET_KEYS or dijet)]
+    return json.dumps({k: gen[k] for k in keep}, sort_keys=True)
 
 
 def convert_settings(data):
     """The convert job's --config: label branches exist in JetClass files only; `groups` is the rules'
     business, not the converter's."""
     conv = data["convert"]
-    return json.dumps({k: v for k, v in conv.items() if k != "labels" or data["format"] == "jetclass"}, sort_keys=True)
+    keep = {k: v for k, v in conv.items() if (k != "labels" or data["format"] == "jetclass") and (k != "event_branches" or v)}
+    return json.dumps(keep, sort_keys=True)
 
 
 def parent_dir(wildcards, output):

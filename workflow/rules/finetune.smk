@@ -43,7 +43,7 @@ CELL = "{backbone}/{labels}/{mode}/seed{seed}"
 CELL_RESULTS = [f"{FT_DIR}/{b}/{t}/{m}/seed{s}/test.json" for b, t, m, s in FT_CELLS] if FT["on_corpus"] else []
 KNN_RESULTS = [f"{R}/embed/{b}/{i}/knn.json" for b in FT_BACKBONES for i in ("pretrained", "random")]
 KNN_RESULTS = KNN_RESULTS if EV["knn"]["enabled"] and FT["on_corpus"] else []
-if not FT["on_corpus"] and not DOWNSTREAM:
+if not FT["on_corpus"] and not DOWNSTREAM and not config["anomaly"]["enabled"]:
     raise ValueError("finetune.on_corpus is false and there is no downstream set: nothing would be fine-tuned")
 # the evaluate settings of every evaluation job (a downstream set: its own signal:background pairs)
 EVAL_SETTINGS = {k: EV[k] for k in EvaluateConfig.__dataclass_fields__}

@@ -3,7 +3,7 @@
 # one section per downstream set (its own grid and baselines, and their scores on the sets of evaluate_on).
 DS_RESULTS = {name: [*DS_CELL_RESULTS[name], *DS_BASELINE_RESULTS[name]] for name in DOWNSTREAM}
 # the label-budget protocol the report states: the corpus's subsets, or the first downstream set's
-REPORT_SUBSETS = f"{FT_DIR}/subsets" if FT["on_corpus"] else f"{DSR}/{next(iter(DOWNSTREAM))}/finetune/subsets"
+REPORT_SUBSETS = f"{FT_DIR}/subsets" if FT["on_corpus"] or not DOWNSTREAM else f"{DSR}/{next(iter(DOWNSTREAM))}/finetune/subsets"
 
 
 rule report:
@@ -68,4 +68,5 @@ rule report:
         "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} > {log} 2>&1"
 
 
-ALL_TARGETS += [f"{R}/report/report.html"]
+# a study with nothing fine-tuned on the corpus or a downstream set (config/anomaly.yaml) has its anomaly report only
+ALL_TARGETS += [f"{R}/report/report.html"] if FT["on_corpus"] or DOWNSTREAM else []

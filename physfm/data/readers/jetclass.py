@@ -79,6 +79,7 @@ class JetClassReader(Reader):
             raise ValueError(f"label branches must start with 'label_', got {unknown}")
         self._labels = list(labels)
         self._tree_name = str(self.options.get("tree") or TREE_NAME)
+        self._extra_events = [str(b) for b in self.options.get("event_branches") or []]  # e.g. a dijet sample's
         self._checked: dict[Path, Any] = {}
         self._absent: dict[str, list[str]] = {}  # optional branch -> files without it (set by check)
 
@@ -92,7 +93,7 @@ class JetClassReader(Reader):
 
     @property
     def event_features(self) -> dict[str, str]:
-        return dict(JET_BRANCHES)
+        return {**JET_BRANCHES, **dict.fromkeys(self._extra_events, "see the generator (event_branches)")}
 
     @property
     def classes(self) -> list[str]:
@@ -135,7 +136,7 @@ class JetClassReader(Reader):
     def check(self, path: Path) -> int:
         tree = self._tree(path)
         present = set(tree.keys())
-        required = list(REQUIRED_BRANCHES) + self._labels
+        required = list(REQUIRED_BRANCHES) + self._extra_events + self._labels
         missing = [b for b in required if b not in present]
         if missing:
             raise DataError(
@@ -181,11 +182,12 @@ class JetClassReader(Reader):
     def _present(self, tree: Any) -> list[str]:
         """The branches to read from ``tree``: every schema branch it has (optional ones may be absent)."""
         have = set(tree.keys())
-        return [b for b in list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + self._labels if b in have]
+        wanted = list(PARTICLE_BRANCHES) + list(JET_BRANCHES) + self._extra_events + self._labels
+        return [b for b in wanted if b in have]
 
     def _block(self, path: Path, chunk: dict[str, ak.Array], entry: int) -> RawBlock:
         """The arrays of consecutive entries from ``entry`` on, as a :class:`RawBlock`."""
-        pnames, enames = list(PARTICLE_BRANCHES), list(JET_BRANCHES)
+        pnames, enames = list(PARTICLE_BRANCHES), list(JET_BRANCHES) + self._extra_events
         offsets = None
         cols = []
         present = [name for name in pnames if name in chunk]
