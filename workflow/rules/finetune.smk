@@ -62,19 +62,6 @@ STUDY_TOKENIZERS = grid.backbone_tokenizers(config.get("pretrain", {}), FT_BACKB
 BACKBONE_DIR = f"{R}/pretrain/{{backbone}}"
 # LArTPC points: every cell is per-point semantic segmentation (physfm/finetune/patch_segmentation.py)
 LARTPC = config["data"]["format"] == "pilarnet"
-# the head's side inputs (finetune.head.inputs, physfm/finetune/head_inputs.py): the jet observables come from
-# the observables stage's cache of the set trained or scored on; LineFit is computed in the job (no input)
-HEAD_OBSERVABLES = "observables" in FT["head"].get("inputs", [])
-
-
-def head_observables(path):
-    """The observables input of a cell's job: `path` when the head reads the jet observables, else none."""
-    return [path] if HEAD_OBSERVABLES else []
-
-
-def observables_arg(wc, input):
-    """The --observables flag of a finetune/evaluate job (empty when its head reads no observables)."""
-    return f"--observables {input.observables}" if input.observables else ""
 
 
 wildcard_constraints:
