@@ -109,11 +109,20 @@ def read_pulses(data_dir: str | Path, split: str, indices: np.ndarray | None = N
     from physfm.data.loader import open_split
 
     manifest = load_manifest(data_dir)
-    names = feature_names(manifest, "particle")
-    missing = [c for c in PULSE_COLUMNS if c not in names]
+    check_pulses(data_dir, manifest)
+    return block_pulses(open_split(data_dir, split).read(indices), manifest)
+
+
+def check_pulses(data_dir: Any, manifest: dict[str, Any]) -> None:
+    """Refuse a dataset that is not IceCube-modality with the pulse columns LineFit reads."""
+    missing = [c for c in PULSE_COLUMNS if c not in feature_names(manifest, "particle")]
     if manifest.get("modality") != "icecube" or missing:
         raise DataError(f"{data_dir} is not an IceCube-modality dataset with pulse columns {PULSE_COLUMNS}")
-    block = open_split(data_dir, split).read(indices)
+
+
+def block_pulses(block: Any, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The :func:`read_pulses` arrays of one :class:`physfm.data.shards.EventBlock` of an IceCube dataset."""
+    names = feature_names(manifest, "particle")
     col = {c: block.particles[:, names.index(c)].astype(np.float64) for c in PULSE_COLUMNS}
     enames = feature_names(manifest, "event")
     events = np.asarray(block.events, dtype=np.float64)

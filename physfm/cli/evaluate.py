@@ -41,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(e, "evaluate (split, bootstrap, pairs, effs)")
     e.add_argument("--predictions", type=Path, help="also write probabilities/labels/keys to this .npz")
     e.add_argument(
+        "--observables",
+        type=Path,
+        default=None,
+        help="--data's jet observables (physfm observables), for a model whose head reads them (head.inputs); "
+        "default: computed from the data",
+    )
+    e.add_argument(
         "--tested-on",
         default=None,
         metavar="NAME",
@@ -102,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from physfm import tracking
     from physfm.evaluate.evaluate import EvaluateConfig, evaluate_model
+    from physfm.finetune.head_inputs import Sources
     from physfm.finetune.patch_segmentation import evaluate_segmentation, is_segmentation_model
     from physfm.finetune.task import report_metrics
     from physfm.io import write_json
@@ -120,6 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             effs=cfg.effs,
             n_bootstrap=cfg.bootstrap,
             predictions=args.predictions,
+            sources=Sources(observables=args.observables),
         )
     prefix = f"{args.tested_on}." if args.tested_on else ""
     if args.tested_on:

@@ -103,6 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segmentation[:COLUMN] (per particle; default column semantic)",
     )
     f.add_argument("--subsets", type=Path, help="subsets directory (physfm subsets); default: made on the fly")
+    f.add_argument(
+        "--observables",
+        type=Path,
+        default=None,
+        help="the data's jet observables (physfm observables), read when the head's inputs (head.inputs in "
+        "--config) name observables; default: computed from the data",
+    )
     f.add_argument("--out", required=True, type=Path, help="output model directory")
     add_config_arg(f, "finetune")
     f.add_argument(
@@ -166,6 +173,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from physfm.finetune import backbone_source
     from physfm.finetune.backbone_source import input_fill_tags
     from physfm.finetune.grid import cell_run_name
+    from physfm.finetune.head_inputs import Sources
     from physfm.finetune.patch_segmentation import META as PATCH_META
     from physfm.finetune.patch_segmentation import (
         SegmentationConfig,
@@ -201,6 +209,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     # LArTPC points (no task named): per-point segmentation on patch tokens (physfm/finetune/patch_segmentation.py)
     patch_seg = is_segmentation_dataset(manifest) and args.task in (None, "", "auto")
     task = None if patch_seg else make_task(args.task, ds)
+    if patch_seg and cfg.head.inputs:
+        raise ValueError(f"head inputs {cfg.head.inputs}: the per-point segmentation of patch backbones reads none")
     task_name = "segmentation" if task is None else task.name
     if task_name != "classification" and base_mode != args.mode:
         raise ValueError(f"mode {args.mode} is an ablation of the classification grid; {task_name} runs have none")
@@ -221,7 +231,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if task is None:
             train_fn, kw = finetune_segmentation, {"seg": SegmentationConfig.from_dict(seg_settings)}
         else:
-            train_fn, kw = finetune, {"task": task}
+            train_fn, kw = finetune, {"task": task, "sources": Sources(observables=args.observables)}
         meta = search(  # one candidate per combination of the grid; the in-budget validation part chooses
             train_fn,
             ds,

@@ -44,11 +44,14 @@ def predict(
     batch_size: int = 256,
     device: str = "auto",
     block_events: int = BLOCK_EVENTS,
+    sources: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], Any, dict[str, Any]]:
     """``(outputs, arrays, task, meta)`` of a fine-tuned model of any task on a split: the model's raw
     outputs (logits, directions, values, per-particle logits), the arrays its task's
     :meth:`~physfm.finetune.task.Task.evaluate` reads (``task.eval_keys``), the
-    :class:`physfm.finetune.task.Task` and the model's meta. Streamed (:func:`predict_split`)."""
+    :class:`physfm.finetune.task.Task` and the model's meta. Streamed (:func:`predict_split`). A head with
+    side inputs (meta ``head.inputs``) gets them rebuilt for the split, from ``sources``
+    (:class:`physfm.finetune.head_inputs.Sources`: caches; default computed from the data)."""
     from physfm.finetune.model import load_model
     from physfm.runtime import device_of
 
@@ -57,7 +60,8 @@ def predict(
     task.check(ds, meta)
     dev = device_of(device)
     model.to(dev)
-    out, kept = predict_split(model, task, ds, split, meta["backbone"], batch_size, dev, block_events)
+    inputs = meta.get("head", {}).get("inputs") or []
+    out, kept = predict_split(model, task, ds, split, meta["backbone"], batch_size, dev, block_events, inputs, sources)
     return out, kept, task, meta
 
 
@@ -70,18 +74,25 @@ def predict_split(
     batch_size: int,
     device: torch.device,
     block_events: int = BLOCK_EVENTS,
+    side_inputs: Sequence[str] = (),
+    sources: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``model`` on a whole split, read in blocks of at most ``block_events`` events
     (:meth:`~physfm.finetune.task.Task.iter_inputs`): the outputs and the task's ``eval_keys`` arrays,
     equal to running it on ``task.inputs(ds, split, bmeta, None)`` at once (the blocks are regrouped so
-    the batches are the same), while memory holds one block's padded inputs plus those per-event arrays."""
+    the batches are the same), while memory holds one block's padded inputs plus those per-event arrays.
+    ``side_inputs``: the head's side inputs (:mod:`physfm.finetune.head_inputs`), read once for the split
+    (from ``sources``) and given to each block's events."""
+    from physfm.finetune import head_inputs
     from physfm.finetune.model import batched
 
     chunk = batch_size * max(1, block_events // batch_size)
     outs: list[np.ndarray] = []
     kept: list[dict[str, np.ndarray]] = []
+    side = head_inputs.table(side_inputs, ds, split, None, sources or head_inputs.Sources()) if side_inputs else None
     for inp in rechunk(task.iter_inputs(ds, split, bmeta, block_events), chunk):
-        outs.append(batched(model, inp["x"], inp["mask"], bmeta, batch_size, device, tokens=inp.get("tokens")))
+        s = None if side is None else head_inputs.lookup(*side, inp["event_key"])
+        outs.append(batched(model, inp["x"], inp["mask"], bmeta, batch_size, device, tokens=inp.get("tokens"), side=s))
         kept.append({k: inp[k] for k in task.eval_keys})
         del inp
     if not outs:
@@ -102,16 +113,17 @@ def evaluate_model(
     seed: int = 0,
     predictions: str | Path | None = None,
     block_events: int = BLOCK_EVENTS,
+    sources: Any = None,
 ) -> dict[str, Any]:
     """Test metrics of a fine-tuned model of any task on ``split`` with bootstrap errors, plus the cell it
     belongs to: the evaluation record the report reads (``metrics``, ``std``, ``n_events``, ... from the
     task's :meth:`~physfm.finetune.task.Task.evaluate`). ``pairs``/``effs``: classification only. The split is
     read ``block_events`` at a time (:func:`predict_split`): memory is flat in its size but for the
-    per-event outputs and targets."""
+    per-event outputs and targets. ``sources``: where a head's side inputs are cached (:func:`predict`)."""
     from physfm.finetune.task import Scoring
 
     ds = open_dataset(data_dir, verify=True)
-    out, inp, task, meta = predict(model_dir, ds, split, block_events=block_events)
+    out, inp, task, meta = predict(model_dir, ds, split, block_events=block_events, sources=sources)
     how = Scoring(n_bootstrap=n_bootstrap, seed=seed, pairs=tuple(pairs), effs=tuple(effs))
     result, arrays = task.evaluate(out, inp, ds, how)
     if predictions is not None:

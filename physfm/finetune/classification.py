@@ -60,9 +60,9 @@ class ClassificationTask(Task):
         return inp
 
     def head(self, backbone_config: BackboneConfig, head: dict[str, Any]) -> nn.Module:
-        from physfm.finetune.model import Head, HeadConfig
+        from physfm.finetune.model import Head
 
-        return Head(backbone_config, len(self.classes), HeadConfig.from_dict(head))
+        return Head.from_meta(backbone_config, len(self.classes), head)
 
     def loss(self, out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return F.cross_entropy(out, target)

@@ -9,6 +9,11 @@ subsets, modes, the loop, saving, evaluation) is the shared fine-tuning machiner
 (:mod:`physfm.finetune.task`). Backbones pretrained with the PolarBERT objective also receive the DOM
 ids as tokens (:func:`physfm.models.polarbert.uses_dom_tokens`).
 
+With ``finetune.head.inputs: [linefit]`` (:mod:`physfm.finetune.head_inputs`) the head also reads
+LineFit's direction and pulse statistics and predicts a correction to LineFit's direction
+(``normalise(linefit + MLP(state, side inputs))``, the last layer zero at the start: an untrained head
+is LineFit).
+
 A saved model is a directory with ``direction.safetensors`` and ``direction.json`` (no pickle).
 """
 
@@ -26,7 +31,7 @@ from torch import Tensor, nn
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.shards import DataError
 from physfm.features import ICECUBE_DEFAULT
-from physfm.finetune.model import PooledMLP
+from physfm.finetune.model import PooledMLP, side_norm
 from physfm.finetune.task import Inputs, Scoring, Task
 from physfm.models.backbone import BackboneConfig
 
@@ -35,6 +40,8 @@ TARGET = ("dir_x", "dir_y", "dir_z")
 WEIGHTS = "direction.safetensors"
 META = "direction.json"
 POOLS = ("cls", "mean")
+#: The side columns (of the ``linefit`` head input) a head seeded by LineFit starts from.
+SEED_COLUMNS = ("lf_dir_x", "lf_dir_y", "lf_dir_z")
 
 
 # --------------------------------------------------------------------------- loss and metrics
@@ -122,12 +129,16 @@ class DirectionTask(Task):
     def head_meta(self, head: Any) -> dict[str, Any]:
         if head.pool not in POOLS:
             raise ValueError(f"direction head pool must be one of {POOLS}, got '{head.pool}'")
-        return {"pool": head.pool, "hidden": head.hidden, "dropout": head.dropout}  # always an MLP
+        meta = {"pool": head.pool, "hidden": head.hidden, "dropout": head.dropout}  # always an MLP
+        return {**meta, "inputs": list(head.inputs)} if head.inputs else meta
 
     def head(self, backbone_config: BackboneConfig, head: dict[str, Any]) -> nn.Module:
+        """The direction MLP; with the ``linefit`` head input, a correction to LineFit's direction."""
         if head["pool"] not in POOLS:
             raise ValueError(f"direction head pool '{head['pool']}' is not one of {POOLS}")
-        return PooledMLP(backbone_config, 3, head["pool"], head["hidden"], head["dropout"], unit=True)
+        side = side_norm(head)
+        seed = [side.columns.index(c) for c in SEED_COLUMNS] if side and "linefit" in head["inputs"] else []
+        return PooledMLP(backbone_config, 3, head["pool"], head["hidden"], head["dropout"], True, side, seed)
 
     def loss(self, out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return angular_loss(out, target)

@@ -133,6 +133,8 @@ def cell_settings(section: dict[str, Any], mode: str, pretrain: dict[str, Any]) 
     from physfm.finetune.train import settings_slice
 
     out = settings_slice(section)
+    if "head" in out and not out["head"].get("inputs"):  # no side inputs: the cell's config as before they existed
+        out["head"] = {k: v for k, v in out["head"].items() if k != "inputs"}
     if mode == "scratch_global":
         out["global_aux_weight"] = section.get("global_aux_weight") or pretrain.get("global_weight", 0.5)
     else:

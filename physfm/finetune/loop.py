@@ -17,8 +17,8 @@ held in memory (fine for the label counts of a label-efficiency study):
   runs stay fp32 and bit-reproducible); outputs reach the task's loss and scores in float32.
 
 A **part** (train or validation) is a dict of tensors with one row per event (``x``, ``mask``,
-``target``, and any further model input such as ``tokens``), or any object with ``len()`` and
-``rows(idx)`` giving that dict for rows ``idx`` (ragged point clouds padded per batch:
+``target``, and any further model input such as ``tokens`` or a head's ``side`` inputs), or any object
+with ``len()`` and ``rows(idx)`` giving that dict for rows ``idx`` (ragged point clouds padded per batch:
 :class:`physfm.finetune.patch_segmentation.PointEvents`). A batch's entries other than ``target`` are
 the model's keyword inputs. The loop asks of a model only ``model(**inputs)`` and, when frozen, a
 ``backbone`` (kept in eval mode), ``encode(**inputs)`` (a tensor or a tuple of tensors, one row per
@@ -94,8 +94,9 @@ def tensors(inp: dict[str, np.ndarray], x_norm: np.ndarray) -> dict[str, Tensor]
         "mask": torch.from_numpy(inp["mask"]),
         "target": torch.from_numpy(inp["target"]),
     }
-    if "tokens" in inp:
-        part["tokens"] = torch.from_numpy(inp["tokens"])
+    for key in ("tokens", "side"):  # DOM ids (PolarBERT), a head's side inputs (physfm.finetune.head_inputs)
+        if key in inp:
+            part[key] = torch.from_numpy(inp[key])
     return part
 
 

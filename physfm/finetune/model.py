@@ -8,6 +8,8 @@ The classification (and regression) head (``HeadConfig``):
 * ``pool="sum"``: OmniJet-α's summation head: a per-particle MLP, summed over the real particles;
 
 followed by ``kind="linear"`` (a linear probe) or ``kind="mlp"`` (one hidden layer, GELU, dropout).
+With ``inputs`` (:mod:`physfm.finetune.head_inputs`: the jet observables, LineFit), the event's side
+inputs, standardised by the head (:class:`SideNorm`), are concatenated to the pooled state.
 
 :class:`PooledMLP` is the event-level MLP of the direction task. :class:`TaskModel` is any backbone +
 a task's head (:mod:`physfm.finetune.task`).
@@ -20,7 +22,8 @@ target, subset, training record) and ``manifest.json`` (:mod:`physfm.artifacts`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,12 @@ class HeadConfig:
     kind: str = "mlp"
     hidden: int = 128
     dropout: float = 0.1
+    inputs: list[str] = field(default_factory=list)  # side inputs (physfm.finetune.head_inputs.SOURCES)
 
     def __post_init__(self) -> None:
+        from physfm.finetune.head_inputs import check_inputs
+
+        self.inputs = check_inputs(self.inputs)
         if self.pool not in POOLS:
             raise ValueError(f"head pool '{self.pool}' is not one of {POOLS}")
         if self.kind not in HEADS:
@@ -59,16 +66,56 @@ class HeadConfig:
         return cls(**d)
 
 
-class Head(nn.Module):
-    """Hidden states ``(B, n_cls + L, d)`` + mask ``(B, L)`` -> class logits ``(B, n_classes)``."""
+class SideNorm(nn.Module):
+    """Raw side inputs ``(B, k)`` -> standardised ``(B, k)`` (NaN -> 0, the mean), with the ``mean``/``std`` of
+    :func:`physfm.finetune.head_inputs.fit_norm` (recorded in the head meta's ``side``; buffers not saved)."""
 
-    def __init__(self, backbone_config: BackboneConfig, n_classes: int, cfg: HeadConfig) -> None:
+    def __init__(self, side: dict[str, Any]) -> None:
         super().__init__()
-        self.cfg, self.bcfg = cfg, backbone_config
+        self.columns = list(side["columns"])
+        if not len(self.columns) == len(side["mean"]) == len(side["std"]):
+            raise ValueError(f"side norm of {len(self.columns)} columns has {len(side['mean'])} means")
+        self.register_buffer("mean", torch.tensor(side["mean"], dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(side["std"], dtype=torch.float32), persistent=False)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def forward(self, side: Tensor) -> Tensor:
+        return torch.nan_to_num((side.float() - self.mean) / self.std, nan=0.0)
+
+
+def side_norm(head: dict[str, Any]) -> SideNorm | None:
+    """The :class:`SideNorm` of a head meta with side inputs (its ``side`` entry), else None."""
+    if not head.get("inputs"):
+        return None
+    if "side" not in head:
+        raise ValueError(f"a head with inputs {head['inputs']} needs their standardisation ('side')")
+    return SideNorm(head["side"])
+
+
+def with_side(pooled: Tensor, norm: SideNorm | None, side: Tensor | None) -> Tensor:
+    """``pooled`` ``(B, d)``, with the standardised side inputs concatenated when the head reads some."""
+    if norm is None:
+        return pooled
+    if side is None:
+        raise ValueError(f"this head reads side inputs {norm.columns}: pass side=")
+    return torch.cat([pooled, norm(side).to(pooled.dtype)], dim=-1)
+
+
+class Head(nn.Module):
+    """Hidden states ``(B, n_cls + L, d)`` + mask ``(B, L)`` (+ side inputs ``(B, k)``) -> logits ``(B, n_classes)``."""
+
+    def __init__(
+        self, backbone_config: BackboneConfig, n_classes: int, cfg: HeadConfig, side: SideNorm | None = None
+    ) -> None:
+        super().__init__()
+        self.cfg, self.bcfg, self.side = cfg, backbone_config, side
         d = backbone_config.d_model
         if cfg.pool == "sum":
             self.particle = nn.Sequential(nn.Linear(d, cfg.hidden), nn.GELU())
             d = cfg.hidden
+        d += 0 if side is None else len(side)
         if cfg.kind == "linear":
             self.out = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, n_classes))
         else:
@@ -76,16 +123,22 @@ class Head(nn.Module):
                 nn.Linear(d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_classes)
             )
 
+    @classmethod
+    def from_meta(cls, backbone_config: BackboneConfig, n_classes: int, head: dict[str, Any]) -> Head:
+        """The head of a head meta (:class:`HeadConfig`'s fields, plus ``side`` when it has inputs)."""
+        cfg = HeadConfig.from_dict({k: v for k, v in head.items() if k != "side"})
+        return cls(backbone_config, n_classes, cfg, side_norm(head))
+
     @property
     def uses_class_token_only(self) -> bool:
         """True when only ``h[:, :1]`` is read (frozen training may then cache just that)."""
         return uses_class_token_only(self.bcfg, self.cfg.pool)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, h: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
         if self.cfg.pool == "sum":
             parts, w = particle_states(h, mask, self.bcfg)
-            return self.out((self.particle(parts) * w).sum(1))
-        return self.out(pool_states(h, mask, self.bcfg, self.cfg.pool))
+            return self.out(with_side((self.particle(parts) * w).sum(1), self.side, side))
+        return self.out(with_side(pool_states(h, mask, self.bcfg, self.cfg.pool), self.side, side))
 
 
 def uses_class_token_only(backbone_config: BackboneConfig, pool: str) -> bool:
@@ -108,45 +161,72 @@ def pool_states(h: Tensor, mask: Tensor, backbone_config: BackboneConfig, pool: 
 
 
 class PooledMLP(nn.Sequential):
-    """Hidden states + mask -> pooled event state -> Linear, GELU, Dropout, Linear -> ``(B, n_out)``;
-    ``unit``: normalised to unit length (directions). The MLP of regression-style heads."""
+    """Hidden states + mask (+ side inputs) -> pooled event state (+ standardised side inputs) -> Linear,
+    GELU, Dropout, Linear -> ``(B, n_out)``; ``unit``: normalised to unit length (directions). The MLP of
+    regression-style heads.
+
+    ``seed``: ``n_out`` column positions of the raw side inputs that are a first guess (LineFit's
+    direction): the MLP predicts a correction, ``output = seed + MLP(...)`` (then normalised), and its last
+    layer starts at zero, so an untrained head returns the seed itself."""
 
     def __init__(
-        self, backbone_config: BackboneConfig, n_out: int, pool: str, hidden: int, dropout: float, unit: bool = False
+        self,
+        backbone_config: BackboneConfig,
+        n_out: int,
+        pool: str,
+        hidden: int,
+        dropout: float,
+        unit: bool = False,
+        side: SideNorm | None = None,
+        seed: Sequence[int] = (),
     ) -> None:
-        d = backbone_config.d_model
+        d = backbone_config.d_model + (0 if side is None else len(side))
         super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
-        self.bcfg, self.pool, self.unit = backbone_config, pool, unit
+        self.bcfg, self.pool, self.unit, self.seed = backbone_config, pool, unit, list(seed)
+        if self.seed:
+            if side is None or len(self.seed) != n_out:
+                raise ValueError(f"a seeded head needs {n_out} seed columns of its side inputs, got {self.seed}")
+            nn.init.zeros_(self[3].weight)
+            nn.init.zeros_(self[3].bias)
+        self.side = side  # after the layers: a module of the sequence, but forward runs the MLP's 4 only
 
     @property
     def uses_class_token_only(self) -> bool:
         return uses_class_token_only(self.bcfg, self.pool)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
-        y = super().forward(pool_states(h, mask, self.bcfg, self.pool))
+    def forward(self, h: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        y = with_side(pool_states(h, mask, self.bcfg, self.pool), self.side, side)
+        for layer in list(self)[:4]:  # Linear, GELU, Dropout, Linear (not the side norm)
+            y = layer(y)
+        if self.seed:
+            assert side is not None  # with_side refused a missing one
+            y = side[:, self.seed].float() + y.float()
         return nn.functional.normalize(y.float(), dim=-1) if self.unit else y
 
 
 class TaskModel(nn.Module):
-    """Backbone + a task's head: ``forward(x, mask, tokens=None)`` takes normalised features (and, for
-    PolarBERT backbones, DOM ids) and returns the head's output (logits, a direction, a value, ...)."""
+    """Backbone + a task's head: ``forward(x, mask, tokens=None, side=None)`` takes normalised features
+    (and, for PolarBERT backbones, DOM ids; for a head with inputs, the raw side inputs
+    :mod:`physfm.finetune.head_inputs`) and returns the head's output (logits, a direction, a value, ...)."""
 
     def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(x, mask, tokens=tokens), mask)
+    def forward(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None, side: Tensor | None = None) -> Tensor:
+        return self.decode(self.backbone(x, mask, tokens=tokens), x, mask, tokens, side)
 
-    def encode(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
+    def encode(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None, side: Tensor | None = None) -> Tensor:
         """The backbone states the head reads (only the class token's when that is all it reads): what
-        frozen training caches (:func:`physfm.finetune.loop.fit`)."""
+        frozen training caches (:func:`physfm.finetune.loop.fit`); never the side inputs."""
         h = self.backbone(x, mask, tokens=tokens)
         return h[:, :1] if getattr(self.head, "uses_class_token_only", False) else h
 
-    def decode(self, h: Tensor, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
-        """The head's output from :meth:`encode`'s states."""
-        return self.head(h, mask)
+    def decode(
+        self, h: Tensor, x: Tensor, mask: Tensor, tokens: Tensor | None = None, side: Tensor | None = None
+    ) -> Tensor:
+        """The head's output from :meth:`encode`'s states (and the batch's side inputs, when it reads some)."""
+        return self.head(h, mask) if side is None else self.head(h, mask, side)
 
 
 def layer_depth(name: str, n_layers: int) -> int:
@@ -239,16 +319,16 @@ def batched(
     batch_size: int,
     device: torch.device,
     tokens: np.ndarray | None = None,
+    side: np.ndarray | None = None,
 ) -> np.ndarray:
     """Apply ``fn(x_norm, mask)`` to normalised numpy inputs in batches; concatenate the numpy outputs.
-    With ``tokens`` (``(N, L)`` ids, e.g. PolarBERT's DOM ids) it calls ``fn(x_norm, mask, tokens=...)``."""
+    With ``tokens`` (``(N, L)`` ids, e.g. PolarBERT's DOM ids) it calls ``fn(x_norm, mask, tokens=...)``,
+    with ``side`` (``(N, k)`` raw side inputs of a head, :mod:`physfm.finetune.head_inputs`) ``side=...``."""
     outs = []
     for a in range(0, len(x), batch_size):
         xb = torch.from_numpy(normalize(x[a : a + batch_size], mask[a : a + batch_size], meta)).to(device)
         mb = torch.from_numpy(mask[a : a + batch_size]).to(device)
-        if tokens is None:
-            outs.append(fn(xb, mb).float().cpu().numpy())
-        else:
-            tb = torch.from_numpy(tokens[a : a + batch_size]).to(device)
-            outs.append(fn(xb, mb, tokens=tb).float().cpu().numpy())
+        per_event = {"tokens": tokens, "side": side}
+        extra = {k: torch.from_numpy(v[a : a + batch_size]).to(device) for k, v in per_event.items() if v is not None}
+        outs.append(fn(xb, mb, **extra).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)

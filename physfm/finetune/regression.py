@@ -119,9 +119,9 @@ class RegressionTask(Task):
         train["target"] = ((y - self.mean) / self.std).astype(np.float32)
 
     def head(self, backbone_config: BackboneConfig, head: dict[str, Any]) -> nn.Module:
-        from physfm.finetune.model import Head, HeadConfig
+        from physfm.finetune.model import Head
 
-        return Head(backbone_config, 1, HeadConfig.from_dict(head))
+        return Head.from_meta(backbone_config, 1, head)
 
     def loss(self, out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return F.mse_loss(out.float().squeeze(-1), target)

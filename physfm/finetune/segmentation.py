@@ -86,6 +86,8 @@ class SegmentationTask(Task):
         return inp
 
     def head_meta(self, head: Any) -> dict[str, Any]:
+        if head.inputs:
+            raise ValueError(f"head inputs {head.inputs} are per event; the per-particle segmentation head reads none")
         return {"hidden": head.hidden, "dropout": head.dropout}
 
     def head(self, backbone_config: BackboneConfig, head: dict[str, Any]) -> nn.Module:

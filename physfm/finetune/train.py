@@ -34,6 +34,7 @@ import torch
 from physfm.data.dataset import Dataset, open_dataset
 from physfm.data.loader import load_arrays, open_split
 from physfm.data.shards import DataError
+from physfm.finetune import head_inputs
 from physfm.finetune.auxiliary import maybe_global_aux
 from physfm.finetune.loop import LoopSettings, fit, tensors, train_record
 from physfm.finetune.model import HeadConfig, TaskModel, param_groups, save_model
@@ -191,6 +192,7 @@ def finetune(
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
     task: Task | str | None = None,
+    sources: head_inputs.Sources | None = None,
 ) -> dict[str, Any]:
     """Train one model of ``task`` (one cell of the grid) and write it to ``out_dir``; return its meta.
 
@@ -199,7 +201,8 @@ def finetune(
     IceCube direction). ``subsets_dir``: label subsets from :func:`physfm.finetune.subsets.make_subsets`
     holding this run's seed (made on the fly, default protocol, when None). ``arch`` (scratch without a
     backbone): the BackboneConfig and ``features`` (default: the task's). ``run``: a
-    :class:`physfm.tracking.StageRun` for metrics.
+    :class:`physfm.tracking.StageRun` for metrics. ``sources``: where the head's side inputs
+    (``cfg.head.inputs``, :mod:`physfm.finetune.head_inputs`) are cached (default: computed from the data).
     """
     t_start = time.perf_counter()
     ds = open_dataset(data_dir, verify=True)  # the one read of manifest.json; shards re-hashed once
@@ -223,13 +226,19 @@ def finetune(
             f"note: backbone pretrained on data_version {bmeta['data_version']}, "
             f"fine-tuning on {manifest['data_version']}"
         )
+    head = task.head_meta(cfg.head)
+    where = sources or head_inputs.Sources()
+    if head.get("inputs"):  # side inputs: standardised with unlabelled train-split statistics (no label read)
+        head["side"] = head_inputs.fit_norm(head["inputs"], ds, where)
     train = task.inputs(ds, "train", bmeta, train_idx)
+    head_inputs.attach(head.get("inputs", []), train, ds, "train", train_idx, where)
     task.fit(train)  # what the task learns from the train part (a target scale), before val is read
     has_val = len(val_idx) > 0  # protocol fixed: no validation part
     val = task.inputs(ds, "train", bmeta, val_idx) if has_val else None  # the in-budget validation part
+    if val is not None:
+        head_inputs.attach(head.get("inputs", []), val, ds, "train", val_idx, where)
 
     torch.manual_seed(cfg.seed)  # the head starts the same in every mode
-    head = task.head_meta(cfg.head)
     model = TaskModel(backbone, task.head(backbone.config, head)).to(device)
     groups = param_groups(model, cfg.mode, cfg.lr, cfg.backbone_lr_scale, cfg.layer_decay, cfg.weight_decay)
     if cfg.mode == "frozen":

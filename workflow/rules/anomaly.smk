@@ -100,6 +100,7 @@ if AN:
             search="",
             backbone=lambda wc, input: input.backbone,
             task="classification",
+            sources="",  # head inputs, if any, are computed in the job from its CWoLa set
             track=lambda wc: track("anomaly_finetune", wc),
         log:
             f"{R}/logs/anomaly/finetune_sb{{sb}}_seed{{seed}}_{{backbone}}_{{mode}}.log",

@@ -122,3 +122,16 @@ def downstream_backbone(ds, backbone):
     if source is None:
         return f"{R}/pretrain/{backbone}"
     return [] if source.startswith("models:/") else source
+
+
+# the head's side inputs (finetune.head.inputs, physfm/finetune/head_inputs.py): the jet observables come from
+# the observables stage's cache of the set trained or scored on; LineFit is computed in the job (no input)
+def head_observables(path):
+    """The observables input of a cell's job: `path` when the head reads the jet observables, else none."""
+    return [path] if "observables" in config["finetune"]["head"].get("inputs", []) else []
+
+
+def observables_arg(wc, input):
+    """The --observables flag of a finetune/evaluate job (empty when its head reads no observables)."""
+    observables = getattr(input, "observables", None)  # a reused rule may not have the input
+    return f"--observables {observables}" if observables else ""

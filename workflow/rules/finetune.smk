@@ -112,6 +112,7 @@ rule finetune:
         subsets=f"{FT_DIR}/subsets",
         backbone=BACKBONE_DIR,
         parent=f"{FT_DIR}/study_run.json",
+        observables=head_observables(f"{R}/observables"),
     output:
         directory(f"{FT_DIR}/{CELL}/model"),
     params:
@@ -131,6 +132,7 @@ rule finetune:
         search=lambda wc: grid.search_args(FT["search"], wc.labels in SEARCH_TOKENS),
         backbone=lambda wc, input: input.backbone,
         task=FT["task"],
+        sources=observables_arg,
         track=lambda wc: track("finetune", wc),
     threads: FT["resources"]["threads"]
     resources:
@@ -145,7 +147,7 @@ rule finetune:
         "physfm finetune --data {input.data} --backbone {params.backbone} --backbone-name {wildcards.backbone} "
         "--task {params.task} "
         "--subsets {input.subsets} --labels '{params.spec}' --mode {wildcards.mode} --seed {wildcards.seed} "
-        "--out {output} --config {params.config:q} {params.search} --threads {threads} --no-progress "
+        "--out {output} --config {params.config:q} {params.search} {params.sources} --threads {threads} --no-progress "
         "--parent-run-file {input.parent} --run-name '{params.run_name}' {params.track} > {log} 2>&1"
 
 
@@ -153,11 +155,13 @@ rule evaluate:
     input:
         model=f"{FT_DIR}/{CELL}/model",
         data=f"{R}/data",
+        observables=head_observables(f"{R}/observables"),
     output:
         f"{FT_DIR}/{CELL}/test.json",
     params:
         config=json.dumps(EVAL_SETTINGS, sort_keys=True),
         tested_on="",
+        sources=observables_arg,
     threads: 1
     log:
         f"{R}/logs/evaluate/{{backbone}}_{{labels}}_{{mode}}_seed{{seed}}.log",
@@ -165,7 +169,7 @@ rule evaluate:
         "../../envs/torch.yaml"
     shell:
         "physfm evaluate --model {input.model} --data {input.data} --out {output} --config {params.config:q} "
-        "{params.tested_on} --threads {threads} > {log} 2>&1"
+        "{params.tested_on} {params.sources} --threads {threads} > {log} 2>&1"
 
 
 rule embed:
@@ -227,6 +231,7 @@ use rule finetune as downstream_finetune with:
         # this study's backbone or another study's directory (a models:/ URI is no file: fetched by the job)
         backbone=lambda wc: downstream_backbone(wc.ds, wc.backbone),
         parent=f"{FT_DIR}/study_run.json",
+        observables=head_observables(f"{DSR}/{{ds}}/observables"),
     output:
         directory(f"{DS_FT}/{CELL}/model"),
     params:
@@ -258,6 +263,7 @@ use rule evaluate as downstream_evaluate with:
     input:
         model=f"{DS_FT}/{CELL}/model",
         data=f"{DSR}/{{ds}}/data",
+        observables=head_observables(f"{DSR}/{{ds}}/observables"),
     output:
         f"{DS_FT}/{CELL}/test.json",
     params:
@@ -271,6 +277,7 @@ use rule downstream_evaluate as downstream_evaluate_on with:
     input:
         model=f"{DS_FT}/{CELL}/model",
         data=lambda wc: dataset_dir(wc.other),
+        observables=lambda wc: head_observables(observables_dir(wc.other)),
     output:
         f"{DS_FT}/{CELL}/on_{{other}}/test.json",
     params:
