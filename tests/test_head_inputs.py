@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from tiny_study import save_tiny_backbone
+from tiny_study import save_tiny_backbone, simulated_icecube
 
 from physfm.baselines.observables import write_observables
 from physfm.data.substructure import NAMES
@@ -123,13 +123,7 @@ def test_frozen_caches_backbone_states_only_and_equals_an_uncached_pass(
 @pytest.fixture(scope="module")
 def icecube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 simulated IceCube-86 events, converted to shards."""
-    from physfm.data.convert import convert
-    from physfm.data.generate_icecube import generate_icecube
-
-    root = tmp_path_factory.mktemp("head_linefit")
-    generate_icecube(root / "raw", 60, seed=3, workers=1, progress=False)
-    convert("kaggle", root / "raw", root / "data", shard_events=30, progress=False)
-    return root / "data"
+    return simulated_icecube(tmp_path_factory.mktemp("head_linefit"), 60, seed=3, shard_events=30)
 
 
 def test_linefit_seeded_direction_head_starts_at_linefit(icecube: Path, tmp_path: Path, one_torch_thread: None) -> None:

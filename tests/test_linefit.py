@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_study import simulated_icecube
 
 from physfm.baselines.linefit import (
     FALLBACK_DIRECTION,
@@ -25,13 +26,7 @@ C = 0.299792458  # m/ns
 @pytest.fixture(scope="module")
 def icecube_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """800 simulated IceCube-86 events (``physfm generate icecube``), converted to shards."""
-    from physfm.data.convert import convert
-    from physfm.data.generate_icecube import generate_icecube
-
-    root = tmp_path_factory.mktemp("linefit")
-    generate_icecube(root / "raw", 800, seed=11, workers=1, progress=False)
-    convert("kaggle", root / "raw", root / "data", shard_events=400, progress=False)
-    return root / "data"
+    return simulated_icecube(tmp_path_factory.mktemp("linefit"), 800, seed=11, shard_events=400)
 
 
 def track_event(rng: np.random.Generator, d: np.ndarray, n: int = 12, n_aux: int = 0) -> dict[str, np.ndarray]:

@@ -126,3 +126,14 @@ def run_tiny_study(root: Path, data_dir: Path) -> Path:
         )  # fmt: skip
     _CACHE[str(data_dir)] = root
     return root
+
+
+def simulated_icecube(root: Path, n_events: int, seed: int, shard_events: int) -> Path:
+    """``n_events`` simulated IceCube-86 events (``physfm generate icecube``) under ``root``, converted to
+    shards of ``shard_events``; returns the dataset directory."""
+    from physfm.data.convert import convert
+    from physfm.data.generate_icecube import generate_icecube
+
+    generate_icecube(root / "raw", n_events, seed=seed, workers=1, progress=False)
+    convert("kaggle", root / "raw", root / "data", shard_events=shard_events, progress=False)
+    return root / "data"
