@@ -17,6 +17,7 @@ import numpy as np
 
 from physfm.data.dataset import open_dataset
 from physfm.data.loader import read_block
+from physfm.data.shards import EventBlock
 from physfm.evaluate.metrics import roc_auc, roc_curve
 
 FPR_MIN = 1e-4  #: the max SIC is taken over cuts with FPR above this
@@ -59,12 +60,10 @@ def evaluate_cwola(model_dir: str | Path, data_dir: str | Path, threads: int = 1
     torch.set_num_threads(threads)
     ds = open_dataset(data_dir, verify=True)
     logits, kept, _, meta = predict(model_dir, ds, "test")
-    blocks = [read_block(path) for path, _ in ds.shards("test")]
-    events = np.concatenate([b.events for b in blocks])
-    keys = np.concatenate([b.event_key for b in blocks])
-    if not np.array_equal(keys, kept["event_key"]):
+    test = EventBlock.concat([read_block(path) for path, _ in ds.shards("test")])
+    if not np.array_equal(test.event_key, kept["event_key"]):
         raise RuntimeError("the model's test outputs are not in the order of the test shards")
-    scores, truth = event_scores(logits, events, ds.feature_names("event"), np.concatenate([b.label for b in blocks]))
+    scores, truth = event_scores(logits, test.events, ds.feature_names("event"), test.label)
     cw = ds.manifest["cwola"]
     return {
         "mode": meta["mode"],

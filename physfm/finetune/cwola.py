@@ -103,14 +103,7 @@ def choose_injected(inject: np.ndarray, region: np.ndarray, n_sr: int, seed: int
 
 def _read_all(ds: Any) -> EventBlock:
     """Every jet of the dataset (all splits), in shard order."""
-    blocks = [read_block(path) for s in SPLITS if s in ds.n_events for path, _ in ds.shards(s)]
-    return EventBlock(
-        offsets=np.concatenate([[0], np.cumsum(np.concatenate([np.diff(b.offsets) for b in blocks]))]).astype(np.int64),
-        particles=np.concatenate([b.particles for b in blocks]),
-        events=np.concatenate([b.events for b in blocks]),
-        label=np.concatenate([b.label for b in blocks]),
-        event_key=np.concatenate([b.event_key for b in blocks]),
-    )
+    return EventBlock.concat([read_block(path) for s in SPLITS if s in ds.n_events for path, _ in ds.shards(s)])
 
 
 def prepare_cwola(data_dir: str | Path, out_dir: str | Path, s_over_b: float, seed: int, cfg: CwolaConfig) -> dict:
