@@ -57,6 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ablation-backbone", action="append", default=[], metavar="NAME", help="a backbone that is an ablation"
     )
+    p.add_argument(
+        "--scaling-backbone",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a backbone of the corpus-scaling curve (repeat; the full-corpus one too); its corpus size is read "
+        "from its --pretrain directory's backbone.json",
+    )
     p.add_argument("--study-info", action="append", default=[], metavar="KEY=VALUE", help="extra study facts")
     add_parent_args(p)
     p.set_defaults(func=run_report)
@@ -99,6 +107,7 @@ def run_report(args: argparse.Namespace) -> int:
         mlflow_runs=tracking.runs_view_url(),
         pool_backbones=cfg.pool_backbones,
         ablation_backbones=args.ablation_backbone,
+        scaling_backbones=args.scaling_backbone,
         samples=_named(args.sample),
         downstream=downstream,
         downstream_metrics=ds_metrics,

@@ -262,7 +262,8 @@ class ShardDataset(IterableDataset):
     ``events`` (B, E) float32. Work is split over DataLoader workers and over distributed ranks
     (``rank``/``world_size``) by block, so each event is seen once per epoch. With ``shuffle``,
     the block order and the events within each block are permuted from ``seed`` and the epoch
-    (call :meth:`set_epoch`). Use with ``DataLoader(ds, batch_size=None, num_workers=N)``.
+    (call :meth:`set_epoch`). ``max_events`` > 0 keeps only the split's first ``max_events`` events in
+    stored order (a smaller corpus of the same data). Use with ``DataLoader(ds, batch_size=None, num_workers=N)``.
     """
 
     def __init__(
@@ -279,9 +280,14 @@ class ShardDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        max_events: int = 0,
     ) -> None:
         super().__init__()
         self.split = open_split(data_dir, split)
+        if max_events < 0 or max_events > len(self.split):
+            raise ValueError(
+                f"max_events {max_events}: the {split} split holds {len(self.split)} events; use 0 (all) up to that"
+            )
         self.feature_names = list(features) if features is not None else None
         if self.feature_names is not None:
             from physfm.features import available
@@ -292,14 +298,20 @@ class ShardDataset(IterableDataset):
         self.max_len, self.batch_size, self.shuffle, self.seed = max_len, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         block = batch_size * block_batches
-        self.units = [(p, a, min(a + block, n)) for p, n in self.split.shards for a in range(0, n, block)]
+        self.units: list[tuple[Path, int, int]] = []
+        left = max_events or len(self.split)
+        for p, n in self.split.shards:
+            n = min(n, left)
+            self.units += [(p, a, min(a + block, n)) for a in range(0, n, block)]
+            left -= n
+        self.n_events = sum(b - a for _, a, b in self.units)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.split) // self.world_size
+        n = self.n_events // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _my_units(self) -> list[tuple[Path, int, int]]:

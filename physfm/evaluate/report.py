@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from physfm import __version__  # noqa: E402
 from physfm.artifacts import VERSION_KEYS, write_artifact  # noqa: E402
 from physfm.evaluate.efficiency import best_method_factors, format_factor  # noqa: E402
+from physfm.evaluate.scaling import TARGETS, corpus_sizes, plot_scaling, scaling_fits, scaling_rows  # noqa: E402
 from physfm.finetune.task import report_metrics  # noqa: E402
 from physfm.io import atomic_path, read_json, write_json  # noqa: E402
 
@@ -66,6 +67,7 @@ SECTIONS = (
     "label-efficiency",
     "best-method",
     "ablations",
+    "scaling",
     "downstream",
     "embeddings",
     "methods",
@@ -655,6 +657,7 @@ def build_report(
     mlflow_runs: str | None = None,
     pool_backbones: dict[str, list[str]] | None = None,
     ablation_backbones: Sequence[str] = (),
+    scaling_backbones: Sequence[str] = (),
     samples: dict[str, Path] | None = None,
     downstream: dict[str, Sequence[dict[str, Any]]] | None = None,
     downstream_metrics: dict[str, str] | None = None,
@@ -664,6 +667,9 @@ def build_report(
     ``mlflow_runs``: address of the study's runs in the MLflow UI, linked in the study section.
     ``pool_backbones``: repeated pretraining runs combined under one name (:func:`pool_runs`);
     ``ablation_backbones``: backbones that are ablations (their factors go to the ablations section).
+    ``scaling_backbones``: the backbones of the corpus-scaling curve, the full-corpus one included (their corpus
+    sizes from ``pretrain``'s ``backbone.json``; :mod:`physfm.evaluate.scaling`); the smaller-corpus ones are left
+    out of the headline.
     ``samples``: ``physfm sample`` output directories of generative backbones, by name (generated vs real jets).
     ``interval``, ``curve``, ``n_bootstrap``: how every label-efficiency factor is computed (:func:`best_method_rows`).
     ``downstream``: each downstream set's evaluation records by name (its grid and baselines, and those scored on
@@ -691,6 +697,11 @@ def build_report(
     pretrained = sorted({r.get("backbone") or "-" for r in results if r["mode"] in PRETRAINED_MODES})
     eff_rows = scratch_factor_rows(best_rows, metric, pretrained[0] if len(pretrained) == 1 else "-")
     abl_rows = ablation_rows(best_rows, ablation_backbones)
+    corpus = corpus_sizes(pretrain or {}, scaling_backbones) if scaling_backbones else {}
+    scal_rows = scaling_rows(best_rows, corpus, metric)
+    scal_fits = scaling_fits(scal_rows)
+    # the headline is the study's own backbone: the curve's smaller corpora (and the ablations) have their sections
+    side = {*ablation_backbones, *(b for b, n in corpus.items() if n < max(corpus.values()))}
     srch_rows = search_rows(results)
 
     fig_paths = {
@@ -699,6 +710,7 @@ def build_report(
         "finetune-curves": plot_finetune_curves(results, figs / "finetune_curves.png"),
         "label-efficiency": plot_factor(eff_rows, metric, figs / "efficiency_factor.png"),
         "pretraining": plot_pretraining(pretraining_curves(pretrain or {}), figs / "pretraining.png"),
+        "scaling": plot_scaling(scal_rows, scal_fits, figs / "corpus_scaling.png"),
     }
     placeholders = {  # every figure file exists (workflow outputs), even when its inputs do not
         "efficiency": (
@@ -748,7 +760,7 @@ def build_report(
     # ---- headline
     lines = []
     for c in rows:
-        if c["mode"] != "finetune":
+        if c["mode"] != "finetune" or c["backbone"] in side:
             continue
         ref = next(
             (
@@ -769,7 +781,11 @@ def build_report(
         )
     level = f"{100 * best_rows[0]['level']:.0f} %" if best_rows else ""
     for e in best_rows:  # the factors: one computation (best_method_rows), quoted here and in the sections
-        if e["mode"].startswith("finetune") and e["against"] in ("best", "scratch"):
+        if (
+            e["mode"].startswith("finetune")
+            and e["against"] in ("best", "scratch")
+            and e["mode"].partition(" ")[2] not in side
+        ):
             what = "" if e["metric_name"] == metric else f" [{metric_label(e['metric_name'])}]"
             against = (
                 f"the best method without pretraining ({e['best_reference']})"
@@ -963,6 +979,69 @@ def build_report(
     else:
         add('<p class="missing">no ablation in this study (finetune.ablation)</p>')
 
+    # ---- corpus scaling (issue 19): the factor against the unlabelled corpus size
+    add('<h2 id="scaling">Corpus scaling</h2>')
+    if scal_rows:
+        add(
+            '<p class="note">The same backbone pretrained on the first N unlabelled train events (stored order; '
+            "the same steps, so a smaller corpus is seen more often), fine-tuned under the same protocol; each "
+            "factor is the one above (same curve, same interval). Fit: factor = A · N<sup>b</sup>, least squares in "
+            "log-log over the measured values (0× and bounds carry no slope); its corpus for a target factor is an "
+            "extrapolation of that law, not a measurement.</p>"
+        )
+        add(
+            _table(
+                ["corpus events", "backbone", "mode", "labels", "against", metric_label(metric), "factor"],
+                [
+                    [
+                        r["corpus_events"],
+                        r["backbone"],
+                        r["mode"],
+                        int(r["n"]),
+                        r["best_reference"] if r["against"] == "best" else "scratch",
+                        _fmt(r["metric"]),
+                        format_factor(r),
+                    ]
+                    for r in scal_rows
+                ],
+                left=3,
+            )
+        )
+        add(
+            _table(
+                [
+                    "against",
+                    "mode",
+                    "labels",
+                    "points fitted",
+                    "slope b",
+                    "A",
+                    *(f"corpus for {t:g}×" for t in TARGETS),
+                ],
+                [
+                    [
+                        g["against"],
+                        g["mode"],
+                        int(g["n"]),
+                        g["n_points"],
+                        g.get("why") or (f"{g['b']:.3g}" + (f" ± {g['b_se']:.2g}" if np.isfinite(g["b_se"]) else "")),
+                        _fmt(g["A"]) if np.isfinite(g["A"]) else "–",
+                        *(
+                            f"{g['corpus_for'][f'{t:g}']:.3g}"
+                            if np.isfinite(g["corpus_for"].get(f"{t:g}", np.nan))
+                            else "–"
+                            for t in TARGETS
+                        ),
+                    ]
+                    for g in scal_fits
+                ],
+                left=3,
+            )
+        )
+        add(_img(fig_paths["scaling"], "factor against corpus size"))
+    else:
+        add('<p class="missing">no corpus-scaling curve in this study (finetune.scaling)</p>')
+
     # ---- downstream sets: one section each, from the same tables and figures as the corpus's
     ds_data = {}
     add('<h2 id="downstream">Downstream sets</h2>')
@@ -1013,6 +1092,7 @@ def build_report(
         "efficiency": eff_rows,
         "best_method": best_rows,
         "ablations": abl_rows,
+        "scaling": {"corpus": corpus, "rows": scal_rows, "fits": scal_fits},
         "search": srch_rows,
         "study": dict(study or {}),
         "runs": [

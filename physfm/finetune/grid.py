@@ -126,6 +126,20 @@ def ablation_cells(
     return cells
 
 
+def scaling_cells(
+    scaling: dict[str, Any], tokens: Sequence[str], seeds: Sequence[int]
+) -> list[tuple[str, str, str, int]]:
+    """Cells of the corpus-scaling curve (``finetune.scaling``): each of its ``backbones`` (the first fine-tuned
+    backbone pretrained on a smaller corpus) in its ``modes``, at ``tokens`` (its label counts) and ``seeds``."""
+    return [
+        (b, t, m, s)
+        for b in scaling.get("backbones") or []
+        for m in scaling.get("modes") or ["finetune"]
+        for t in tokens
+        for s in seeds
+    ]
+
+
 def cell_settings(section: dict[str, Any], mode: str, pretrain: dict[str, Any]) -> dict[str, Any]:
     """One cell's ``--config``: the ``finetune`` section less its grid keys; ``scratch_global`` gets the
     auxiliary loss on ``global_aux_targets`` (weight ``global_aux_weight``, or ``pretrain.global_weight``

@@ -59,6 +59,7 @@ GRID_KEYS = (
     "resources",
     "search",
     "ablation",
+    "scaling",
     "seeds_at",
     "task",
     "on_corpus",

@@ -59,6 +59,7 @@ class PretrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     norm_events: int = 20000
+    corpus_events: int = 0  # pretrain on the train split's first N events (stored order); 0: all of them
     num_workers: int = 0
     seed: int = 0
     compile: bool = False
@@ -84,6 +85,10 @@ class PretrainConfig:
             raise ValueError(f"unknown objective '{self.objective}'; choose from {sorted(OBJECTIVES)}")
         if not 0.0 <= self.feature_dropout <= 1.0:
             raise ValueError(f"pretrain feature_dropout must be a probability in [0, 1], got {self.feature_dropout}")
+        if self.corpus_events < 0:
+            raise ValueError(
+                f"pretrain corpus_events must be >= 0 (0: the whole train split), got {self.corpus_events}"
+            )
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("max_len", self.max_len)):
             if value < 1:
                 raise ValueError(f"pretrain {name} must be >= 1, got {value}")

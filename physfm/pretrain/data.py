@@ -100,15 +100,26 @@ def fit_stats(
     max_len: int,
     n_events: int,
     seed: int,
+    corpus_events: int = 0,
 ) -> dict[str, Any]:
     """Normalisation of model inputs and global targets, fitted on (a seeded sample of) the train split,
-    and the unigram entropy of the tokenizer codes (the best loss without context, in nats)."""
+    and the unigram entropy of the tokenizer codes (the best loss without context, in nats).
+
+    ``corpus_events`` > 0: the corpus is the split's first ``corpus_events`` events in stored order (what
+    :class:`PretrainShards` reads with ``max_events``); the sample is drawn from those. The stats record
+    the corpus size as ``corpus_events``."""
     from physfm.data.loader import open_split
 
-    n_train = len(open_split(data_dir, "train"))
-    if n_train == 0:
+    n_split = len(open_split(data_dir, "train"))
+    if n_split == 0:
         raise ValueError(f"{data_dir} has no training events")
-    idx = None
+    if corpus_events < 0 or corpus_events > n_split:
+        raise ValueError(
+            f"pretrain corpus_events {corpus_events}: the train split holds {n_split} events; "
+            "use 0 (all of them) or a count up to that"
+        )
+    n_train = corpus_events or n_split
+    idx = None if n_train == n_split else np.arange(n_train)
     if n_events and n_train > n_events:
         idx = np.sort(np.random.default_rng(seed).choice(n_train, size=n_events, replace=False))
     arr = load_arrays(data_dir, "train", features=list(raw_features), max_len=max_len, indices=idx)
@@ -120,6 +131,7 @@ def fit_stats(
         "features": list(features),
         "norm": {"mean": real.mean(0).tolist(), "std": np.where(std > _STD_FLOOR, std, 1.0).tolist()},
         "n_events": int(len(mask)),
+        "corpus_events": int(n_train),
     }
     raw = {n: x[..., j] for n, j in col.items()}
     g = global_targets(list(global_names), raw, mask)
@@ -162,6 +174,7 @@ class PretrainShards(ShardDataset):
         drop_last: bool = False,
         quantized_inputs: bool = False,
         feature_dropout: float = 0.0,
+        max_events: int = 0,
     ) -> None:
         if not 0.0 <= feature_dropout <= 1.0:
             raise ValueError(f"pretrain feature_dropout must be a probability in [0, 1], got {feature_dropout}")
@@ -176,6 +189,7 @@ class PretrainShards(ShardDataset):
             rank=rank,
             world_size=world_size,
             drop_last=drop_last,
+            max_events=max_events,
         )
         self.split_name, self.stats, self.objective, self.tokenizer = split, stats, objective, tokenizer
         col = {n: j for j, n in enumerate(raw_features)}

@@ -140,6 +140,7 @@ def build_run(
         max_len=cfg.max_len,
         n_events=cfg.norm_events,
         seed=cfg.seed,
+        corpus_events=cfg.corpus_events,
     )
     config_hash = sha256_json(
         {"config": cfg.to_dict(), "data_version": manifest["data_version"], "tokenizer": tok.version if tok else None}
@@ -166,7 +167,13 @@ def make_datasets(cfg: PretrainConfig, parts: RunParts, rt: Runtime) -> tuple[Pr
     )
     return (
         PretrainShards(
-            parts.dataset, "train", shuffle=True, drop_last=True, feature_dropout=cfg.feature_dropout, **common
+            parts.dataset,
+            "train",
+            shuffle=True,
+            drop_last=True,
+            feature_dropout=cfg.feature_dropout,
+            max_events=cfg.corpus_events,
+            **common,
         ),
         PretrainShards(parts.dataset, "val", shuffle=False, drop_last=False, **common),
     )
@@ -195,6 +202,7 @@ def backbone_meta(cfg: PretrainConfig, parts: RunParts) -> dict[str, Any]:
         "pretrain": cfg.to_dict(),
         "config_hash": parts.config_hash,
         "feature_dropout": feature_dropout_meta(cfg.feature_dropout, parts.features),
+        "corpus_events": parts.stats["corpus_events"],  # unlabelled train events pretraining read
     }
 
 

@@ -21,7 +21,13 @@ ABLATION = FT["ablation"]
 ABLATION_TOKENS = [grid.label_token(s) for s in (ABLATION["labels"] or FT["labels"])]
 if missing := [t for t in ABLATION_TOKENS if t not in LABEL_SPECS]:
     raise ValueError(f"finetune.ablation.labels {missing}: use label counts of finetune.labels or reference_labels")
-if unknown := [b for b in [*FT_BACKBONES, *ABLATION["backbones"]] if b not in config["pretrain"]["backbones"]]:
+SCALING = FT["scaling"]
+SCALING_TOKENS = [grid.label_token(s) for s in (SCALING["labels"] or FT["labels"])]
+if missing := [t for t in SCALING_TOKENS if t not in LABEL_SPECS]:
+    raise ValueError(f"finetune.scaling.labels {missing}: use label counts of finetune.labels or reference_labels")
+# every backbone a cell fine-tunes or the report reads: the main ones, the ablations', the corpus-scaling curve's
+STUDY_BACKBONES = list(dict.fromkeys([*FT_BACKBONES, *ABLATION["backbones"], *SCALING["backbones"]]))
+if unknown := [b for b in STUDY_BACKBONES if b not in config["pretrain"]["backbones"]]:
     raise ValueError(f"finetune backbones {unknown} are not in pretrain.backbones {sorted(config['pretrain']['backbones'])}")
 FT_CELLS = grid.grid_cells(
     FT_BACKBONES,
@@ -32,6 +38,7 @@ FT_CELLS = grid.grid_cells(
     reference_tokens=[t for t in LABEL_SPECS if t not in MAIN_TOKENS],
 )
 FT_CELLS += [c for c in grid.ablation_cells(ABLATION, FT_BACKBONES, ABLATION_TOKENS, FT["seeds"]) if c not in FT_CELLS]
+FT_CELLS += [c for c in grid.scaling_cells(SCALING, SCALING_TOKENS, FT["seeds"]) if c not in FT_CELLS]
 FT_CELLS = grid.thin_seeds(FT_CELLS, FT["seeds"], FT["seeds_at"])
 # the in-budget hyperparameter grid every fine-tuning mode gets (physfm/finetune/search.py), at the label
 # counts of finetune.search_labels (all when null); elsewhere its first candidate, for every mode
@@ -118,7 +125,7 @@ rule finetune:
     params:
         spec=lambda wc: LABEL_SPECS[wc.labels],
         run_name=lambda wc: grid.cell_run_name(
-            wc.backbone, LABEL_SPECS[wc.labels], wc.mode, wc.seed, len(FT_BACKBONES) > 1
+            wc.backbone, LABEL_SPECS[wc.labels], wc.mode, wc.seed, len(FT_BACKBONES) > 1 or wc.backbone not in FT_BACKBONES
         ),
         # one run's training settings: the finetune section less its grid keys (scratch_global: + its aux loss;
         # LArTPC: + the segmentation task's section)

@@ -15,7 +15,7 @@ rule report:
         summary=f"{R}/summary/summary.json",
         subsets=REPORT_SUBSETS,
         parent=f"{FT_DIR}/study_run.json",
-        backbones=expand(BACKBONE_DIR, backbone=[*FT_BACKBONES, *ABLATION["backbones"]]),
+        backbones=expand(BACKBONE_DIR, backbone=STUDY_BACKBONES),
         tokenizers=[f"{R}/tokenizers/{t}" for t in STUDY_TOKENIZERS],
         samples=SAMPLE_RESULTS,
     output:
@@ -37,7 +37,7 @@ rule report:
     params:
         summary=lambda wc, input: str(Path(input.summary).parent),
         pretrain=lambda wc, input: " ".join(
-            f"--pretrain {b}={d}" for b, d in zip([*FT_BACKBONES, *ABLATION["backbones"]], input.backbones)
+            f"--pretrain {b}={d}" for b, d in zip(STUDY_BACKBONES, input.backbones)
         ),
         tokenizers=lambda wc, input: " ".join(
             f"--tokenizer {t}={d}" for t, d in zip(STUDY_TOKENIZERS, input.tokenizers)
@@ -48,13 +48,17 @@ rule report:
         config=json.dumps({"metric": EV["metric"], **EV["report"]}, sort_keys=True),
         study=STUDY,
         ablation=" ".join(f"--ablation-backbone {b}" for b in ABLATION["backbones"]),
+        # the corpus-scaling curve: the first fine-tuned backbone (its whole corpus) and its smaller-corpus copies
+        scaling=" ".join(f"--scaling-backbone {b}" for b in [FT_BACKBONES[0], *SCALING["backbones"]])
+        if SCALING["backbones"]
+        else "",
         downstream=" ".join(
             f"--downstream {name} {' '.join(files)} --downstream-metric {name}={DOWNSTREAM[name]['metric']}"
             for name, files in DS_RESULTS.items()
         ),
         pretraining=shlex.quote(
             "pretraining="
-            + grid.pretraining_note(config["pretrain"], [*FT_BACKBONES, *ABLATION["backbones"]], EV["report"]["pool_backbones"])
+            + grid.pretraining_note(config["pretrain"], STUDY_BACKBONES, EV["report"]["pool_backbones"])
         ),
     log:
         f"{R}/logs/report.log",
@@ -65,7 +69,7 @@ rule report:
         "--out {output.html} --figures {params.figures} "
         "--config {params.config:q} --summary {params.summary} {params.pretrain} {params.tokenizers} {params.samples} "
         "--subsets {input.subsets} --parent-run-file {input.parent} "
-        "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} > {log} 2>&1"
+        "--study-info study={params.study} --study-info {params.pretraining} {params.ablation} {params.scaling} > {log} 2>&1"
 
 
 # a study with nothing fine-tuned on the corpus or a downstream set (config/anomaly.yaml) has its anomaly report only
