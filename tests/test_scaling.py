@@ -112,3 +112,20 @@ def test_a_group_without_two_measured_factors_says_why() -> None:
     ]  # fmt: skip
     (g,) = scaling_fits(rows)
     assert np.isnan(g["b"]) and "fewer than two" in g["why"]
+
+
+def test_the_verdict_says_plainly_whether_pretraining_beats_the_best_method() -> None:
+    from physfm.evaluate.report import best_method_verdict
+
+    def row(n: int, kind: str, factor: float, low: float = float("nan"), ref: str = "bdt") -> dict:
+        return {"against": "best", "mode": "finetune", "n": float(n), "kind": kind, "factor": factor, "low": low,
+                "high": float("nan") if kind != "value" else factor * 1.2, "best_reference": ref}  # fmt: skip
+
+    lose = [row(100, "zero", 0.0, ref="cut"), row(300, "value", 0.38, 0.31), row(1000, "upper", 0.1)]
+    text = best_method_verdict(lose)
+    assert text.startswith("Verdict: pretraining does not beat the best method without pretraining (bdt, cut)")
+    assert "any of the 3 label counts" in text and "0.38× (0.31–0.456) at 300 labels" in text
+    # a factor above 1 whose interval reaches below 1 is not a win; a lower bound of 2x is
+    text = best_method_verdict([row(100, "value", 1.5, 0.9), row(300, "lower", 2.0)])
+    assert "in 1 of the 2 label counts (300 labels)" in text
+    assert best_method_verdict([{**lose[1], "against": "scratch"}]) == ""

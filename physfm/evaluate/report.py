@@ -555,6 +555,36 @@ def best_method_rows(
     return out
 
 
+def best_method_verdict(rows: Sequence[dict[str, Any]]) -> str:
+    """One plain sentence: does the fine-tuned backbone beat the best method without pretraining, at how many of
+    the label counts tried, and by how much (``rows``: the headline metric's ``best_method`` rows)."""
+    rated = sorted(
+        (e for e in rows if e["against"] == "best" and e["mode"].startswith("finetune")), key=lambda e: e["n"]
+    )
+    if not rated:
+        return ""
+    # beats: a factor above 1 whose interval (when it has one) excludes 1, or a lower bound at or above 1
+    wins = [e for e in rated if e["kind"] in ("value", "lower") and e["factor"] > 1 and not (e.get("low", 2) <= 1)]
+    top = max(rated, key=lambda e: e["factor"])
+    refs = ", ".join(sorted({e["best_reference"] for e in rated}))
+    several = len({e["mode"] for e in rated}) > 1  # several backbones: "finetune <name>"
+
+    def cell(e: dict[str, Any]) -> str:
+        return f"{int(e['n'])} labels" + (f" ({e['mode'].partition(' ')[2]})" if several else "")
+
+    tried = f"{len(rated)} (backbone, label count) cells" if several else f"{len(rated)} label counts"
+    where = f"{format_factor(top)} at {cell(top)}"
+    if not wins:
+        return (
+            f"Verdict: pretraining does not beat the best method without pretraining ({refs}) in any of the "
+            f"{tried} tried; its largest factor is {where}"
+        )
+    return (
+        f"Verdict: pretraining beats the best method without pretraining ({refs}) in {len(wins)} of the {tried} "
+        f"({', '.join(cell(e) for e in wins)}); its largest factor is {where}"
+    )
+
+
 def search_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (backbone, mode, labels): the in-budget search's candidates and how often each was chosen."""
     out: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -794,6 +824,10 @@ def build_report(
             )
             span = f" ({level} interval over {e['n_seeds']} seeds)" if np.isfinite(e["low"]) else ""
             lines.append(f"factor against {against} at {int(e['n'])} labels{what}: {format_factor(e)}{span}")
+    verdict = best_method_verdict(
+        [e for e in best_rows if e["metric_name"] == metric and e["mode"].partition(" ")[2] not in side]
+    )
+    lines = [verdict, *lines] if verdict else lines
     if lines:
         add(
             '<div class="hl"><b>Headline</b> ('
