@@ -168,3 +168,36 @@ def test_unknown_or_per_particle_head_inputs_are_refused() -> None:
 
     with pytest.raises(ValueError, match="per-particle"):
         SegmentationTask(["a", "b"]).head_meta(HeadConfig(inputs=["observables"]))
+
+
+def test_initial_candidate_keeps_the_untrained_linefit_head_unless_a_step_beats_it(
+    icecube: Path, tmp_path: Path, one_torch_thread: None
+) -> None:
+    """finetune.initial_candidate: the model before any step is validated at step 0 and is a checkpoint
+    candidate. With lr 0 no step can beat it, so the kept model is the untrained head: LineFit itself."""
+    from physfm.baselines.linefit import predict_linefit, read_pulses
+
+    base = dict(mode="scratch", labels="20", seed=1, max_steps=4, eval_every=1, patience=2, batch_size=8, lr=0.0,
+                warmup_steps=0, head={"hidden": 8, "inputs": ["linefit"]})  # fmt: skip
+    arch = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 16}
+    with_initial = finetune(icecube, tmp_path / "a", FinetuneConfig(**base, initial_candidate=True), arch=arch,
+                            task="direction", progress=False)  # fmt: skip
+    without = finetune(icecube, tmp_path / "b", FinetuneConfig(**base), arch=arch, task="direction", progress=False)
+    assert with_initial["history"][0]["step"] == 0 and with_initial["train"]["best_step"] == 0
+    assert without["history"][0]["step"] == 1 and without["train"]["best_step"] == 1
+    assert with_initial["train"]["best_val_loss"] == pytest.approx(without["train"]["best_val_loss"], rel=1e-5)
+    # a step size that only spoils the head: the untrained head (LineFit) is restored at the end
+    spoiled = finetune(icecube, tmp_path / "c", FinetuneConfig(**{**base, "lr": 5.0}, initial_candidate=True),
+                       arch=arch, task="direction", progress=False)  # fmt: skip
+    assert spoiled["train"]["best_step"] == 0 and spoiled["train"]["steps"] == 2  # stopped after patience 2
+    assert all(h["val_loss"] > spoiled["history"][0]["val_loss"] for h in spoiled["history"][1:])
+    model, task, saved = load_model(tmp_path / "c")
+    inp = task.inputs(icecube, "test", saved["backbone"], None)
+    head_inputs.attach(["linefit"], inp, icecube, "test", None)
+    with torch.no_grad():
+        pred = model.eval()(torch.from_numpy(normalize(inp["x"], inp["mask"], saved["backbone"])),
+                            torch.from_numpy(inp["mask"]), side=torch.from_numpy(inp["side"])).numpy()  # fmt: skip
+    pulses = read_pulses(icecube, "test")
+    linefit_dir, _ = predict_linefit(pulses)
+    order = {int(k): i for i, k in enumerate(pulses["event_key"])}
+    np.testing.assert_allclose(pred, linefit_dir[[order[int(k)] for k in inp["event_key"]]], atol=1e-5)

@@ -56,6 +56,9 @@ class LoopSettings:
     order_salt: int = 0xF17E  # second word of the batch-order seed
     clip_norm: float | None = 1.0  # gradient-norm clipping (None: none); :func:`physfm.runtime.optimizer_step`
     eval_batch: int = 256
+    # the model before any step is a checkpoint candidate: validated at step 0 and kept unless a step beats it
+    # (a head whose untrained output is a baseline, e.g. head.inputs linefit, then never ends worse than it on val)
+    initial_candidate: bool = False
 
 
 @dataclass
@@ -208,6 +211,11 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     bad_evals, step, loss_sum, loss_n = 0, 0, 0.0, 0
+    if val is not None and settings.initial_candidate:
+        best = {"step": 0, **validate()}
+        history.append({**best, "lr": opt.param_groups[0]["lr"]})
+        if run is not None:
+            run.log_metrics({k: v for k, v in history[0].items() if k != "step"}, step=0)
     bar = progress_bar(settings.max_steps, desc=desc, show=progress)
     while step < settings.max_steps:
         if pos + bs > n:

@@ -91,6 +91,7 @@ class FinetuneConfig:
     warmup_steps: int = 20
     eval_every: int = 25  # steps between validation-loss evaluations
     patience: int = 6  # evaluations without improvement before stopping
+    initial_candidate: bool = False  # the model before any step is a checkpoint candidate (validated at step 0)
     global_aux_weight: float = 0.0  # scratch_global ablation: weight of the global-target loss (0 = off)
     global_aux_targets: list[str] = field(default_factory=lambda: ["log_mass", "log_multiplicity"])
     device: str = "auto"
@@ -250,7 +251,9 @@ def finetune(
     groups += [{"params": list(aux.parameters()), "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": 0.0}] if aux else []
     opt = adamw(groups, cfg.lr, betas=(0.9, 0.98))  # each group carries its own (layer-wise) lr
     sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, 0.1)  # warm-up, then cosine decay to 0.1
-    settings = LoopSettings(cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed)
+    settings = LoopSettings(
+        cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed, initial_candidate=cfg.initial_candidate
+    )
     result = fit(
         model,
         task,
