@@ -145,9 +145,10 @@ def test_no_finetuning_run_reads_the_val_split_or_a_label_outside_its_subset(
     make_subsets(jet_dataset, ["40"], [2], subsets)
     train_part, val_part = load_split(subsets, "40", 2, jet_dataset)
     spy = spy_reads(ft)
-    for mode in ("finetune", "frozen"):
-        cfg = FinetuneConfig(mode=mode, labels="40", seed=2, max_steps=4, eval_every=2, batch_size=8)
-        meta = finetune(jet_dataset, tmp_path / mode, cfg, subsets_dir=subsets, backbone_dir=backbone, progress=False)
+    for mode, probe in (("finetune", 0), ("frozen", 0), ("finetune", 4)):  # probe: the LP-FT warm start's reads too
+        cfg = FinetuneConfig(mode=mode, labels="40", seed=2, max_steps=4, eval_every=2, batch_size=8, probe_steps=probe)
+        out = tmp_path / f"{mode}{probe}"
+        meta = finetune(jet_dataset, out, cfg, subsets_dir=subsets, backbone_dir=backbone, progress=False)
         assert meta["n_labels"] == 40 and meta["budget"]["n_train"] + meta["budget"]["n_val"] == 40
     assert spy.reads and spy.splits() == {"train"}, f"splits read: {sorted(spy.splits())}"
     assert not spy.outside(train_part, val_part), "a run read events outside its label subset"

@@ -129,3 +129,15 @@ def test_the_verdict_says_plainly_whether_pretraining_beats_the_best_method() ->
     text = best_method_verdict([row(100, "value", 1.5, 0.9), row(300, "lower", 2.0)])
     assert "in 1 of the 2 label counts (300 labels)" in text
     assert best_method_verdict([{**lose[1], "against": "scratch"}]) == ""
+
+
+def test_a_whole_split_corpus_leaves_the_pretraining_jobs_config_as_before() -> None:
+    from physfm.pretrain.config import backbone_slice
+
+    section = {
+        "steps": 10,
+        "corpus_events": 0,
+        "backbones": {"a": {"objective": "mpm"}, "b": {"set": {"corpus_events": 300}}},
+    }
+    assert "corpus_events" not in backbone_slice(section, "a")  # no rerun of a study pretrained before the key
+    assert backbone_slice(section, "b")["corpus_events"] == 300

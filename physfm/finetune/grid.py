@@ -153,6 +153,11 @@ def cell_settings(section: dict[str, Any], mode: str, pretrain: dict[str, Any]) 
         out["global_aux_weight"] = section.get("global_aux_weight") or pretrain.get("global_weight", 0.5)
     else:
         out["global_aux_weight"] = 0.0
+    if mode != "finetune":  # the probe warm start is a recipe of fine-tuning a pretrained backbone only
+        out.pop("probe_steps", None)
+    for key, off in (("initial_candidate", False), ("probe_steps", 0)):  # off: the config as before the key
+        if out.get(key, off) == off:
+            out.pop(key, None)
     return out
 
 

@@ -36,7 +36,7 @@ from physfm.data.loader import load_arrays, open_split
 from physfm.data.shards import DataError
 from physfm.finetune import head_inputs
 from physfm.finetune.auxiliary import maybe_global_aux
-from physfm.finetune.loop import LoopSettings, fit, tensors, train_record
+from physfm.finetune.loop import FitResult, LoopSettings, fit, tensors, train_record
 from physfm.finetune.model import HeadConfig, TaskModel, param_groups, save_model
 from physfm.finetune.subsets import load_split, make_subsets, spec_name, subset_info
 from physfm.finetune.task import Task, make_task
@@ -92,6 +92,7 @@ class FinetuneConfig:
     eval_every: int = 25  # steps between validation-loss evaluations
     patience: int = 6  # evaluations without improvement before stopping
     initial_candidate: bool = False  # the model before any step is a checkpoint candidate (validated at step 0)
+    probe_steps: int = 0  # finetune: first train the head alone on the frozen backbone (probe warm start, LP-FT)
     global_aux_weight: float = 0.0  # scratch_global ablation: weight of the global-target loss (0 = off)
     global_aux_targets: list[str] = field(default_factory=lambda: ["log_mass", "log_multiplicity"])
     device: str = "auto"
@@ -105,6 +106,8 @@ class FinetuneConfig:
         for name in ("batch_size", "max_steps", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"finetune {name} must be at least 1, got {getattr(self, name)}")
+        if self.probe_steps < 0:
+            raise ValueError(f"finetune probe_steps must be >= 0 (0: no probe warm start), got {self.probe_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +185,33 @@ def prepare_backbone(
     return model, meta
 
 
+def probe_warm_start(
+    model: TaskModel,
+    task: Task,
+    train: Any,
+    val: Any,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    progress: bool,
+    desc: str,
+) -> FitResult:
+    """Train the head alone on the frozen backbone for ``cfg.probe_steps`` steps (its own AdamW at ``cfg.lr``,
+    warm-up and cosine decay), early-stopped on the same in-budget validation part; the model keeps the best
+    head, and the fine-tuning that follows starts from it (LP-FT, as RINO and jetssl warm-start). No label
+    beyond the budget's is read."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    opt = adamw(param_groups(model, "frozen", cfg.lr, 0.0, 1.0, cfg.weight_decay), cfg.lr, betas=(0.9, 0.98))
+    sched = cosine_schedule(opt, min(cfg.warmup_steps, cfg.probe_steps - 1), cfg.probe_steps, 0.1)
+    settings = LoopSettings(cfg.probe_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed, order_salt=0x9B0E)
+    try:
+        return fit(model, task, train, val, opt, settings, sched=sched, frozen=True, device=device,
+                   progress=progress, desc=f"{desc} probe")  # fmt: skip
+    finally:
+        for p in model.backbone.parameters():
+            p.requires_grad_(True)
+
+
 def finetune(
     data_dir: Dataset | str | Path,
     out_dir: str | Path,
@@ -254,11 +284,17 @@ def finetune(
     settings = LoopSettings(
         cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed, initial_candidate=cfg.initial_candidate
     )
+    train_t = tensors(train, normalize(train["x"], train["mask"], bmeta))
+    val_t = None if val is None else tensors(val, normalize(val["x"], val["mask"], bmeta))
+    desc = f"{task.name} {cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}"
+    probe = None
+    if cfg.probe_steps and cfg.mode == "finetune":  # probe warm start: the head alone first, on the frozen backbone
+        probe = probe_warm_start(model, task, train_t, val_t, cfg, device, progress, desc)
     result = fit(
         model,
         task,
-        tensors(train, normalize(train["x"], train["mask"], bmeta)),
-        None if val is None else tensors(val, normalize(val["x"], val["mask"], bmeta)),
+        train_t,
+        val_t,
         opt,
         settings,
         sched=sched,
@@ -267,7 +303,7 @@ def finetune(
         device=device,
         run=run,
         progress=progress,
-        desc=f"{task.name} {cfg.mode} {spec_name(cfg.labels)} seed={cfg.seed}",
+        desc=desc,
     )
     task_meta = task.to_meta()
     meta = {
@@ -293,6 +329,7 @@ def finetune(
         },
         "train": {
             **train_record(result),
+            **({"probe": train_record(probe), "probe_history": probe.history} if probe is not None else {}),
             "n_val": int(len(val_idx) if has_val else 1),
             "wall_seconds": time.perf_counter() - t_start,
             "device": str(device),

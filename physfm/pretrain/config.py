@@ -165,6 +165,8 @@ def backbone_slice(section: dict[str, Any], backbone: str) -> dict[str, Any]:
         _set_dotted(out, key, copy.deepcopy(value))
     objectives = out.get("objectives") or {}
     out["objectives"] = {out["objective"]: objectives[out["objective"]]} if out["objective"] in objectives else {}
+    if not out.get("corpus_events"):  # the whole split: the job's config as before the key existed (no rerun)
+        out.pop("corpus_events", None)
     return out
 
 
