@@ -44,13 +44,18 @@ def corpus_sizes(pretrain_dirs: dict[str, Path], names: Sequence[str]) -> dict[s
 
 def scaling_rows(best_rows: Sequence[dict[str, Any]], corpus: dict[str, int], metric: str) -> list[dict[str, Any]]:
     """The factor rows (headline ``metric``, against ``best`` and ``scratch``) of the backbones in ``corpus``,
-    each with its ``backbone`` split off the mode and its ``corpus_events``, sorted by corpus size."""
+    each with its ``backbone`` split off the mode and its ``corpus_events``, sorted by corpus size; only the
+    (against, mode, labels) groups measured at two corpus sizes or more (the curve, not the main grid's rest)."""
     out = []
     for e in best_rows:
         mode, _, backbone = e["mode"].partition(" ")
         if e["metric_name"] != metric or e["against"] not in ("best", "scratch") or backbone not in corpus:
             continue
         out.append({**e, "mode": mode, "backbone": backbone, "corpus_events": corpus[backbone]})
+    sizes: dict[tuple[str, str, float], set[int]] = {}
+    for r in out:
+        sizes.setdefault((r["against"], r["mode"], r["n"]), set()).add(r["corpus_events"])
+    out = [r for r in out if len(sizes[(r["against"], r["mode"], r["n"])]) > 1]
     return sorted(out, key=lambda r: (r["against"], r["mode"], r["n"], r["corpus_events"]))
 
 
