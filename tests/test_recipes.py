@@ -60,3 +60,28 @@ def test_recipe_keys_reach_only_the_cells_they_change() -> None:
         on, "frozen", {}
     )
     assert all(cell_settings(on, m, {})["initial_candidate"] is True for m in ("scratch", "finetune", "frozen"))
+
+
+def test_weight_averaging_is_one_more_candidate_chosen_on_the_budget_validation(
+    jet_dataset: Path, tmp_path: Path
+) -> None:
+    from physfm.finetune.loop import average_states
+
+    a, b = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(2)}, {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(7)}
+    avg = average_states([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 7  # integers: the last state's
+
+    backbone = save_tiny_backbone(jet_dataset, tmp_path / "bb")
+    for mode in ("finetune", "frozen", "scratch"):
+        cfg = FinetuneConfig(mode=mode, labels="40", seed=2, max_steps=6, eval_every=1, patience=20, batch_size=8,
+                             lr=3e-3, average_last=3)  # fmt: skip
+        meta = finetune(jet_dataset, tmp_path / mode, cfg, backbone_dir=None if mode == "scratch" else backbone,
+                        arch={"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 48}, progress=False)  # fmt: skip
+        hist = meta["history"]
+        assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6, 6] and hist[-1]["averaged"] == 3
+        # the kept model is the candidate with the lowest in-budget validation loss, the average included
+        assert meta["train"]["best_val_loss"] == pytest.approx(min(h["val_loss"] for h in hist))
+        chosen = min(hist, key=lambda h: h["val_loss"])
+        assert (meta["train"].get("best_averaged") == 3) == ("averaged" in chosen)
+    with pytest.raises(ValueError, match="average_last must be >= 0"):
+        FinetuneConfig(average_last=-1)

@@ -155,7 +155,7 @@ def cell_settings(section: dict[str, Any], mode: str, pretrain: dict[str, Any]) 
         out["global_aux_weight"] = 0.0
     if mode != "finetune":  # the probe warm start is a recipe of fine-tuning a pretrained backbone only
         out.pop("probe_steps", None)
-    for key, off in (("initial_candidate", False), ("probe_steps", 0)):  # off: the config as before the key
+    for key, off in (("initial_candidate", False), ("probe_steps", 0), ("average_last", 0)):  # off: as before the key
         if out.get(key, off) == off:
             out.pop(key, None)
     return out

@@ -30,6 +30,7 @@ Budgets are steps, not seconds, so results do not depend on the machine.
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -59,6 +60,9 @@ class LoopSettings:
     # the model before any step is a checkpoint candidate: validated at step 0 and kept unless a step beats it
     # (a head whose untrained output is a baseline, e.g. head.inputs linefit, then never ends worse than it on val)
     initial_candidate: bool = False
+    # weight averaging: the mean of the weights at the last `average_last` evaluations is one more checkpoint
+    # candidate, validated like the others and kept only if it beats the best (0 or 1: off)
+    average_last: int = 0
 
 
 @dataclass
@@ -216,6 +220,7 @@ def fit(
         history.append({**best, "lr": opt.param_groups[0]["lr"]})
         if run is not None:
             run.log_metrics({k: v for k, v in history[0].items() if k != "step"}, step=0)
+    tail: collections.deque[dict[str, Tensor]] = collections.deque(maxlen=max(settings.average_last, 1))
     bar = progress_bar(settings.max_steps, desc=desc, show=progress)
     while step < settings.max_steps:
         if pos + bs > n:
@@ -243,6 +248,8 @@ def fit(
             bar.set_postfix(
                 val_loss=f"{scores['val_loss']:.4f}", best=f"{min(best['val_loss'], scores['val_loss']):.4f}"
             )
+            if settings.average_last > 1:
+                tail.append(copy.deepcopy(model.state_dict()))
             if scores["val_loss"] < best["val_loss"] - 1e-6:
                 best = {"step": step, **scores}
                 best_state = copy.deepcopy(model.state_dict())
@@ -252,11 +259,26 @@ def fit(
                 if bad_evals >= settings.patience:
                     break
     bar.close()
+    if val is not None and settings.average_last > 1 and len(tail) > 1:
+        model.load_state_dict(average_states(list(tail)))
+        scores = validate()
+        history.append({"step": step, "averaged": len(tail), **scores})
+        if scores["val_loss"] < best["val_loss"] - 1e-6:
+            best = {"step": step, "averaged": len(tail), **scores}
+            best_state = copy.deepcopy(model.state_dict())
     if val is not None:
         model.load_state_dict(best_state)
     else:  # budget protocol fixed: no labels to choose a checkpoint with; the last model is kept
         best = {"step": step, **{k: math.nan for k in task.val_keys}}
     return FitResult(best=best, history=history, steps=step, max_steps=settings.max_steps)
+
+
+def average_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The element-wise mean of floating-point entries of ``states`` (the others from the last state)."""
+    out = {}
+    for k, v in states[-1].items():
+        out[k] = torch.stack([s[k] for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v.clone()
+    return out
 
 
 def train_record(result: FitResult) -> dict[str, Any]:

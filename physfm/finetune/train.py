@@ -93,6 +93,7 @@ class FinetuneConfig:
     patience: int = 6  # evaluations without improvement before stopping
     initial_candidate: bool = False  # the model before any step is a checkpoint candidate (validated at step 0)
     probe_steps: int = 0  # finetune: first train the head alone on the frozen backbone (probe warm start, LP-FT)
+    average_last: int = 0  # the mean of the weights at the last N evaluations as one more checkpoint candidate
     global_aux_weight: float = 0.0  # scratch_global ablation: weight of the global-target loss (0 = off)
     global_aux_targets: list[str] = field(default_factory=lambda: ["log_mass", "log_multiplicity"])
     device: str = "auto"
@@ -106,6 +107,8 @@ class FinetuneConfig:
         for name in ("batch_size", "max_steps", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"finetune {name} must be at least 1, got {getattr(self, name)}")
+        if self.average_last < 0:
+            raise ValueError(f"finetune average_last must be >= 0 (0: no weight averaging), got {self.average_last}")
         if self.probe_steps < 0:
             raise ValueError(f"finetune probe_steps must be >= 0 (0: no probe warm start), got {self.probe_steps}")
 
@@ -282,7 +285,13 @@ def finetune(
     opt = adamw(groups, cfg.lr, betas=(0.9, 0.98))  # each group carries its own (layer-wise) lr
     sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, 0.1)  # warm-up, then cosine decay to 0.1
     settings = LoopSettings(
-        cfg.max_steps, cfg.eval_every, cfg.patience, cfg.batch_size, cfg.seed, initial_candidate=cfg.initial_candidate
+        cfg.max_steps,
+        cfg.eval_every,
+        cfg.patience,
+        cfg.batch_size,
+        cfg.seed,
+        initial_candidate=cfg.initial_candidate,
+        average_last=cfg.average_last,
     )
     train_t = tensors(train, normalize(train["x"], train["mask"], bmeta))
     val_t = None if val is None else tensors(val, normalize(val["x"], val["mask"], bmeta))
