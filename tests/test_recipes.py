@@ -85,3 +85,23 @@ def test_weight_averaging_is_one_more_candidate_chosen_on_the_budget_validation(
         assert (meta["train"].get("best_averaged") == 3) == ("averaged" in chosen)
     with pytest.raises(ValueError, match="average_last must be >= 0"):
         FinetuneConfig(average_last=-1)
+
+
+def test_the_report_draws_histories_with_a_step_0_and_an_averaged_record(tmp_path: Path) -> None:
+    from test_report_factors import _record
+
+    from physfm.evaluate.report import build_report
+
+    runs = []
+    for mode in ("scratch", "finetune"):
+        for seed in (1, 2):
+            r = _record(mode, 100, seed, 0.5 if mode == "finetune" else 0.0)
+            r["history"] = [
+                {"step": 0, "val_loss": 1.4},
+                {"step": 25, "train_loss": 1.2, "val_loss": 1.1},
+                {"step": 50, "train_loss": 0.9, "val_loss": 1.0},
+                {"step": 50, "averaged": 2, "val_loss": 0.95},
+            ]
+            runs.append(r)
+    data = build_report(tmp_path / "report.html", runs, n_bootstrap=5)
+    assert (tmp_path / "figures" / "finetune_curves.png").stat().st_size > 0 and data["figures"]["finetune-curves"]

@@ -301,10 +301,16 @@ def plot_finetune_curves(results: Sequence[dict[str, Any]], path: Path) -> Path 
         for r in with_history:
             if int(r["n_labels"]) != n or r["seed"] != first_seed:
                 continue
-            h = r["history"]
+            # the curve: evaluations during training (a step-0 record has no train loss, the weight average of
+            # finetune.average_last is a candidate beside the curve, drawn as a point)
+            h = [p for p in r["history"] if "averaged" not in p]
             color, _ = MODE_STYLE.get(r["mode"], ("k", "."))
             ax.plot([p["step"] for p in h], [p["val_loss"] for p in h], color=color, label=f"{r['mode']} val")
-            ax.plot([p["step"] for p in h], [p["train_loss"] for p in h], color=color, ls=":", alpha=0.7)
+            tr = [p for p in h if "train_loss" in p]
+            ax.plot([p["step"] for p in tr], [p["train_loss"] for p in tr], color=color, ls=":", alpha=0.7)
+            for p in r["history"]:
+                if "averaged" in p:
+                    ax.plot(p["step"], p["val_loss"], marker="*", color=color, ms=8)
             ax.axvline(r["train"]["best_step"], color=color, lw=0.6, ls="--")
         _label_panel(ax, j, "step", "cross-entropy", f"{n} labels, seed {first_seed}")
     fig.suptitle("fine-tuning: validation (solid) and training (dotted) loss; dashed = best checkpoint")
