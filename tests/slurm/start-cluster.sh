@@ -10,7 +10,7 @@
 # partitions `cpu` (default) and `gpu`, 4 fake GPUs (character devices made with mknod, in gres.conf)
 # so `--gpus=1` is accepted and SLURM sets CUDA_VISIBLE_DEVICES. No systemd, no cgroups
 # (proctrack/linuxproc, task/none), no slurmdbd (so `sacct` does not work: use squeue, which keeps
-# finished jobs for MinJobAge=300 s). Idempotent: a running cluster with the same config is reused.
+# finished jobs for MinJobAge=3600 s). Idempotent: a running cluster with the same config is reused.
 # The config must sit at the default /etc/slurm/slurm.conf: Snakemake's job-step executor strips
 # SLURM_* variables (SLURM_CONF included) before its nested srun. An existing slurm.conf that this
 # script did not write is never overwritten (exit 3).
@@ -143,10 +143,13 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-# No slurmdbd: sacct cannot work; squeue shows finished jobs for MinJobAge seconds.
+# No slurmdbd: sacct cannot work; squeue shows finished jobs for MinJobAge seconds. An hour, not the default
+# 300 s: when `scontrol show config` times out under load (10 s), the executor plugin (2.8) falls back to sacct
+# for that poll, which sees nothing; with 300 s a job that finished meanwhile could leave squeue before the next
+# poll (up to 180 s later) and the run would wait for it forever (seen in session 8 with 7 jobs on 2 cores).
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-MinJobAge=300
+MinJobAge=3600
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
