@@ -161,7 +161,8 @@ def headline_metrics(results: Sequence[dict[str, Any]], primary: str) -> list[st
 
 
 # --------------------------------------------------------------------------- figures
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically and close it (every figure of the report)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -209,7 +210,7 @@ def plot_efficiency(rows: list[dict[str, Any]], metrics: Sequence[str], path: Pa
         axes[j // ncols][j % ncols].axis("off")
     fig.suptitle("data efficiency (mean ± std over seeds, test split)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -248,7 +249,7 @@ def plot_roc(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
         axes[j // ncols][j % ncols].axis("off")
     fig.suptitle("ROC curves (one line per seed)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label_panel(ax: plt.Axes, j: int, xlabel: str, ylabel: str, title: str) -> None:
@@ -285,7 +286,7 @@ def plot_residuals(results: Sequence[dict[str, Any]], path: Path) -> Path | None
         _label_panel(ax, j, "cumulative fraction of test events", ylabel, f"{n} labels")
     fig.suptitle("residual quantiles, prediction − truth (one line per seed)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_finetune_curves(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -315,7 +316,7 @@ def plot_finetune_curves(results: Sequence[dict[str, Any]], path: Path) -> Path 
         _label_panel(ax, j, "step", "cross-entropy", f"{n} labels, seed {first_seed}")
     fig.suptitle("fine-tuning: validation (solid) and training (dotted) loss; dashed = best checkpoint")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_factor(eff_rows: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
@@ -355,7 +356,7 @@ def plot_factor(eff_rows: list[dict[str, Any]], metric: str, path: Path) -> Path
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pretraining(curves: dict[str, dict[str, Any]], path: Path) -> Path | None:
@@ -375,7 +376,7 @@ def plot_pretraining(curves: dict[str, dict[str, Any]], path: Path) -> Path | No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 #: The figure files every report writes (a placeholder where the inputs are missing).
@@ -420,7 +421,7 @@ def _placeholder(path: Path, why: str) -> Path:
     fig, ax = plt.subplots(figsize=(5, 1.2))
     ax.axis("off")
     ax.text(0.5, 0.5, f"not available: {why}", ha="center", va="center", color="0.4")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _difference(
@@ -1356,7 +1357,7 @@ def anomaly_report(results: Sequence[dict[str, Any]], out_html: Path, title: str
         ax.axhline(1.0, color="black", lw=0.8, ls=":")  # a random classifier
         ax.set_xscale("log")
         _label_panel(ax, j, "S/B in the signal region", "SIC = TPR / sqrt(FPR)", name)
-    figure = _save(fig, out_html.parent / "figures" / "sic_vs_sb.png")
+    figure = save_figure(fig, out_html.parent / "figures" / "sic_vs_sb.png")
     header = ["mode", "S/B", "seeds", "max SIC", "SIC @ 1 %", "AUC", "SR bkg / sig (train)", "eval bkg / sig"]
     table = [
         [

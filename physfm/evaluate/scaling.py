@@ -153,7 +153,6 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fits: Sequence[dict[str, Any]],
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from physfm.evaluate.report import save_figure  # here: report imports this module
+
+    return save_figure(fig, path)
