@@ -128,6 +128,11 @@ def test_the_verdict_says_plainly_whether_pretraining_beats_the_best_method() ->
     # a factor above 1 whose interval reaches below 1 is not a win; a lower bound of 2x is
     text = best_method_verdict([row(100, "value", 1.5, 0.9), row(300, "lower", 2.0)])
     assert "in 1 of the 2 label counts (300 labels)" in text
+    # above 1 with no interval (one seed) is neither a win nor hidden: it is said to be unbounded
+    text = best_method_verdict([row(100, "value", 4.0), row(300, "value", 0.5, 0.4)])
+    assert "does not beat" in text and "above 1 but unbounded (no interval) at 100 labels" in text
+    text = best_method_verdict([{k: v for k, v in row(100, "value", 4.0).items() if k != "low"}])
+    assert "does not beat" in text and "unbounded" in text
     assert best_method_verdict([{**lose[1], "against": "scratch"}]) == ""
 
 

@@ -15,6 +15,7 @@ import base64
 import datetime as _dt
 import html
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -570,8 +571,13 @@ def best_method_verdict(rows: Sequence[dict[str, Any]]) -> str:
     )
     if not rated:
         return ""
-    # beats: a factor above 1 whose interval (when it has one) excludes 1, or a lower bound at or above 1
-    wins = [e for e in rated if e["kind"] in ("value", "lower") and e["factor"] > 1 and not (e.get("low", 2) <= 1)]
+    # beats: a lower bound above 1 (better than every reference at its largest label count), or a factor above 1
+    # whose interval excludes 1. A factor above 1 with no interval (fewer than two seeds, or replicates that left
+    # the reference curves: low NaN or absent) is no win: it is said apart, as unbounded
+    above = [e for e in rated if e["kind"] in ("value", "lower") and e["factor"] > 1]
+    bounded = [e for e in above if e["kind"] == "value" and math.isfinite(e.get("low", math.nan))]
+    wins = [e for e in above if e["kind"] == "lower" or (e in bounded and e["low"] > 1)]
+    unresolved = [e for e in above if e["kind"] == "value" and e not in bounded]
     top = max(rated, key=lambda e: e["factor"])
     refs = ", ".join(sorted({e["best_reference"] for e in rated}))
     several = len({e["mode"] for e in rated}) > 1  # several backbones: "finetune <name>"
@@ -581,14 +587,19 @@ def best_method_verdict(rows: Sequence[dict[str, Any]]) -> str:
 
     tried = f"{len(rated)} (backbone, label count) cells" if several else f"{len(rated)} label counts"
     where = f"{format_factor(top)} at {cell(top)}"
+    tail = (
+        f"; above 1 but unbounded (no interval) at {', '.join(cell(e) for e in unresolved)}"
+        if unresolved
+        else ""
+    )
     if not wins:
         return (
             f"Verdict: pretraining does not beat the best method without pretraining ({refs}) in any of the "
-            f"{tried} tried; its largest factor is {where}"
+            f"{tried} tried; its largest factor is {where}{tail}"
         )
     return (
         f"Verdict: pretraining beats the best method without pretraining ({refs}) in {len(wins)} of the {tried} "
-        f"({', '.join(cell(e) for e in wins)}); its largest factor is {where}"
+        f"({', '.join(cell(e) for e in wins)}); its largest factor is {where}{tail}"
     )
 
 
