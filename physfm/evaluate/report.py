@@ -587,11 +587,7 @@ def best_method_verdict(rows: Sequence[dict[str, Any]]) -> str:
 
     tried = f"{len(rated)} (backbone, label count) cells" if several else f"{len(rated)} label counts"
     where = f"{format_factor(top)} at {cell(top)}"
-    tail = (
-        f"; above 1 but unbounded (no interval) at {', '.join(cell(e) for e in unresolved)}"
-        if unresolved
-        else ""
-    )
+    tail = f"; above 1 but unbounded (no interval) at {', '.join(cell(e) for e in unresolved)}" if unresolved else ""
     if not wins:
         return (
             f"Verdict: pretraining does not beat the best method without pretraining ({refs}) in any of the "
