@@ -32,6 +32,8 @@ class SummaryConfig:
     max_events: int = 20000  # events sampled for the plots
 
 
+#: ``max_len`` values of the truncation table: what keeping only the first L particles of each event drops.
+TRUNCATION_LENGTHS = (32, 48, 64, 96, 128)
 #: Events whose 0.5 and 99.5 percentiles fix each histogram's range (the rest are then only counted).
 RANGE_EVENTS = 1000
 BINS = 40
@@ -93,6 +95,59 @@ class _Histograms:
         plt.close(fig)
 
 
+class Truncation:
+    """What keeping only the first ``L`` particles of each event (the loader's ``max_len``) drops, per class and
+    for each ``L`` of ``lengths``: the fraction of events cut, of particles dropped and, where the shards have
+    ``part_px`` and ``part_py`` (jets, stored pT-descending), of the events' scalar-sum pT dropped. Filled block
+    by block (memory flat in the number of events)."""
+
+    def __init__(self, lengths: tuple[int, ...], n_classes: int, pnames: list[str]) -> None:
+        self.lengths = lengths
+        self.pt_cols = (
+            (pnames.index("part_px"), pnames.index("part_py")) if {"part_px", "part_py"} <= set(pnames) else None
+        )
+        self.n_classes = n_classes
+        shape = (max(n_classes, 1) + 1, len(lengths))  # one row per class, and one for unlabelled events
+        self.events, self.cut = np.zeros(shape[0]), np.zeros(shape)
+        self.particles, self.dropped = np.zeros(shape[0]), np.zeros(shape)
+        self.pt, self.pt_dropped = np.zeros(shape[0]), np.zeros(shape)
+
+    def add(self, particles: np.ndarray, counts: np.ndarray, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        known = (labels >= 0) & (labels < self.n_classes)
+        cls = np.where(known, labels, self.events.shape[0] - 1) if self.n_classes > 1 else np.zeros(len(counts), int)
+        event = np.repeat(np.arange(len(counts)), counts)
+        rank = np.arange(len(event)) - np.repeat(np.cumsum(counts) - counts, counts)
+        pt = np.hypot(*(particles[:, c].astype(np.float64) for c in self.pt_cols)) if self.pt_cols else None
+        k = self.events.shape[0]
+        self.events += np.bincount(cls, minlength=k)
+        self.particles += np.bincount(cls, weights=counts, minlength=k)
+        if pt is not None:
+            self.pt += np.bincount(cls[event], weights=pt, minlength=k)
+        for j, length in enumerate(self.lengths):
+            self.cut[:, j] += np.bincount(cls, weights=counts > length, minlength=k)
+            self.dropped[:, j] += np.bincount(cls, weights=np.maximum(counts - length, 0), minlength=k)
+            if pt is not None:
+                beyond = rank >= length
+                self.pt_dropped[:, j] += np.bincount(cls[event[beyond]], weights=pt[beyond], minlength=k)
+
+    def table(self, classes: list[str]) -> dict[str, Any]:
+        def fractions(num: np.ndarray, den: np.ndarray) -> list[float]:
+            return [round(float(v), 4) for v in num / max(float(den), 1e-300)]
+
+        groups = {c: i for i, c in enumerate(classes)} if len(classes) > 1 else {}
+        out: dict[str, Any] = {"lengths": list(self.lengths), "by": {}}
+        for name, sel in [("all", slice(None)), *((c, slice(i, i + 1)) for c, i in groups.items())]:
+            row = {
+                "events_cut": fractions(self.cut[sel].sum(0), self.events[sel].sum()),
+                "particles_dropped": fractions(self.dropped[sel].sum(0), self.particles[sel].sum()),
+            }
+            if self.pt_cols:
+                row["pt_dropped"] = fractions(self.pt_dropped[sel].sum(0), self.pt[sel].sum())
+            out["by"][name] = row
+        return out
+
+
 def summarize(
     data_dir: Dataset | str | Path, out_dir: str | Path, split: str = "train", max_events: int = 20_000
 ) -> dict[str, Any]:
@@ -121,9 +176,11 @@ def summarize(
         p_sample, e_sample = first.particles, np.column_stack([first.events, np.diff(first.offsets)])
     particles, events = _Histograms(p_sample, len(classes)), _Histograms(e_sample, len(classes))
     class_counts = np.zeros(max(len(classes), 1), dtype=np.int64)
+    truncation = Truncation(TRUNCATION_LENGTHS, len(classes), pnames)
     n_rows, max_particles = 0, 0
     for block in s.blocks(stop=n):
         counts = np.diff(block.offsets)
+        truncation.add(block.particles, counts, block.label)
         particles.add(block.particles, np.repeat(block.label, counts))
         events.add(np.column_stack([block.events, counts]), block.label)
         class_counts += np.bincount(block.label[block.label >= 0], minlength=len(class_counts))[: len(class_counts)]
@@ -151,6 +208,7 @@ def summarize(
         "mean_particles": n_rows / n if n else 0.0,
         "max_particles": max_particles,
         "n_skipped": len(manifest.get("skipped", [])),
+        "truncation": truncation.table(classes),
         "plots": ["particle_features.png", "event_features.png"],
     }
     if manifest["modality"] == "lartpc":

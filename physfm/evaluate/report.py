@@ -599,6 +599,36 @@ def best_method_verdict(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def backbone_max_lens(pretrain_dirs: dict[str, Path]) -> dict[str, int]:
+    """Each pretrained backbone's ``max_len`` (its ``backbone.json``), for the truncation table."""
+    out = {}
+    for name, d in pretrain_dirs.items():
+        meta = Path(d) / "backbone.json"
+        if meta.is_file() and "max_len" in (m := read_json(meta)):
+            out[name] = int(m["max_len"])
+    return out
+
+
+def truncation_table(trunc: dict[str, Any], max_lens: dict[str, int]) -> str:
+    """The data summary's truncation table (:class:`physfm.data.summary.Truncation`): per class, the percentage of
+    events, particles and scalar-sum pT that keeping the first L particles drops, for each L; the backbones'
+    ``max_len`` named under the table."""
+    lengths = trunc["lengths"]
+    what = {"events_cut": "events cut", "particles_dropped": "particles dropped", "pt_dropped": "pT dropped"}
+    rows = [
+        [f"{group}: {what[k]}", *(f"{100 * v:.1f} %" for v in values)]
+        for group, row in trunc["by"].items()
+        for k, values in row.items()
+    ]
+    uses = ", ".join(f"{b}: {n}" for b, n in sorted(max_lens.items()))
+    return (
+        "<p>What keeping only the hardest L particles (the backbone's <code>max_len</code>) drops"
+        + (f"; the backbones read {html.escape(uses)}" if uses else "")
+        + ".</p>"
+        + _table(["class: share", *(f"L = {n}" for n in lengths)], rows)
+    )
+
+
 def search_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (backbone, mode, labels): the in-budget search's candidates and how often each was chosen."""
     out: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -864,6 +894,8 @@ def build_report(
     if data_summary and (Path(data_summary) / "summary.json").is_file():
         summ = read_json(Path(data_summary) / "summary.json")
         add(_table(["quantity", "value"], _scalars(summ)))
+        if trunc := summ.get("truncation"):
+            add(truncation_table(trunc, backbone_max_lens(pretrain or {})))
         for png in sorted(Path(data_summary).glob("*.png")):
             add(_img(png, png.stem))
     else:
