@@ -132,6 +132,7 @@ def test_the_verdict_says_plainly_whether_pretraining_beats_the_best_method() ->
     text = best_method_verdict([row(100, "value", 4.0), row(300, "value", 0.5, 0.4)])
     assert "does not beat" in text and "above 1 but unbounded (no interval) at 100 labels" in text
     text = best_method_verdict([{k: v for k, v in row(100, "value", 4.0).items() if k != "low"}])
+    assert "unbounded" in best_method_verdict([{**row(300, "lower", 2.0), "n_seeds": 1}])
     assert "does not beat" in text and "unbounded" in text
     assert best_method_verdict([{**lose[1], "against": "scratch"}]) == ""
 

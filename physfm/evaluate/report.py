@@ -571,13 +571,13 @@ def best_method_verdict(rows: Sequence[dict[str, Any]]) -> str:
     )
     if not rated:
         return ""
-    # beats: a lower bound above 1 (better than every reference at its largest label count), or a factor above 1
-    # whose interval excludes 1. A factor above 1 with no interval (fewer than two seeds, or replicates that left
-    # the reference curves: low NaN or absent) is no win: it is said apart, as unbounded
+    # beats: a lower bound above 1 over two seeds or more (better than every reference at its largest label
+    # count), or a factor above 1 whose interval excludes 1. Above 1 with no interval (fewer than two seeds, or
+    # replicates that left the reference curves: low NaN or absent) is no win: it is said apart, as unbounded
     above = [e for e in rated if e["kind"] in ("value", "lower") and e["factor"] > 1]
     bounded = [e for e in above if e["kind"] == "value" and math.isfinite(e.get("low", math.nan))]
-    wins = [e for e in above if e["kind"] == "lower" or (e in bounded and e["low"] > 1)]
-    unresolved = [e for e in above if e["kind"] == "value" and e not in bounded]
+    wins = [e for e in above if (e["kind"] == "lower" and e.get("n_seeds", 2) >= 2) or (e in bounded and e["low"] > 1)]
+    unresolved = [e for e in above if e not in wins and (e["kind"] == "lower" or e not in bounded)]
     top = max(rated, key=lambda e: e["factor"])
     refs = ", ".join(sorted({e["best_reference"] for e in rated}))
     several = len({e["mode"] for e in rated}) > 1  # several backbones: "finetune <name>"
@@ -612,7 +612,7 @@ def backbone_max_lens(pretrain_dirs: dict[str, Path]) -> dict[str, int]:
 def truncation_table(trunc: dict[str, Any], max_lens: dict[str, int]) -> str:
     """The data summary's truncation table (:class:`physfm.data.summary.Truncation`): per class, the percentage of
     events, particles and scalar-sum pT that keeping the first L particles drops, for each L; the backbones'
-    ``max_len`` named under the table."""
+    ``max_len`` named above it."""
     lengths = trunc["lengths"]
     what = {"events_cut": "events cut", "particles_dropped": "particles dropped", "pt_dropped": "pT dropped"}
     rows = [
