@@ -100,10 +100,12 @@ def test_resume_after_signal_matches_uninterrupted_run(jet_dataset, tokenizer16,
     assert load_checkpoint(tmp_path / "run" / "checkpoints")["step"] == 16  # OUT/checkpoints kept in the new OUT
     assert not list(tmp_path.glob(".run.*")), "no temporary directory left beside the backbone"
     a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert {k: v for k, v in ref.items() if k.startswith("val/")} == {
-        k: v for k, v in resumed.items() if k.startswith("val/")
-    }
+    # exact on CPU; on failure say which tensors differ and by how much (a once-seen flake under load, cause unknown)
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"resumed weights differ from the uninterrupted run's (max |diff| per tensor): {differ}"
+    val_ref = {k: v for k, v in ref.items() if k.startswith("val/")}
+    val_resumed = {k: v for k, v in resumed.items() if k.startswith("val/")}
+    assert val_ref == val_resumed, f"validation metrics differ: {val_ref} vs {val_resumed}"
     # a checkpoint of another configuration is not resumed
     with pytest.raises(ValueError, match="no checkpoint for this configuration"):
         pretrain(tiny(lr=1e-3), jet_dataset, tokenizer16, tmp_path / "run", progress=False, resume="require")
