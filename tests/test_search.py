@@ -177,7 +177,8 @@ def test_full_config_repeats_pretraining_and_runs_every_ablation() -> None:
 
 def test_corpus_scaling_overlay_adds_its_backbones_in_finetune_mode_only() -> None:
     """config/levers/corpus_scaling.yaml over the default study: 3 smaller corpora, each fine-tuned at 100 and
-    300 labels with 5 seeds (30 cells), the default grid untouched, the report given the curve's backbones."""
+    300 labels with 5 seeds and at 1000 with 3 (39 cells), the default grid untouched, the report given the curve's
+    backbones."""
     repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "all", "--configfile", "config/config.yaml"]
     base = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
@@ -188,11 +189,11 @@ def test_corpus_scaling_overlay_adds_its_backbones_in_finetune_mode_only() -> No
         return [line.split("physfm finetune", 1)[1] for line in text.splitlines() if "physfm finetune " in line]
 
     new = [j for j in finetune_jobs(out.stdout) if j not in finetune_jobs(base.stdout)]
-    assert len(new) == 30 and all("--mode finetune" in j for j in new)
+    assert len(new) == 39 and all("--mode finetune" in j for j in new)
     for name in ("mpm_c1000", "mpm_c3000", "mpm_c7000"):
-        assert sum(f"--backbone-name {name}" in j for j in new) == 10
+        assert sum(f"--backbone-name {name}" in j for j in new) == 13
         assert f"--backbone {name} " in out.stdout and '"corpus_events": ' in out.stdout
-    assert len(finetune_jobs(out.stdout)) == len(finetune_jobs(base.stdout)) + 30
+    assert len(finetune_jobs(out.stdout)) == len(finetune_jobs(base.stdout)) + 39
     report = next(line for line in out.stdout.splitlines() if "physfm report" in line)
     assert "--scaling-backbone mpm --scaling-backbone mpm_c1000" in report
     assert "--scaling-backbone" not in next(line for line in base.stdout.splitlines() if "physfm report" in line)
