@@ -54,3 +54,12 @@ def test_overlay_command_builds_and_changes_the_dag(path: Path) -> None:
     with_overlay, without = dry_run(tuple(files)), dry_run(tuple(files[:-1]))
     assert any("physfm finetune" in j for j in with_overlay), f"{rel}: no fine-tuning job in the dry run"
     assert with_overlay != without, f"{rel} changes no job of {files[:-1]}"
+
+
+def test_long_schedule_adds_a_candidate_to_the_default_search() -> None:
+    """YAML lists replace, so the overlay restates the default search; it must stay the default's plus one."""
+    import yaml
+
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["finetune"]["search"]
+    overlay = yaml.safe_load((REPO / "config" / "levers" / "long_schedule.yaml").read_text())["finetune"]["search"]
+    assert overlay[: len(default)] == default and len(overlay) == len(default) + 1, (default, overlay)
